@@ -21,5 +21,9 @@ struct cm_workers *cm_workers_new(struct event_base *base, int nthreads, const c
 void cm_workers_free(struct cm_workers *w);
 /* Queues a job. work(arg) runs on some thread, then done(arg) on the loop. Never blocks the loop. */
 void cm_workers_submit(struct cm_workers *w, cm_work_fn *work, cm_work_done_fn *done, void *arg);
+/* On a worker thread: its index in its pool (0..nthreads-1), for per-thread driver state such as
+ * one connection per thread. -1 on any other thread (cm_workers_free may run leftover jobs on the
+ * caller's thread). */
+int cm_workers_self(void);
 
 #endif
