@@ -13,7 +13,8 @@ counted and not logged):
   GET  /__stats     {"total", "paths": {target: count}, "connections", "active", "max_active"}
   GET  /__requests  JSON list of raw targets in arrival order (the first 1,000,000)
   GET  /__reset     clears counters, rules and the request log (not the default delay)
-  POST /__rule      JSON {"path", "delay_ms", "status", "body", "size", "close", "prefix"}
+  POST /__rule      JSON {"path", "delay_ms", "status", "body", "size", "close", "prefix",
+                    "chunked"} (chunked: send "size" bytes with Transfer-Encoding: chunked)
   GET  /__rule?path=...&delay_ms=...&status=...&body=...&size=...&close=1&prefix=1
   GET  /__default?delay_ms=N   default delay for every path without a rule
 """
@@ -81,6 +82,7 @@ class Origin:
             "body": spec.get("body"),
             "size": None if spec.get("size") in (None, "") else int(spec["size"]),
             "close": truthy(spec.get("close")),
+            "chunked": truthy(spec.get("chunked")),
         }
         if rule["body"] is not None and not isinstance(rule["body"], str):
             rule["body"] = json.dumps(rule["body"])
@@ -144,6 +146,26 @@ async def control(origin, method, target, body):
     return response(404, json.dumps({"error": "unknown control endpoint " + path}))
 
 
+async def send_size(writer, status, size, chunked, close):
+    """Sends size bytes of 'x', with a Content-Length or (chunked) without one."""
+    length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+    writer.write((f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+                  f"Content-Type: application/octet-stream\r\n{length}\r\n"
+                  + ("Connection: close\r\n" if close else "") + "\r\n").encode())
+    chunk = b"x" * min(size, CHUNK)
+    while size > 0:
+        n = min(size, CHUNK)
+        if chunked:
+            writer.write(b"%x\r\n" % n + chunk[:n] + b"\r\n")
+        else:
+            writer.write(chunk[:n])
+        size -= n
+        await writer.drain()
+    if chunked:
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
 async def serve(origin, target, writer, close):
     """Answers an ordinary request; returns False when the connection must be dropped."""
     origin.total += 1
@@ -162,15 +184,7 @@ async def serve(origin, target, writer, close):
             return False
         status = rule["status"] if rule else 200
         if rule and rule["size"] is not None:
-            size = rule["size"]
-            writer.write((f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
-                          f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n"
-                          + ("Connection: close\r\n" if close else "") + "\r\n").encode())
-            chunk = b"x" * min(size, CHUNK)
-            while size > 0:
-                writer.write(chunk[:size])
-                size -= min(size, CHUNK)
-                await writer.drain()
+            await send_size(writer, status, rule["size"], rule["chunked"], close)
             return True
         if rule and rule["body"] is not None:
             body = rule["body"]

@@ -1,0 +1,434 @@
+/* The upstream loader: libcurl's multi-socket API driven by libevent (the hiper.c pattern).
+ * One multi handle per loader keeps idle keep-alive connections for reuse; every transfer
+ * ends in exactly one done() call, run from the loop. */
+#include "daemon/loader.h"
+#include "daemon/alloc.h"
+#include "daemon/buf.h"
+#include "daemon/log.h"
+#include "daemon/util.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <string.h>
+
+#define LOADER_MAX_HOST_CONNS 256  /* concurrent connections per origin; more transfers queue */
+#define LOADER_MAX_CONNS 1024      /* connection cache: idle keep-alive connections kept */
+
+/*
+ * Life of a transfer:
+ *
+ *   cm_loader_fetch --curl_multi_add_handle--> curl (timer 0) --> sockets/timers on the loop
+ *        |                                                           |
+ *        | setup failed: own zero timer (defer_ev)                   | CURLMSG_DONE
+ *        v                                                           v
+ *   xfer_finish: unlink, curl_multi_remove_handle, classify, done() exactly once, free
+ *
+ * cm_loader_free finishes every xfer still on the list with "shutting down".
+ */
+
+/* One fetch; owned by its loader's list from cm_loader_fetch until xfer_finish. */
+struct xfer {
+    struct cm_loader *l;        /* owner */
+    CURL *easy;                 /* NULL when setup failed (defer_ev then finishes it) */
+    struct event *defer_ev;     /* zero timer that reports an immediate failure from the loop */
+    char setup_err[96];         /* reason for a setup failure */
+    struct cm_buf body;         /* response body so far */
+    uint64_t max_size;          /* larger bodies fail */
+    int64_t timeout_ms;         /* for the timeout reason */
+    int64_t start_ns;           /* cm_now_ns() at fetch */
+    bool too_big;               /* body or Content-Length exceeded max_size */
+    char errbuf[CURL_ERROR_SIZE];
+    cm_load_done_fn *done;
+    void *arg;
+    struct xfer *prev, *next;   /* l->xfers */
+};
+
+/* A socket curl asked us to watch; owned by the loader's list, attached with curl_multi_assign. */
+struct sockinfo {
+    struct cm_loader *l;
+    curl_socket_t fd;
+    struct event *ev;           /* NULL until curl asks for a direction */
+    int what;                   /* CURL_POLL_* the event was built for */
+    struct sockinfo *prev, *next;
+};
+
+/* The loader: one multi handle on one event_base; owned by the server. */
+struct cm_loader {
+    struct event_base *base;    /* borrowed */
+    CURLM *multi;
+    struct event *timer;        /* curl's single timeout */
+    struct xfer *xfers;         /* pending transfers, newest first */
+    struct sockinfo *socks;     /* watched sockets */
+    size_t pending;
+    bool freeing;               /* cm_loader_free in progress: refuse new fetches */
+};
+
+static bool curl_ready;
+
+static void check_multi_info(struct cm_loader *l);
+
+static void xfer_unlink(struct xfer *x)
+{
+    struct cm_loader *l = x->l;
+    if (x->prev != NULL) {
+        x->prev->next = x->next;
+    } else {
+        l->xfers = x->next;
+    }
+    if (x->next != NULL) {
+        x->next->prev = x->prev;
+    }
+    x->prev = x->next = NULL;
+    l->pending--;
+}
+
+/* Fills res from the curl result and the transfer's state. */
+static void classify(struct xfer *x, CURLcode rc, struct cm_load_result *res)
+{
+    long status = 0;
+    if (x->easy != NULL) {
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+    }
+    res->http_status = status;
+    res->outcome = CM_LOAD_FAILED;
+    if (x->too_big || rc == CURLE_FILESIZE_EXCEEDED) {
+        snprintf(res->reason, sizeof(res->reason),
+                 "response larger than max_value_size (%" PRIu64 " bytes)", x->max_size);
+        return;
+    }
+    switch (rc) {
+    case CURLE_OK:
+        if (status == 200) {
+            res->outcome = CM_LOAD_OK;
+            res->body = cm_buf_steal(&x->body, &res->len);
+        } else if (status == 404) {
+            res->outcome = CM_LOAD_NOT_FOUND;
+        } else {
+            snprintf(res->reason, sizeof(res->reason), "status %ld", status);
+        }
+        return;
+    case CURLE_OPERATION_TIMEDOUT:
+        snprintf(res->reason, sizeof(res->reason), "timeout after %" PRId64 " ms", x->timeout_ms);
+        return;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST: {
+        long oserr = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &oserr);
+        snprintf(res->reason, sizeof(res->reason), "connect failed: %.140s",
+                 oserr != 0 ? strerror((int)oserr)
+                            : (x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc)));
+        return;
+    }
+    default:
+        snprintf(res->reason, sizeof(res->reason), "upstream error: %.140s",
+                 x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+        return;
+    }
+}
+
+/* Ends a transfer: detaches it from curl and the loader, runs done once, frees it.
+ * reason != NULL forces a failure with that text (setup failure, shutdown). */
+static void xfer_finish(struct xfer *x, CURLcode rc, const char *reason)
+{
+    struct cm_loader *l = x->l;
+    struct cm_load_result res;
+    memset(&res, 0, sizeof(res));
+    xfer_unlink(x);
+    if (x->easy != NULL) {
+        curl_multi_remove_handle(l->multi, x->easy);
+    }
+    if (reason != NULL) {
+        res.outcome = CM_LOAD_FAILED;
+        snprintf(res.reason, sizeof(res.reason), "%s", reason);
+    } else {
+        classify(x, rc, &res);
+    }
+    res.elapsed_ns = cm_now_ns() - x->start_ns;
+    if (res.outcome == CM_LOAD_FAILED) {
+        cm_log(CM_LOG_DEBUG, "loader: %s", res.reason);
+    }
+    if (x->easy != NULL) {
+        curl_easy_cleanup(x->easy);
+    }
+    if (x->defer_ev != NULL) {
+        event_free(x->defer_ev);
+    }
+    cm_buf_deinit(&x->body);
+    cm_load_done_fn *done = x->done;
+    void *arg = x->arg;
+    cm_free(x);
+    done(&res, arg);
+    cm_free(res.body);
+}
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct xfer *x = userdata;
+    size_t n = size * nmemb;
+    if (cm_buf_used(&x->body) + n > x->max_size) {
+        x->too_big = true;
+        return 0; /* anything but n aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    cm_buf_append(&x->body, ptr, n);
+    return n;
+}
+
+/* Drains curl's completion queue. Safe to call after any curl_multi_socket_action. */
+static void check_multi_info(struct cm_loader *l)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(l->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE) {
+            continue;
+        }
+        struct xfer *x = NULL;
+        CURLcode rc = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        cm_assert(x != NULL);
+        xfer_finish(x, rc, NULL);
+    }
+}
+
+/* Socket ready: tell curl which directions, then report what finished. */
+static void on_socket_event(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_loader *l = arg;
+    int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int running = 0;
+    curl_multi_socket_action(l->multi, fd, action, &running);
+    check_multi_info(l);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    struct cm_loader *l = arg;
+    int running = 0;
+    curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(l);
+}
+
+/* CURLMOPT_TIMERFUNCTION: curl wants one timeout; never call back into curl from here. */
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    CM_UNUSED(multi);
+    struct cm_loader *l = userp;
+    if (timeout_ms < 0) {
+        evtimer_del(l->timer);
+        return 0;
+    }
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    evtimer_add(l->timer, &tv);
+    return 0;
+}
+
+static void sock_free(struct sockinfo *si)
+{
+    struct cm_loader *l = si->l;
+    if (si->prev != NULL) {
+        si->prev->next = si->next;
+    } else {
+        l->socks = si->next;
+    }
+    if (si->next != NULL) {
+        si->next->prev = si->prev;
+    }
+    if (si->ev != NULL) {
+        event_free(si->ev);
+    }
+    cm_free(si);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch s for what (CURL_POLL_IN/OUT/INOUT) or stop (REMOVE). */
+static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    CM_UNUSED(easy);
+    struct cm_loader *l = userp;
+    struct sockinfo *si = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (si != NULL) {
+            curl_multi_assign(l->multi, s, NULL);
+            sock_free(si);
+        }
+        return 0;
+    }
+    if (si == NULL) {
+        si = cm_calloc(1, sizeof(*si));
+        si->l = l;
+        si->fd = s;
+        si->next = l->socks;
+        if (l->socks != NULL) {
+            l->socks->prev = si;
+        }
+        l->socks = si;
+        curl_multi_assign(l->multi, s, si);
+    }
+    if (si->ev != NULL && si->what == what) {
+        return 0;
+    }
+    if (si->ev != NULL) {
+        event_free(si->ev);
+    }
+    short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
+                 ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    si->ev = event_new(l->base, s, kind, on_socket_event, l);
+    si->what = what;
+    event_add(si->ev, NULL);
+    return 0;
+}
+
+struct cm_loader *cm_loader_new(struct event_base *base)
+{
+    if (!curl_ready) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+            cm_log(CM_LOG_ERR, "loader: curl_global_init failed");
+            return NULL;
+        }
+        curl_ready = true;
+    }
+    struct cm_loader *l = cm_calloc(1, sizeof(*l));
+    l->base = base;
+    l->multi = curl_multi_init();
+    l->timer = evtimer_new(base, on_timer, l);
+    if (l->multi == NULL || l->timer == NULL) {
+        cm_log(CM_LOG_ERR, "loader: cannot create the curl multi handle");
+        goto fail;
+    }
+    curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
+    curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l);
+    curl_multi_setopt(l->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)LOADER_MAX_HOST_CONNS);
+    curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, (long)LOADER_MAX_CONNS);
+    return l;
+fail:
+    if (l->multi != NULL) {
+        curl_multi_cleanup(l->multi);
+    }
+    if (l->timer != NULL) {
+        event_free(l->timer);
+    }
+    cm_free(l);
+    return NULL;
+}
+
+void cm_loader_free(struct cm_loader *l)
+{
+    if (l == NULL) {
+        return;
+    }
+    l->freeing = true;
+    while (l->xfers != NULL) {
+        xfer_finish(l->xfers, CURLE_OK, "shutting down");
+    }
+    curl_multi_cleanup(l->multi);
+    while (l->socks != NULL) {
+        sock_free(l->socks);
+    }
+    event_free(l->timer);
+    cm_free(l);
+}
+
+static void on_deferred_failure(evutil_socket_t fd, short what, void *arg)
+{
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    struct xfer *x = arg;
+    char reason[sizeof(x->setup_err)];
+    memcpy(reason, x->setup_err, sizeof(reason));
+    xfer_finish(x, CURLE_OK, reason);
+}
+
+/* Applies the per-transfer options; returns CURLE_OK or the first failure. */
+static CURLcode setup_easy(struct xfer *x, const char *url, const char *unix_socket)
+{
+    CURL *e = x->easy;
+    CURLcode rc = CURLE_OK;
+#define SETOPT(opt, val)                                                                       \
+    do {                                                                                       \
+        if (rc == CURLE_OK) {                                                                  \
+            rc = curl_easy_setopt(e, opt, val);                                                \
+        }                                                                                      \
+    } while (0)
+    SETOPT(CURLOPT_URL, url);
+    SETOPT(CURLOPT_PRIVATE, x);
+    SETOPT(CURLOPT_ERRORBUFFER, x->errbuf);
+    SETOPT(CURLOPT_WRITEFUNCTION, on_body);
+    SETOPT(CURLOPT_WRITEDATA, x);
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_PROXY, "");
+    SETOPT(CURLOPT_PATH_AS_IS, 1L);
+    SETOPT(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+    SETOPT(CURLOPT_USERAGENT, "cachemed");
+    SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)(x->max_size > INT64_MAX ? INT64_MAX : x->max_size));
+    if (x->timeout_ms > 0) {
+        SETOPT(CURLOPT_TIMEOUT_MS, (long)x->timeout_ms);
+    }
+    if (unix_socket != NULL) {
+        SETOPT(CURLOPT_UNIX_SOCKET_PATH, unix_socket);
+    }
+#undef SETOPT
+    return rc;
+}
+
+int cm_loader_fetch(struct cm_loader *l, const char *url, const char *unix_socket,
+                    int64_t timeout_ms, uint64_t max_size, cm_load_done_fn *done, void *arg)
+{
+    if (l == NULL || l->freeing || url == NULL || done == NULL) {
+        return CM_ERR;
+    }
+    struct xfer *x = cm_calloc(1, sizeof(*x));
+    x->l = l;
+    x->max_size = max_size;
+    x->timeout_ms = timeout_ms;
+    x->start_ns = cm_now_ns();
+    x->done = done;
+    x->arg = arg;
+    cm_buf_init(&x->body);
+    x->next = l->xfers;
+    if (l->xfers != NULL) {
+        l->xfers->prev = x;
+    }
+    l->xfers = x;
+    l->pending++;
+
+    x->easy = curl_easy_init();
+    if (x->easy == NULL) {
+        snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: curl_easy_init failed");
+        goto defer;
+    }
+    CURLcode rc = setup_easy(x, url, unix_socket);
+    if (rc != CURLE_OK) {
+        snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s", curl_easy_strerror(rc));
+        goto defer;
+    }
+    CURLMcode mrc = curl_multi_add_handle(l->multi, x->easy);
+    if (mrc != CURLM_OK) {
+        snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s", curl_multi_strerror(mrc));
+        goto defer;
+    }
+    return CM_OK;
+
+defer:
+    /* done must not run inside cm_loader_fetch: report from the loop on the next iteration.
+     * An owned event (not event_base_once) so that cm_loader_free can cancel it. */
+    if (x->easy != NULL) {
+        curl_easy_cleanup(x->easy);
+        x->easy = NULL;
+    }
+    x->defer_ev = evtimer_new(l->base, on_deferred_failure, x);
+    struct timeval zero = {0, 0};
+    evtimer_add(x->defer_ev, &zero);
+    return CM_OK;
+}
+
+size_t cm_loader_pending(const struct cm_loader *l)
+{
+    return l != NULL ? l->pending : 0;
+}
