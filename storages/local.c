@@ -1,19 +1,728 @@
-/* In-process storages: local://lru and local://tlfu. (stub: being written) */
+/* In-process storages local://lru and local://tlfu: the cache engine (storages/local.h) and
+ * its storage adapter. One allocation per entry holds a 32-byte header, the key and the value;
+ * entries live in a dense slot array and link to each other by 32-bit slot index, so a removal
+ * moves the last slot into the hole (keeping random sampling for expiry cheap and exact).
+ *
+ *   slot[]:   [e0][e1][e2]...[e(count-1)]        dense; bucket[] chains by index (hnext)
+ *   queues:   head (MRU) <-> ... <-> tail (LRU)  prev/next by index, one list per segment
+ *   tlfu:     window LRU (1%) -> probation -> protected (80% of main); the window's LRU entry
+ *             moves to probation as a candidate and must beat probation's LRU victim in the
+ *             frequency sketch to stay. */
+#include "storages/local.h"
+#include "conf/conf.h"
+#include "daemon/alloc.h"
+#include "daemon/buf.h"
+#include "daemon/common.h"
+#include "daemon/util.h"
 #include "storages/storage.h"
 
+#include <event2/event.h>
+#include <malloc.h>
 #include <stdio.h>
+#include <string.h>
 
-static int stub_open(struct cm_storage *st, char *err, size_t errsz)
+#define NIL UINT32_MAX
+
+enum {
+    Q_NONE = 0,
+    Q_WINDOW = 1,      /* lru: the only queue */
+    Q_PROBATION = 2,
+    Q_PROTECTED = 3,
+};
+
+#define PERCENT_MAIN 0.99
+#define PERCENT_MAIN_PROTECTED 0.80
+#define ADMIT_HASHDOS_THRESHOLD 6
+#define QUEUE_TRANSFER_THRESHOLD 1000
+#define EXPIRE_SAMPLE 20
+
+/* One cached entry: header, then klen key bytes, then vlen value bytes. Owned by the engine. */
+struct lentry {
+    uint32_t prev;        /* slot towards the queue head (MRU), NIL at the head */
+    uint32_t next;        /* slot towards the queue tail (LRU), NIL at the tail */
+    uint32_t hnext;       /* next slot of the same bucket, NIL at the end */
+    uint32_t hash;        /* low 32 bits of the seeded key hash */
+    int64_t expire_ms;    /* monotonic ms at which it expires; 0 = never */
+    uint32_t kq;          /* klen << 2 | queue */
+    uint32_t vlen;
+    char data[];
+};
+
+_Static_assert(sizeof(struct lentry) == 32, "entry header is 32 bytes");
+
+/* One LRU list of slots. */
+struct lqueue {
+    uint32_t head;        /* MRU */
+    uint32_t tail;        /* LRU */
+    uint64_t count;
+};
+
+struct cm_local {
+    enum cm_local_policy policy;
+    uint64_t size;              /* maximum entries */
+    uint64_t seed;              /* key hash seed */
+    uint64_t rng;               /* xorshift state: admission coin, expiry sampling */
+    struct lentry **slot;       /* owned, count live of slot_cap */
+    uint32_t count;
+    uint32_t slot_cap;
+    uint32_t *bucket;           /* owned, bucket_mask + 1 heads */
+    uint32_t bucket_mask;
+    struct lqueue q[4];         /* indexed by Q_* */
+    uint64_t window_max;        /* tlfu targets; main = size - window_max */
+    uint64_t protected_max;
+    uint64_t nttl;              /* entries with an expiry: sampling runs only when > 0 */
+    uint64_t entry_bytes;       /* usable bytes of entry allocations */
+    uint64_t evictions;
+    uint64_t expired;
+    struct cm_sketch sketch;    /* tlfu only */
+    struct cm_climber climber;  /* tlfu only */
+};
+
+static inline uint64_t mix64(uint64_t x)
 {
-    CM_UNUSED(st);
-    snprintf(err, errsz, "not implemented yet");
-    return CM_ERR;
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
 }
 
-static void stub_close(struct cm_storage *st)
+static inline uint64_t next_rand(struct cm_local *lc)
 {
-    CM_UNUSED(st);
+    lc->rng ^= lc->rng << 13;
+    lc->rng ^= lc->rng >> 7;
+    lc->rng ^= lc->rng << 17;
+    return lc->rng;
 }
 
-const struct cm_storage_ops cm_st_lru_ops = { .name = "lru", .local = true, .open = stub_open, .close = stub_close };
-const struct cm_storage_ops cm_st_tlfu_ops = { .name = "tlfu", .local = true, .open = stub_open, .close = stub_close };
+static inline size_t e_klen(const struct lentry *e) { return e->kq >> 2; }
+static inline int e_queue(const struct lentry *e) { return (int)(e->kq & 3); }
+static inline void e_set_queue(struct lentry *e, int q) { e->kq = (e->kq & ~3u) | (uint32_t)q; }
+static inline uint64_t sketch_hash(const struct cm_local *lc, uint32_t h)
+{
+    return mix64((uint64_t)h ^ lc->seed);
+}
+
+/* ---- queues ---- */
+
+static void q_unlink(struct cm_local *lc, uint32_t i)
+{
+    struct lentry *e = lc->slot[i];
+    struct lqueue *q = &lc->q[e_queue(e)];
+    if (e->prev != NIL) {
+        lc->slot[e->prev]->next = e->next;
+    } else {
+        q->head = e->next;
+    }
+    if (e->next != NIL) {
+        lc->slot[e->next]->prev = e->prev;
+    } else {
+        q->tail = e->prev;
+    }
+    q->count--;
+    e_set_queue(e, Q_NONE);
+}
+
+static void q_push_head(struct cm_local *lc, int qid, uint32_t i)
+{
+    struct lentry *e = lc->slot[i];
+    struct lqueue *q = &lc->q[qid];
+    e->prev = NIL;
+    e->next = q->head;
+    if (q->head != NIL) {
+        lc->slot[q->head]->prev = i;
+    } else {
+        q->tail = i;
+    }
+    q->head = i;
+    q->count++;
+    e_set_queue(e, qid);
+}
+
+static void q_move_head(struct cm_local *lc, int qid, uint32_t i)
+{
+    q_unlink(lc, i);
+    q_push_head(lc, qid, i);
+}
+
+/* ---- index ---- */
+
+static uint32_t find(const struct cm_local *lc, const char *key, size_t klen, uint32_t h)
+{
+    for (uint32_t i = lc->bucket[h & lc->bucket_mask]; i != NIL; i = lc->slot[i]->hnext) {
+        const struct lentry *e = lc->slot[i];
+        if (e->hash == h && e_klen(e) == klen && memcmp(e->data, key, klen) == 0) {
+            return i;
+        }
+    }
+    return NIL;
+}
+
+/* Returns the link (bucket head or hnext) that points at slot i. */
+static uint32_t *chain_ref(struct cm_local *lc, uint32_t i)
+{
+    uint32_t *p = &lc->bucket[lc->slot[i]->hash & lc->bucket_mask];
+    while (*p != i) {
+        p = &lc->slot[*p]->hnext;
+    }
+    return p;
+}
+
+static void grow_buckets(struct cm_local *lc)
+{
+    uint32_t n = (lc->bucket_mask + 1) * 2;
+    cm_free(lc->bucket);
+    lc->bucket = cm_malloc((size_t)n * sizeof(uint32_t));
+    memset(lc->bucket, 0xff, (size_t)n * sizeof(uint32_t));
+    lc->bucket_mask = n - 1;
+    for (uint32_t i = 0; i < lc->count; i++) {
+        struct lentry *e = lc->slot[i];
+        e->hnext = lc->bucket[e->hash & lc->bucket_mask];
+        lc->bucket[e->hash & lc->bucket_mask] = i;
+    }
+}
+
+/* Adds e to the slot array and index (in no queue yet); returns its slot. */
+static uint32_t index_add(struct cm_local *lc, struct lentry *e)
+{
+    if (lc->count == lc->slot_cap) {
+        uint64_t cap = (uint64_t)lc->slot_cap * 2;
+        if (cap > lc->size + 1) {
+            cap = lc->size + 1;
+        }
+        lc->slot_cap = (uint32_t)cap;
+        lc->slot = cm_realloc(lc->slot, (size_t)cap * sizeof(*lc->slot));
+    }
+    uint32_t i = lc->count++;
+    lc->slot[i] = e;
+    if (lc->count > lc->bucket_mask + 1 && lc->bucket_mask < (UINT32_MAX >> 1)) {
+        grow_buckets(lc);   /* rehashes e too */
+    } else {
+        e->hnext = lc->bucket[e->hash & lc->bucket_mask];
+        lc->bucket[e->hash & lc->bucket_mask] = i;
+    }
+    return i;
+}
+
+static void free_entry(struct cm_local *lc, struct lentry *e)
+{
+    lc->entry_bytes -= malloc_usable_size(e);
+    lc->nttl -= e->expire_ms != 0;
+    cm_free(e);
+}
+
+/* Removes and frees slot i; the last slot moves into i. If *track named the moved slot it is
+ * updated to i (track may be NULL). */
+static void entry_remove(struct cm_local *lc, uint32_t i, uint32_t *track)
+{
+    struct lentry *e = lc->slot[i];
+    if (e_queue(e) != Q_NONE) {
+        q_unlink(lc, i);
+    }
+    *chain_ref(lc, i) = e->hnext;
+    free_entry(lc, e);
+    uint32_t last = --lc->count;
+    if (i == last) {
+        return;
+    }
+    struct lentry *m = lc->slot[last];
+    *chain_ref(lc, last) = i;
+    int qid = e_queue(m);
+    if (m->prev != NIL) {
+        lc->slot[m->prev]->next = i;
+    } else if (qid != Q_NONE) {
+        lc->q[qid].head = i;
+    }
+    if (m->next != NIL) {
+        lc->slot[m->next]->prev = i;
+    } else if (qid != Q_NONE) {
+        lc->q[qid].tail = i;
+    }
+    lc->slot[i] = m;
+    if (track != NULL && *track == last) {
+        *track = i;
+    }
+}
+
+static struct lentry *entry_new(struct cm_local *lc, const char *key, size_t klen,
+                                const char *val, size_t vlen, uint32_t h, int64_t expire_ms)
+{
+    struct lentry *e = cm_malloc(sizeof(*e) + klen + vlen);
+    e->prev = e->next = e->hnext = NIL;
+    e->hash = h;
+    e->expire_ms = expire_ms;
+    e->kq = (uint32_t)klen << 2;
+    e->vlen = (uint32_t)vlen;
+    memcpy(e->data, key, klen);
+    if (vlen > 0) {
+        memcpy(e->data + klen, val, vlen);
+    }
+    lc->entry_bytes += malloc_usable_size(e);
+    lc->nttl += expire_ms != 0;
+    return e;
+}
+
+/* ---- policy ---- */
+
+static void demote_protected(struct cm_local *lc)
+{
+    while (lc->q[Q_PROTECTED].count > lc->protected_max) {
+        uint32_t t = lc->q[Q_PROTECTED].tail;
+        q_move_head(lc, Q_PROBATION, t);
+    }
+}
+
+static void on_access(struct cm_local *lc, uint32_t i)
+{
+    switch (e_queue(lc->slot[i])) {
+    case Q_WINDOW:
+        q_move_head(lc, Q_WINDOW, i);
+        break;
+    case Q_PROBATION:
+        q_move_head(lc, Q_PROTECTED, i);
+        demote_protected(lc);
+        break;
+    case Q_PROTECTED:
+        q_move_head(lc, Q_PROTECTED, i);
+        break;
+    default:
+        CM_NOT_REACHED();
+    }
+}
+
+/* Caffeine's admission: the candidate must be more frequent than the victim; a warm candidate
+ * (frequency >= 6) still gets a 1/128 chance, so an attacker cannot pin the victim's hash. */
+static bool admit(struct cm_local *lc, uint32_t cand, uint32_t victim)
+{
+    unsigned cf = cm_sketch_frequency(&lc->sketch, sketch_hash(lc, lc->slot[cand]->hash));
+    unsigned vf = cm_sketch_frequency(&lc->sketch, sketch_hash(lc, lc->slot[victim]->hash));
+    if (cf > vf) {
+        return true;
+    }
+    if (cf < ADMIT_HASHDOS_THRESHOLD) {
+        return false;
+    }
+    return (next_rand(lc) & 127) == 0;
+}
+
+static void evict(struct cm_local *lc, uint32_t i, uint32_t *track)
+{
+    lc->evictions++;
+    entry_remove(lc, i, track);
+}
+
+/* Brings the engine back to size: the ncand newest probation entries (just moved in from the
+ * window) are candidates, each against probation's LRU victim; the less frequent one goes. */
+static void evict_main(struct cm_local *lc, uint64_t ncand)
+{
+    uint32_t cursor = ncand > 0 ? lc->q[Q_PROBATION].head : NIL;
+    while (lc->count > lc->size) {
+        uint32_t victim = lc->q[Q_PROBATION].tail;
+        if (victim == NIL) {
+            victim = lc->q[Q_PROTECTED].tail != NIL ? lc->q[Q_PROTECTED].tail
+                                                    : lc->q[Q_WINDOW].tail;
+            evict(lc, victim, NULL);
+            ncand = 0;
+            cursor = NIL;
+            continue;
+        }
+        if (ncand == 0 || cursor == NIL) {
+            evict(lc, victim, NULL);
+            continue;
+        }
+        if (cursor == victim) {
+            evict(lc, victim, NULL);
+            ncand = 0;
+            cursor = NIL;
+            continue;
+        }
+        ncand--;
+        if (admit(lc, cursor, victim)) {
+            uint32_t older = lc->slot[cursor]->next;
+            if (older == victim) {
+                older = NIL;
+            }
+            evict(lc, victim, &older);
+            cursor = older;
+        } else {
+            uint32_t older = lc->slot[cursor]->next;
+            evict(lc, cursor, &older);
+            cursor = older;
+        }
+    }
+}
+
+static void increase_window(struct cm_local *lc, uint64_t amount)
+{
+    if (lc->protected_max == 0) {
+        return;
+    }
+    uint64_t quota = amount < lc->protected_max ? amount : lc->protected_max;
+    lc->protected_max -= quota;
+    lc->window_max += quota;
+    demote_protected(lc);
+    for (int n = 0; n < QUEUE_TRANSFER_THRESHOLD && quota > 0; n++) {
+        uint32_t c = lc->q[Q_PROBATION].tail;
+        if (c == NIL) {
+            c = lc->q[Q_PROTECTED].tail;
+        }
+        if (c == NIL) {
+            break;
+        }
+        quota--;
+        q_move_head(lc, Q_WINDOW, c);
+    }
+    lc->protected_max += quota;
+    lc->window_max -= quota;
+}
+
+static void decrease_window(struct cm_local *lc, uint64_t amount)
+{
+    if (lc->window_max <= 1) {
+        return;
+    }
+    uint64_t quota = amount < lc->window_max - 1 ? amount : lc->window_max - 1;
+    lc->protected_max += quota;
+    lc->window_max -= quota;
+    for (int n = 0; n < QUEUE_TRANSFER_THRESHOLD && quota > 0; n++) {
+        uint32_t c = lc->q[Q_WINDOW].tail;
+        if (c == NIL) {
+            break;
+        }
+        quota--;
+        q_move_head(lc, Q_PROBATION, c);
+    }
+    lc->protected_max -= quota;
+    lc->window_max += quota;
+}
+
+static void climb(struct cm_local *lc, bool hit)
+{
+    /* Like Caffeine, adapt only once the cache is half full: a cold cache's misses say
+     * nothing about the window size. */
+    if (lc->count < lc->size / 2) {
+        lc->climber.hits = lc->climber.misses = 0;
+        return;
+    }
+    int64_t adj = cm_climber_record(&lc->climber, hit);
+    if (adj > 0) {
+        increase_window(lc, (uint64_t)adj);
+    } else if (adj < 0) {
+        decrease_window(lc, (uint64_t)-adj);
+    }
+    demote_protected(lc);
+}
+
+/* Removes up to n random expired entries out of n samples; returns how many were expired. */
+static size_t sample_expire(struct cm_local *lc, int64_t now_ms, size_t n)
+{
+    size_t hits = 0;
+    for (size_t j = 0; j < n && lc->count > 0; j++) {
+        uint32_t i = (uint32_t)(next_rand(lc) % lc->count);
+        struct lentry *e = lc->slot[i];
+        if (e->expire_ms != 0 && e->expire_ms <= now_ms) {
+            entry_remove(lc, i, NULL);
+            lc->expired++;
+            hits++;
+        }
+    }
+    return hits;
+}
+
+/* ---- public engine ---- */
+
+struct cm_local *cm_local_new(enum cm_local_policy policy, uint64_t size, uint64_t seed)
+{
+    cm_assert(size >= 1 && size <= CM_LOCAL_MAX_SIZE);
+    struct cm_local *lc = cm_calloc(1, sizeof(*lc));
+    lc->policy = policy;
+    lc->size = size;
+    lc->seed = mix64(seed);
+    lc->rng = mix64(seed ^ 0x5851f42d4c957f2dULL) | 1;
+    lc->slot_cap = size + 1 < 16 ? (uint32_t)size + 1 : 16;
+    lc->slot = cm_malloc((size_t)lc->slot_cap * sizeof(*lc->slot));
+    lc->bucket_mask = 15;
+    lc->bucket = cm_malloc(16 * sizeof(uint32_t));
+    memset(lc->bucket, 0xff, 16 * sizeof(uint32_t));
+    for (int q = 0; q < 4; q++) {
+        lc->q[q].head = lc->q[q].tail = NIL;
+    }
+    if (policy == CM_LOCAL_TLFU) {
+        uint64_t window = size - (uint64_t)(PERCENT_MAIN * (double)size);
+        lc->window_max = window < 1 ? 1 : window;
+        lc->protected_max = (uint64_t)(PERCENT_MAIN_PROTECTED * (double)(size - lc->window_max));
+        cm_sketch_init(&lc->sketch, size);
+        cm_climber_init(&lc->climber, size);
+    } else {
+        lc->window_max = size;
+    }
+    return lc;
+}
+
+void cm_local_free(struct cm_local *lc)
+{
+    if (lc == NULL) {
+        return;
+    }
+    for (uint32_t i = 0; i < lc->count; i++) {
+        cm_free(lc->slot[i]);
+    }
+    cm_free(lc->slot);
+    cm_free(lc->bucket);
+    if (lc->policy == CM_LOCAL_TLFU) {
+        cm_sketch_deinit(&lc->sketch);
+    }
+    cm_free(lc);
+}
+
+bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now_ms,
+                  const char **val, size_t *vlen)
+{
+    uint32_t h = (uint32_t)cm_hash_seeded(key, klen, lc->seed);
+    bool tlfu = lc->policy == CM_LOCAL_TLFU;
+    if (tlfu) {
+        cm_sketch_increment(&lc->sketch, sketch_hash(lc, h));
+    }
+    uint32_t i = find(lc, key, klen, h);
+    if (i != NIL && lc->slot[i]->expire_ms != 0 && lc->slot[i]->expire_ms <= now_ms) {
+        entry_remove(lc, i, NULL);
+        lc->expired++;
+        i = NIL;
+    }
+    if (i == NIL) {
+        if (tlfu) {
+            climb(lc, false);
+        }
+        return false;
+    }
+    on_access(lc, i);
+    if (tlfu) {
+        climb(lc, true);
+    }
+    /* climb() only moves entries between queues, so slot i is still this entry. */
+    struct lentry *e = lc->slot[i];
+    *val = e->data + e_klen(e);
+    *vlen = e->vlen;
+    return true;
+}
+
+void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char *val,
+                  size_t vlen, int64_t ttl_ms, int64_t now_ms)
+{
+    if (klen > CM_LOCAL_MAX_KLEN || vlen > CM_LOCAL_MAX_VLEN) {
+        cm_local_del(lc, key, klen);
+        return;
+    }
+    uint32_t h = (uint32_t)cm_hash_seeded(key, klen, lc->seed);
+    int64_t expire_ms = ttl_ms > 0 ? now_ms + ttl_ms : 0;
+    if (expire_ms == 0 && ttl_ms > 0) {
+        expire_ms = 1;
+    }
+    if (lc->nttl > 0) {
+        sample_expire(lc, now_ms, 2);
+    }
+    uint32_t i = find(lc, key, klen, h);
+    if (i != NIL) {
+        struct lentry *old = lc->slot[i];
+        struct lentry *e = entry_new(lc, key, klen, val, vlen, h, expire_ms);
+        e->prev = old->prev;
+        e->next = old->next;
+        e->hnext = old->hnext;
+        e->kq = old->kq;
+        lc->slot[i] = e;
+        free_entry(lc, old);
+        on_access(lc, i);
+        return;
+    }
+    i = index_add(lc, entry_new(lc, key, klen, val, vlen, h, expire_ms));
+    q_push_head(lc, Q_WINDOW, i);
+    if (lc->policy == CM_LOCAL_LRU) {
+        if (lc->count > lc->size) {
+            evict(lc, lc->q[Q_WINDOW].tail, NULL);
+        }
+        return;
+    }
+    uint64_t ncand = 0;
+    while (lc->q[Q_WINDOW].count > lc->window_max) {
+        q_move_head(lc, Q_PROBATION, lc->q[Q_WINDOW].tail);
+        ncand++;
+    }
+    evict_main(lc, ncand);
+}
+
+bool cm_local_del(struct cm_local *lc, const char *key, size_t klen)
+{
+    uint32_t h = (uint32_t)cm_hash_seeded(key, klen, lc->seed);
+    uint32_t i = find(lc, key, klen, h);
+    if (i == NIL) {
+        return false;
+    }
+    entry_remove(lc, i, NULL);
+    return true;
+}
+
+size_t cm_local_expire(struct cm_local *lc, int64_t now_ms, unsigned max_rounds)
+{
+    size_t total = 0;
+    for (unsigned r = 0; r < max_rounds && lc->nttl > 0 && lc->count > 0; r++) {
+        size_t n = lc->count < EXPIRE_SAMPLE ? lc->count : EXPIRE_SAMPLE;
+        size_t got = sample_expire(lc, now_ms, n);
+        total += got;
+        if (got * 4 < n) {
+            break;
+        }
+    }
+    return total;
+}
+
+void cm_local_get_stats(const struct cm_local *lc, struct cm_local_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->entries = lc->count;
+    out->memory_bytes = malloc_usable_size((void *)lc) + lc->entry_bytes +
+                        malloc_usable_size(lc->slot) + malloc_usable_size(lc->bucket);
+    if (lc->policy == CM_LOCAL_TLFU) {
+        out->memory_bytes += malloc_usable_size(lc->sketch.table);
+        out->window = lc->q[Q_WINDOW].count;
+        out->probation = lc->q[Q_PROBATION].count;
+        out->protected_ = lc->q[Q_PROTECTED].count;
+        out->window_max = lc->window_max;
+        out->protected_max = lc->protected_max;
+    }
+    out->size = lc->size;
+    out->evictions = lc->evictions;
+    out->expired = lc->expired;
+}
+
+int cm_local_queue_of(struct cm_local *lc, const char *key, size_t klen)
+{
+    uint32_t i = find(lc, key, klen, (uint32_t)cm_hash_seeded(key, klen, lc->seed));
+    return i == NIL ? 0 : e_queue(lc->slot[i]);
+}
+
+/* ---- storage adapter ---- */
+
+#define EXPIRE_TICK_MS 100
+#define EXPIRE_TICK_ROUNDS 16
+
+/* st->priv of a local storage. */
+struct local_st {
+    struct cm_local *lc;    /* owned */
+    struct event *tick;     /* owned: periodic expiry sampling, NULL without an event base */
+};
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct local_st *ls = arg;
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    cm_local_expire(ls->lc, cm_now_ms(), EXPIRE_TICK_ROUNDS);
+}
+
+static int local_open(struct cm_storage *st, enum cm_local_policy policy, char *err, size_t errsz)
+{
+    uint64_t size = st->conf->size;
+    if (size < 1 || size > CM_LOCAL_MAX_SIZE) {
+        snprintf(err, errsz, "size %llu out of range 1..%llu", (unsigned long long)size,
+                 (unsigned long long)CM_LOCAL_MAX_SIZE);
+        return CM_ERR;
+    }
+    struct local_st *ls = cm_calloc(1, sizeof(*ls));
+    ls->lc = cm_local_new(policy, size, cm_rand64());
+    if (st->base != NULL) {
+        struct timeval tv = { 0, EXPIRE_TICK_MS * 1000 };
+        ls->tick = event_new(st->base, -1, EV_PERSIST, on_tick, ls);
+        if (ls->tick == NULL || event_add(ls->tick, &tv) != 0) {
+            snprintf(err, errsz, "cannot create the expiry timer");
+            if (ls->tick != NULL) {
+                event_free(ls->tick);
+            }
+            cm_local_free(ls->lc);
+            cm_free(ls);
+            return CM_ERR;
+        }
+    }
+    st->priv = ls;
+    return CM_OK;
+}
+
+static int lru_open(struct cm_storage *st, char *err, size_t errsz)
+{
+    return local_open(st, CM_LOCAL_LRU, err, errsz);
+}
+
+static int tlfu_open(struct cm_storage *st, char *err, size_t errsz)
+{
+    return local_open(st, CM_LOCAL_TLFU, err, errsz);
+}
+
+static void local_close(struct cm_storage *st)
+{
+    struct local_st *ls = st->priv;
+    if (ls == NULL) {
+        return;
+    }
+    if (ls->tick != NULL) {
+        event_free(ls->tick);
+    }
+    cm_local_free(ls->lc);
+    cm_free(ls);
+    st->priv = NULL;
+}
+
+static bool local_lookup(struct cm_storage *st, const char *key, size_t klen, const char **val,
+                         size_t *vlen)
+{
+    struct local_st *ls = st->priv;
+    return cm_local_get(ls->lc, key, klen, cm_now_ms(), val, vlen);
+}
+
+static void local_store(struct cm_storage *st, const char *key, size_t klen, const char *val,
+                        size_t vlen, int64_t ttl_ms)
+{
+    struct local_st *ls = st->priv;
+    cm_local_set(ls->lc, key, klen, val, vlen, ttl_ms, cm_now_ms());
+}
+
+static bool local_remove(struct cm_storage *st, const char *key, size_t klen)
+{
+    struct local_st *ls = st->priv;
+    return cm_local_del(ls->lc, key, klen);
+}
+
+static void local_info(struct cm_storage *st, struct cm_buf *out)
+{
+    struct local_st *ls = st->priv;
+    struct cm_local_stats s;
+    cm_local_get_stats(ls->lc, &s);
+    cm_buf_printf(out, "entries:%llu\r\nmemory_bytes:%llu\r\nevictions:%llu\r\nexpired:%llu\r\n",
+                  (unsigned long long)s.entries, (unsigned long long)s.memory_bytes,
+                  (unsigned long long)s.evictions, (unsigned long long)s.expired);
+    if (ls->lc->policy == CM_LOCAL_TLFU) {
+        cm_buf_printf(out,
+                      "window:%llu\r\nprobation:%llu\r\nprotected:%llu\r\nwindow_max:%llu\r\n",
+                      (unsigned long long)s.window, (unsigned long long)s.probation,
+                      (unsigned long long)s.protected_, (unsigned long long)s.window_max);
+    }
+}
+
+const struct cm_storage_ops cm_st_lru_ops = {
+    .name = "lru",
+    .local = true,
+    .open = lru_open,
+    .close = local_close,
+    .lookup = local_lookup,
+    .store = local_store,
+    .remove = local_remove,
+    .info = local_info,
+};
+
+const struct cm_storage_ops cm_st_tlfu_ops = {
+    .name = "tlfu",
+    .local = true,
+    .open = tlfu_open,
+    .close = local_close,
+    .lookup = local_lookup,
+    .store = local_store,
+    .remove = local_remove,
+    .info = local_info,
+};
