@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #define LOADER_MAX_HOST_CONNS 256  /* concurrent connections per origin; more transfers queue */
 #define LOADER_MAX_CONNS 1024      /* connection cache: idle keep-alive connections kept */
@@ -43,7 +44,7 @@ struct xfer {
     char errbuf[CURL_ERROR_SIZE];
     cm_load_done_fn *done;
     void *arg;
-    struct xfer *prev, *next;   /* l->xfers */
+    LIST_ENTRY(xfer) link;      /* l->xfers */
 };
 
 /* A socket curl asked us to watch; owned by the loader's list, attached with curl_multi_assign. */
@@ -52,7 +53,7 @@ struct sockinfo {
     curl_socket_t fd;
     struct event *ev;           /* NULL until curl asks for a direction */
     int what;                   /* CURL_POLL_* the event was built for */
-    struct sockinfo *prev, *next;
+    LIST_ENTRY(sockinfo) link;  /* l->socks */
 };
 
 /* The loader: one multi handle on one event_base; owned by the server. */
@@ -60,30 +61,13 @@ struct cm_loader {
     struct event_base *base;    /* borrowed */
     CURLM *multi;
     struct event *timer;        /* curl's single timeout */
-    struct xfer *xfers;         /* pending transfers, newest first */
-    struct sockinfo *socks;     /* watched sockets */
+    LIST_HEAD(, xfer) xfers;    /* pending transfers */
+    LIST_HEAD(, sockinfo) socks; /* watched sockets */
     size_t pending;
     bool freeing;               /* cm_loader_free in progress: refuse new fetches */
 };
 
 static bool curl_ready;
-
-static void check_multi_info(struct cm_loader *l);
-
-static void xfer_unlink(struct xfer *x)
-{
-    struct cm_loader *l = x->l;
-    if (x->prev != NULL) {
-        x->prev->next = x->next;
-    } else {
-        l->xfers = x->next;
-    }
-    if (x->next != NULL) {
-        x->next->prev = x->prev;
-    }
-    x->prev = x->next = NULL;
-    l->pending--;
-}
 
 /* Fills res from the curl result and the transfer's state. */
 static void classify(struct xfer *x, CURLcode rc, struct cm_load_result *res)
@@ -136,7 +120,8 @@ static void xfer_finish(struct xfer *x, CURLcode rc, const char *reason)
     struct cm_loader *l = x->l;
     struct cm_load_result res;
     memset(&res, 0, sizeof(res));
-    xfer_unlink(x);
+    LIST_REMOVE(x, link);
+    l->pending--;
     if (x->easy != NULL) {
         curl_multi_remove_handle(l->multi, x->easy);
     }
@@ -229,15 +214,7 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
 
 static void sock_free(struct sockinfo *si)
 {
-    struct cm_loader *l = si->l;
-    if (si->prev != NULL) {
-        si->prev->next = si->next;
-    } else {
-        l->socks = si->next;
-    }
-    if (si->next != NULL) {
-        si->next->prev = si->prev;
-    }
+    LIST_REMOVE(si, link);
     if (si->ev != NULL) {
         event_free(si->ev);
     }
@@ -261,11 +238,7 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, vo
         si = cm_calloc(1, sizeof(*si));
         si->l = l;
         si->fd = s;
-        si->next = l->socks;
-        if (l->socks != NULL) {
-            l->socks->prev = si;
-        }
-        l->socks = si;
+        LIST_INSERT_HEAD(&l->socks, si, link);
         curl_multi_assign(l->multi, s, si);
     }
     if (si->ev != NULL && si->what == what) {
@@ -293,6 +266,8 @@ struct cm_loader *cm_loader_new(struct event_base *base)
     }
     struct cm_loader *l = cm_calloc(1, sizeof(*l));
     l->base = base;
+    LIST_INIT(&l->xfers);
+    LIST_INIT(&l->socks);
     l->multi = curl_multi_init();
     l->timer = evtimer_new(base, on_timer, l);
     if (l->multi == NULL || l->timer == NULL) {
@@ -317,18 +292,20 @@ fail:
     return NULL;
 }
 
+/* Runs every pending done() from here, synchronously. Must not be called from a done callback
+ * of this loader (the caller of that callback still walks curl's queue). */
 void cm_loader_free(struct cm_loader *l)
 {
     if (l == NULL) {
         return;
     }
     l->freeing = true;
-    while (l->xfers != NULL) {
-        xfer_finish(l->xfers, CURLE_OK, "shutting down");
+    while (!LIST_EMPTY(&l->xfers)) {
+        xfer_finish(LIST_FIRST(&l->xfers), CURLE_OK, "shutting down");
     }
     curl_multi_cleanup(l->multi);
-    while (l->socks != NULL) {
-        sock_free(l->socks);
+    while (!LIST_EMPTY(&l->socks)) {
+        sock_free(LIST_FIRST(&l->socks));
     }
     event_free(l->timer);
     cm_free(l);
@@ -391,11 +368,7 @@ int cm_loader_fetch(struct cm_loader *l, const char *url, const char *unix_socke
     x->done = done;
     x->arg = arg;
     cm_buf_init(&x->body);
-    x->next = l->xfers;
-    if (l->xfers != NULL) {
-        l->xfers->prev = x;
-    }
-    l->xfers = x;
+    LIST_INSERT_HEAD(&l->xfers, x, link);
     l->pending++;
 
     x->easy = curl_easy_init();
