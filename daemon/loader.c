@@ -15,8 +15,8 @@
 #include <string.h>
 #include <sys/queue.h>
 
-#define LOADER_MAX_HOST_CONNS 256  /* concurrent connections per origin; more transfers queue */
-#define LOADER_MAX_CONNS 1024      /* connection cache: idle keep-alive connections kept */
+#define LOADER_MAX_HOST_CONNS 256 /* concurrent connections per origin; more transfers queue */
+#define LOADER_MAX_CONNS 1024     /* connection cache: idle keep-alive connections kept */
 
 /*
  * Life of a transfer:
@@ -32,39 +32,39 @@
 
 /* One fetch; owned by its loader's list from cm_loader_fetch until xfer_finish. */
 struct xfer {
-    struct cm_loader *l;        /* owner */
-    CURL *easy;                 /* NULL when setup failed (defer_ev then finishes it) */
-    struct event *defer_ev;     /* zero timer that reports an immediate failure from the loop */
-    char setup_err[96];         /* reason for a setup failure */
-    struct cm_buf body;         /* response body so far */
-    uint64_t max_size;          /* larger bodies fail */
-    int64_t timeout_ms;         /* for the timeout reason */
-    int64_t start_ns;           /* cm_now_ns() at fetch */
-    bool too_big;               /* body or Content-Length exceeded max_size */
+    struct cm_loader *l;    /* owner */
+    CURL *easy;             /* NULL when setup failed (defer_ev then finishes it) */
+    struct event *defer_ev; /* zero timer that reports an immediate failure from the loop */
+    char setup_err[96];     /* reason for a setup failure */
+    struct cm_buf body;     /* response body so far */
+    uint64_t max_size;      /* larger bodies fail */
+    int64_t timeout_ms;     /* for the timeout reason */
+    int64_t start_ns;       /* cm_now_ns() at fetch */
+    bool too_big;           /* body or Content-Length exceeded max_size */
     char errbuf[CURL_ERROR_SIZE];
     cm_load_done_fn *done;
     void *arg;
-    LIST_ENTRY(xfer) link;      /* l->xfers */
+    LIST_ENTRY(xfer) link; /* l->xfers */
 };
 
 /* A socket curl asked us to watch; owned by the loader's list, attached with curl_multi_assign. */
 struct sockinfo {
     struct cm_loader *l;
     curl_socket_t fd;
-    struct event *ev;           /* NULL until curl asks for a direction */
-    int what;                   /* CURL_POLL_* the event was built for */
-    LIST_ENTRY(sockinfo) link;  /* l->socks */
+    struct event *ev;          /* NULL until curl asks for a direction */
+    int what;                  /* CURL_POLL_* the event was built for */
+    LIST_ENTRY(sockinfo) link; /* l->socks */
 };
 
 /* The loader: one multi handle on one event_base; owned by the server. */
 struct cm_loader {
-    struct event_base *base;    /* borrowed */
+    struct event_base *base; /* borrowed */
     CURLM *multi;
-    struct event *timer;        /* curl's single timeout */
-    LIST_HEAD(, xfer) xfers;    /* pending transfers */
+    struct event *timer;         /* curl's single timeout */
+    LIST_HEAD(, xfer) xfers;     /* pending transfers */
     LIST_HEAD(, sockinfo) socks; /* watched sockets */
     size_t pending;
-    bool freeing;               /* cm_loader_free in progress: refuse new fetches */
+    bool freeing; /* cm_loader_free in progress: refuse new fetches */
 };
 
 static bool curl_ready;
@@ -182,7 +182,8 @@ static void check_multi_info(struct cm_loader *l)
 static void on_socket_event(evutil_socket_t fd, short what, void *arg)
 {
     struct cm_loader *l = arg;
-    int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int action =
+        ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     int running = 0;
     curl_multi_socket_action(l->multi, fd, action, &running);
     check_multi_info(l);
@@ -326,11 +327,11 @@ static CURLcode setup_easy(struct xfer *x, const char *url, const char *unix_soc
 {
     CURL *e = x->easy;
     CURLcode rc = CURLE_OK;
-#define SETOPT(opt, val)                                                                       \
-    do {                                                                                       \
-        if (rc == CURLE_OK) {                                                                  \
-            rc = curl_easy_setopt(e, opt, val);                                                \
-        }                                                                                      \
+#define SETOPT(opt, val)                                                                           \
+    do {                                                                                           \
+        if (rc == CURLE_OK) {                                                                      \
+            rc = curl_easy_setopt(e, opt, val);                                                    \
+        }                                                                                          \
     } while (0)
     SETOPT(CURLOPT_URL, url);
     SETOPT(CURLOPT_PRIVATE, x);
@@ -343,7 +344,8 @@ static CURLcode setup_easy(struct xfer *x, const char *url, const char *unix_soc
     SETOPT(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
     SETOPT(CURLOPT_USERAGENT, "cachemed");
-    SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)(x->max_size > INT64_MAX ? INT64_MAX : x->max_size));
+    SETOPT(CURLOPT_MAXFILESIZE_LARGE,
+           (curl_off_t)(x->max_size > INT64_MAX ? INT64_MAX : x->max_size));
     if (x->timeout_ms > 0) {
         SETOPT(CURLOPT_TIMEOUT_MS, (long)x->timeout_ms);
     }
@@ -383,7 +385,8 @@ int cm_loader_fetch(struct cm_loader *l, const char *url, const char *unix_socke
     }
     CURLMcode mrc = curl_multi_add_handle(l->multi, x->easy);
     if (mrc != CURLM_OK) {
-        snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s", curl_multi_strerror(mrc));
+        snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s",
+                 curl_multi_strerror(mrc));
         goto defer;
     }
     return CM_OK;

@@ -28,9 +28,9 @@
 /* A running origin.py child. */
 struct origin {
     pid_t pid;
-    int port;           /* TCP port, 0 for a Unix-only origin */
+    int port; /* TCP port, 0 for a Unix-only origin */
     char unix_path[256];
-    char dir[64];       /* mkdtemp directory for the socket, "" when none */
+    char dir[64]; /* mkdtemp directory for the socket, "" when none */
 };
 
 /* What one done() call saw. */
@@ -38,16 +38,16 @@ struct got {
     int calls;
     enum cm_load_outcome outcome;
     long status;
-    char *body;         /* stolen from the result */
+    char *body; /* stolen from the result */
     size_t len;
     char reason[160];
     int64_t elapsed_ns;
-    int *counter;       /* optional shared completion counter */
+    int *counter; /* optional shared completion counter */
 };
 
 static struct event_base *base;
 static struct cm_loader *loader;
-static struct event *tick;     /* keeps EVLOOP_ONCE from returning at once when idle */
+static struct event *tick; /* keeps EVLOOP_ONCE from returning at once when idle */
 static struct origin org;
 
 static const char *origin_script(void)
@@ -483,8 +483,8 @@ START_TEST(test_free_pending)
     for (int i = 0; i < N; i++) {
         memset(&gs[i], 0, sizeof(gs[i]));
         gs[i].counter = &done;
-        ck_assert_int_eq(cm_loader_fetch(loader, url("/hang"), NULL, 20000, MAX_SIZE, on_done,
-                                         &gs[i]), CM_OK);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, url("/hang"), NULL, 20000, MAX_SIZE, on_done, &gs[i]), CM_OK);
     }
     /* Let them reach the origin, so they are mid-transfer when freed. */
     run_for(300);
