@@ -587,6 +587,25 @@ START_TEST(test_fetch_from_done)
 }
 END_TEST
 
+/* A kept-alive connection the origin has since closed (restart) is not reused as if alive. */
+START_TEST(test_origin_restart)
+{
+    struct got g;
+    fetch(url("/users/1"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    got_clear(&g);
+    char port[16];
+    snprintf(port, sizeof(port), "%d", org.port);
+    origin_stop(&org);
+    const char *args[] = {"--port", port, NULL};
+    origin_start(&org, args);
+    fetch(url("/users/1"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    ck_assert_str_eq(g.body, "{\"path\": \"/users/1\", \"n\": 1}");
+    got_clear(&g);
+}
+END_TEST
+
 static Suite *loader_suite(void)
 {
     Suite *s = suite_create("loader");
@@ -606,6 +625,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, test_immediate_failures_deferred);
     tcase_add_test(tc, test_origin_closes);
     tcase_add_test(tc, test_fetch_from_done);
+    tcase_add_test(tc, test_origin_restart);
     suite_add_tcase(s, tc);
 
     TCase *tu = tcase_create("unix");
