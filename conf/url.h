@@ -15,7 +15,9 @@ struct cm_url {
     char *query;       /* raw, without '?' */
 };
 
-/* Returns CM_OK, or CM_ERR with a short reason in err. */
+/* Returns CM_OK, or CM_ERR with a short reason in err (then *out holds nothing to free).
+ * sqlite: path is everything after "sqlite://" ("/abs/path" for sqlite:///abs/path, "rel" for
+ * sqlite://rel, relative to the working directory); mongodb: host may be a raw "h1:1,h2:2" list. */
 int cm_url_parse(const char *s, struct cm_url *out, char *err, size_t errsz) CM_MUSTCHECK;
 void cm_url_deinit(struct cm_url *u);
 

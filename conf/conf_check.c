@@ -1,0 +1,371 @@
+/* Value checks of the config loader: listen addresses, names, key and loader templates,
+ * doorkeeper. Pure functions over strings, so check_conf.c can drive them table-first. */
+#include "conf/conf_check.h"
+
+#include "daemon/common.h"
+#include "daemon/util.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+#define MAX_NAME_LEN 64
+#define MAX_HOST_LEN 253
+#define MAX_PARAMS 32
+/* Largest doorkeeper filter accepted: 2^33 bits = 1 GiB. */
+#define MAX_DK_BITS (1ULL << 33)
+
+static const char *say(char *buf, size_t bufsz, const char *fmt, ...) CM_PRINTF(3, 4);
+
+static const char *say(char *buf, size_t bufsz, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, bufsz, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+static bool is_ident_char(char c)
+{
+    return isalnum((unsigned char)c) || c == '_';
+}
+
+static bool is_dns_name(const char *s, size_t len)
+{
+    if (len == 0 || len > MAX_HOST_LEN || s[0] == '-' || s[0] == '.') {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '.' && s[i] != '_') {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool all_digits_dots(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (!isdigit((unsigned char)s[i]) && s[i] != '.') {
+            return false;
+        }
+    }
+    return true;
+}
+
+const char *cm_conf_check_listen(const char *s, bool allow_unix, char *buf, size_t bufsz)
+{
+    const char *colon;
+    char host[MAX_HOST_LEN + 1];
+    size_t hlen;
+    uint64_t port;
+
+    if (strncmp(s, "unix:", 5) == 0) {
+        const char *path = s + 5;
+        if (!allow_unix) {
+            return "a Unix socket is not allowed here: use host:port";
+        }
+        if (path[0] != '/') {
+            return "unix: needs an absolute path, e.g. unix:/run/cachemed.sock";
+        }
+        if (strlen(path) > CM_CONF_MAX_SUN_PATH) {
+            return say(buf, bufsz, "socket path longer than %d bytes", CM_CONF_MAX_SUN_PATH);
+        }
+        return NULL;
+    }
+    colon = strrchr(s, ':');
+    if (colon == NULL) {
+        return allow_unix ? "expected host:port or unix:/path" : "expected host:port";
+    }
+    hlen = (size_t)(colon - s);
+    if (cm_parse_u64(colon + 1, strlen(colon + 1), &port) != CM_OK || port < 1 || port > 65535) {
+        return say(buf, bufsz, "bad port '%.16s' (expected 1..65535)", colon + 1);
+    }
+    if (hlen == 0) {
+        return "missing host (use 0.0.0.0 or [::] for every address)";
+    }
+    if (hlen > MAX_HOST_LEN) {
+        return "host name too long";
+    }
+    if (s[0] == '[') {
+        if (hlen < 3 || s[hlen - 1] != ']') {
+            return "bad IPv6 address: expected [address]:port";
+        }
+        memcpy(host, s + 1, hlen - 2);
+        host[hlen - 2] = '\0';
+        struct in6_addr a6;
+        if (inet_pton(AF_INET6, host, &a6) != 1) {
+            return say(buf, bufsz, "bad IPv6 address '%s'", host);
+        }
+        return NULL;
+    }
+    memcpy(host, s, hlen);
+    host[hlen] = '\0';
+    if (memchr(host, ':', hlen) != NULL) {
+        return "an IPv6 address must be in brackets: [address]:port";
+    }
+    if (all_digits_dots(host, hlen)) {
+        struct in_addr a4;
+        if (inet_pton(AF_INET, host, &a4) != 1) {
+            return say(buf, bufsz, "bad IPv4 address '%s'", host);
+        }
+        return NULL;
+    }
+    if (!is_dns_name(host, hlen)) {
+        return "bad host name (allowed: A-Z a-z 0-9 - . _)";
+    }
+    return NULL;
+}
+
+const char *cm_conf_check_name(const char *s, size_t len, char *buf, size_t bufsz)
+{
+    CM_UNUSED(buf);
+    CM_UNUSED(bufsz);
+    if (len == 0) {
+        return "empty name";
+    }
+    if (len > MAX_NAME_LEN) {
+        return "name longer than 64 characters";
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (!is_ident_char(s[i]) && s[i] != '.' && s[i] != '-') {
+            return "bad character in name (allowed: A-Z a-z 0-9 _ . -)";
+        }
+    }
+    return NULL;
+}
+
+/* Empty or longer than max: the reason; else NULL. */
+static const char *check_len(size_t len, size_t max, char *buf, size_t bufsz)
+{
+    if (len == 0) {
+        return "must not be empty";
+    }
+    if (len > max) {
+        return say(buf, bufsz, "longer than %zu characters", max);
+    }
+    return NULL;
+}
+
+const char *cm_conf_check_chars(const char *s, size_t max, const char *extra, char *buf,
+                                size_t bufsz)
+{
+    size_t len = strlen(s);
+    const char *why = check_len(len, max, buf, bufsz);
+    if (why != NULL) {
+        return why;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (!is_ident_char(s[i]) && strchr(extra, s[i]) == NULL) {
+            return say(buf, bufsz, "only A-Z a-z 0-9 %s are allowed",
+                       extra[0] == '\0' ? "_" : "_ and these: -.");
+        }
+    }
+    return NULL;
+}
+
+const char *cm_conf_check_word(const char *s, size_t max, char *buf, size_t bufsz)
+{
+    size_t len = strlen(s);
+    const char *why = check_len(len, max, buf, bufsz);
+    if (why != NULL) {
+        return why;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= ' ' || c == 0x7f) {
+            return "spaces and control characters are not allowed";
+        }
+    }
+    return NULL;
+}
+
+/* One {param} of a template. */
+struct tpl_param {
+    const char *name;
+    size_t len;
+    size_t start;   /* offset of '{' */
+    size_t end;     /* offset just after '}' */
+};
+
+/* Splits a template into its parameters; checks braces and names. Returns NULL or a reason. */
+static const char *scan_template(const char *s, struct tpl_param *params, size_t *nparams,
+                                 char *buf, size_t bufsz)
+{
+    size_t n = 0;
+    for (size_t i = 0; s[i] != '\0'; i++) {
+        if (s[i] == '}') {
+            return say(buf, bufsz, "unmatched '}' at offset %zu", i);
+        }
+        if (s[i] != '{') {
+            continue;
+        }
+        size_t j = i + 1;
+        while (is_ident_char(s[j])) {
+            j++;
+        }
+        if (s[j] == '\0') {
+            return say(buf, bufsz, "unclosed '{' at offset %zu", i);
+        }
+        if (s[j] != '}') {
+            return say(buf, bufsz,
+                       "bad character '%c' in parameter name at offset %zu (allowed: A-Z a-z 0-9 _)",
+                       isprint((unsigned char)s[j]) ? s[j] : '?', j);
+        }
+        if (j == i + 1) {
+            return say(buf, bufsz, "empty parameter name '{}' at offset %zu", i);
+        }
+        if (n == MAX_PARAMS) {
+            return say(buf, bufsz, "more than %d parameters", MAX_PARAMS);
+        }
+        params[n].name = s + i + 1;
+        params[n].len = j - i - 1;
+        params[n].start = i;
+        params[n].end = j + 1;
+        n++;
+        i = j;
+    }
+    *nparams = n;
+    return NULL;
+}
+
+const char *cm_conf_check_key_template(const char *s, char *buf, size_t bufsz)
+{
+    struct tpl_param p[MAX_PARAMS];
+    size_t n;
+    const char *why;
+
+    if (s[0] == '\0') {
+        return "must not be empty";
+    }
+    for (size_t i = 0; s[i] != '\0'; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < ' ' || c == 0x7f) {
+            return "control characters are not allowed";
+        }
+    }
+    why = scan_template(s, p, &n, buf, bufsz);
+    if (why != NULL) {
+        return why;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && p[i - 1].end == p[i].start) {
+            return say(buf, bufsz,
+                       "parameters {%.*s} and {%.*s} are adjacent: separate them with literal text",
+                       (int)p[i - 1].len, p[i - 1].name, (int)p[i].len, p[i].name);
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (p[j].len == p[i].len && memcmp(p[j].name, p[i].name, p[i].len) == 0) {
+                return say(buf, bufsz, "parameter {%.*s} appears twice", (int)p[i].len,
+                           p[i].name);
+            }
+        }
+    }
+    return NULL;
+}
+
+const char *cm_conf_check_loader(const char *url, const char *key_tpl, char *buf, size_t bufsz)
+{
+    struct tpl_param p[MAX_PARAMS], kp[MAX_PARAMS];
+    size_t n, kn = 0;
+    size_t host_end;
+    const char *why;
+
+    if (strncasecmp(url, "https://", 8) == 0) {
+        return "https:// is not supported: use http:// (or loader_socket)";
+    }
+    if (strncmp(url, "http://", 7) != 0) {
+        return "must start with http://";
+    }
+    for (size_t i = 0; url[i] != '\0'; i++) {
+        unsigned char c = (unsigned char)url[i];
+        if (c <= ' ' || c == 0x7f) {
+            return "spaces and control characters are not allowed";
+        }
+    }
+    host_end = 7 + strcspn(url + 7, "/?#");
+    if (host_end == 7) {
+        return "missing host after http://";
+    }
+    if (url[host_end] == '#') {
+        return "fragments ('#') are not allowed";
+    }
+    why = scan_template(url, p, &n, buf, bufsz);
+    if (why != NULL) {
+        return why;
+    }
+    if (n > 0 && p[0].start < host_end) {
+        return "parameters are not allowed in the host part";
+    }
+    if (key_tpl == NULL || scan_template(key_tpl, kp, &kn, buf, bufsz) != NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool found = false;
+        for (size_t j = 0; j < kn && !found; j++) {
+            found = kp[j].len == p[i].len && memcmp(kp[j].name, p[i].name, p[i].len) == 0;
+        }
+        if (!found) {
+            return say(buf, bufsz, "parameter {%.*s} is not in the key template '%.64s'",
+                       (int)p[i].len, p[i].name, key_tpl);
+        }
+    }
+    return NULL;
+}
+
+static const char *trim(const char *s, size_t *len)
+{
+    while (*len > 0 && isspace((unsigned char)*s)) {
+        s++;
+        (*len)--;
+    }
+    while (*len > 0 && isspace((unsigned char)s[*len - 1])) {
+        (*len)--;
+    }
+    return s;
+}
+
+const char *cm_conf_parse_doorkeeper(const char *s, uint64_t *capacity, double *fpp, char *buf,
+                                     size_t bufsz)
+{
+    const char *comma = strchr(s, ',');
+    const char *c, *f;
+    size_t clen, flen;
+    char tmp[64];
+    char *end;
+    uint64_t cap;
+    double p;
+    double bits;
+
+    if (comma == NULL) {
+        return "expected \"capacity, false-positive rate\", e.g. 100000, 0.01";
+    }
+    clen = (size_t)(comma - s);
+    c = trim(s, &clen);
+    flen = strlen(comma + 1);
+    f = trim(comma + 1, &flen);
+    if (cm_parse_u64(c, clen, &cap) != CM_OK || cap < 1) {
+        return say(buf, bufsz, "bad capacity '%.*s' (expected an integer >= 1)",
+                   (int)(clen > 32 ? 32 : clen), c);
+    }
+    if (flen == 0 || flen >= sizeof(tmp)) {
+        return "bad false-positive rate (expected a number between 0 and 1)";
+    }
+    memcpy(tmp, f, flen);
+    tmp[flen] = '\0';
+    p = strtod(tmp, &end);
+    if (*end != '\0' || !isdigit((unsigned char)tmp[flen - 1]) || !(p > 0.0 && p < 1.0)) {
+        return say(buf, bufsz, "bad false-positive rate '%s' (expected 0 < rate < 1)", tmp);
+    }
+    /* Cacheme's sizing: bits = capacity * -ln(fpp) / ln(2)^2, rounded up to a power of two. */
+    bits = (double)cap * -log(p) / (M_LN2 * M_LN2);
+    if (!(bits <= (double)MAX_DK_BITS)) {
+        return "filter too large (more than 1 GiB): lower the capacity or raise the rate";
+    }
+    *capacity = cap;
+    *fpp = p;
+    return NULL;
+}
