@@ -101,7 +101,7 @@ void cm_resp_parser_free(struct cm_resp_parser *p)
 
 char *cm_resp_reserve(struct cm_resp_parser *p, size_t n)
 {
-    if (p->cap - p->len >= n) {
+    if (p->data != NULL && p->cap - p->len >= n) {
         return p->data + p->len;
     }
     /* Compact first: the front of the buffer holds requests already handed out. */
@@ -111,7 +111,7 @@ char *cm_resp_reserve(struct cm_resp_parser *p, size_t n)
         p->pos = 0;
         p->len = live;
     }
-    if (p->cap - p->len < n) {
+    if (p->data == NULL || p->cap - p->len < n) {
         cm_assert(n <= SIZE_MAX / 2 - live);
         size_t cap = p->cap ? p->cap : BUF_MIN_CAP;
         while (cap - live < n) {

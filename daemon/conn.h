@@ -1,0 +1,70 @@
+/* A client connection: socket, input parser, request queue (pipelining) and output buffer. */
+#ifndef CM_DAEMON_CONN_H
+#define CM_DAEMON_CONN_H
+
+#include "daemon/buf.h"
+#include "daemon/common.h"
+#include "daemon/req.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+struct event;
+struct cm_resp_parser;
+struct cm_server;
+
+enum cm_conn_state {
+    CM_CONN_ACTIVE = 0,
+    CM_CONN_CLOSING,   /* events removed, requests orphaned, waiting on srv->to_free */
+};
+
+#define CM_CONN_OUTPUT_LIMIT (256ULL * 1024 * 1024) /* pending reply bytes before disconnect */
+#define CM_CONN_MAX_PIPELINE 4096                  /* queued requests before reading pauses */
+#define CM_CONN_WBUF_PAUSE (4 * 1024 * 1024)        /* output bytes before reading pauses */
+#define CM_CONN_REQS_PER_EVENT 1024                 /* requests parsed per wakeup */
+
+/* Owned by the server (srv->conns, then srv->to_free). */
+struct cm_conn {
+    TAILQ_ENTRY(cm_conn) link;
+    struct cm_server *srv;
+    uint64_t id;
+    int fd;
+    enum cm_conn_state state;
+    struct event *rev;              /* owned */
+    struct event *wev;              /* owned */
+    bool reading;                   /* rev is armed */
+    bool writing;                   /* wev is armed */
+    struct cm_resp_parser *parser;  /* owned */
+    struct cm_buf wbuf;             /* bytes to write */
+    TAILQ_HEAD(, cm_req) reqs;      /* arrival order; owned until written */
+    size_t nreqs;
+    size_t pending_bytes;           /* reply bytes of DONE requests not yet moved to wbuf */
+    bool resp3;
+    bool authed;
+    bool close_after_write;         /* QUIT or protocol error: close once wbuf drains */
+    bool unix_sock;
+    bool in_read;                   /* inside on_readable: replies are flushed once at its end */
+    char *name;                     /* CLIENT SETNAME, owned */
+    char addr[80];                  /* peer, for logs and CLIENT LIST */
+    int64_t created_ms;
+    int64_t last_active_ms;
+    uint64_t ncmds;
+};
+
+/* Takes ownership of fd (non-blocking). Returns NULL on failure (fd closed). */
+struct cm_conn *cm_conn_new(struct cm_server *srv, int fd, const char *addr, bool unix_sock);
+/* Closes now: removes events, orphans waiting requests, links onto srv->to_free. Safe to call
+ * from any callback, twice is a no-op. */
+void cm_conn_close(struct cm_conn *c, const char *why);
+/* Frees a closed connection (only from the server's reaper). */
+void cm_conn_free(struct cm_conn *c);
+/* A request of c became DONE: move finished replies to the output and write. */
+void cm_conn_reply_ready(struct cm_conn *c);
+/* Readable event logic (also used by tests). */
+void cm_conn_on_readable(struct cm_conn *c);
+void cm_conn_on_writable(struct cm_conn *c);
+/* True when no request is in progress and nothing is left to write. */
+bool cm_conn_is_idle(const struct cm_conn *c);
+
+#endif

@@ -1,0 +1,241 @@
+/* Nodes: template parsing and matching, storage keys, loader URLs, chain layout. */
+#include "daemon/node.h"
+#include "conf/conf.h"
+#include "daemon/alloc.h"
+#include "daemon/bloom.h"
+#include "daemon/buf.h"
+#include "daemon/util.h"
+#include "storages/storage.h"
+
+#include <string.h>
+
+static void add_seg(struct cm_tpl *t, bool param, const char *s, size_t len)
+{
+    t->segs = cm_realloc(t->segs, (t->nsegs + 1) * sizeof(*t->segs));
+    t->segs[t->nsegs].param = param;
+    t->segs[t->nsegs].text = cm_strndup(s, len);
+    t->segs[t->nsegs].len = len;
+    t->nsegs++;
+    t->nparams += param;
+}
+
+int cm_tpl_parse(struct cm_tpl *t, const char *s, char *err, size_t errsz)
+{
+    const char *p = s;
+    memset(t, 0, sizeof(*t));
+    while (*p != '\0') {
+        const char *open = strchr(p, '{');
+        if (open == NULL) {
+            add_seg(t, false, p, strlen(p));
+            break;
+        }
+        if (open > p) {
+            add_seg(t, false, p, (size_t)(open - p));
+        }
+        const char *close = strchr(open, '}');
+        if (close == NULL || close == open + 1) {
+            snprintf(err, errsz, "unbalanced or empty {} in template '%s'", s);
+            cm_tpl_deinit(t);
+            return CM_ERR;
+        }
+        if (t->nsegs > 0 && t->segs[t->nsegs - 1].param) {
+            snprintf(err, errsz, "two parameters next to each other in template '%s'", s);
+            cm_tpl_deinit(t);
+            return CM_ERR;
+        }
+        if (t->nparams >= CM_NODE_MAX_PARAMS) {
+            snprintf(err, errsz, "more than %d parameters in template '%s'", CM_NODE_MAX_PARAMS, s);
+            cm_tpl_deinit(t);
+            return CM_ERR;
+        }
+        add_seg(t, true, open + 1, (size_t)(close - open - 1));
+        p = close + 1;
+    }
+    return CM_OK;
+}
+
+void cm_tpl_deinit(struct cm_tpl *t)
+{
+    for (size_t i = 0; i < t->nsegs; i++) {
+        cm_free(t->segs[i].text);
+    }
+    cm_free(t->segs);
+    memset(t, 0, sizeof(*t));
+}
+
+/*
+ * Glob-style matching where each param is "one byte, then any bytes". Only the most recent
+ * param is ever widened on a mismatch (the classic last-star backtracking), which yields the
+ * leftmost-shortest assignment in O(len * segments) without recursion.
+ */
+bool cm_tpl_match(const struct cm_tpl *t, const char *key, size_t klen, struct cm_params *params)
+{
+    size_t seg = 0, off = 0;   /* position in the template: segment and offset in a literal */
+    size_t s = 0;              /* position in the key */
+    ssize_t star_seg = -1;     /* the last param seen */
+    size_t star_end = 0;       /* where that param currently ends in the key */
+    size_t pstart[CM_NODE_MAX_PARAMS], pend[CM_NODE_MAX_PARAMS];
+    size_t pidx[CM_NODE_MAX_PARAMS + 1];
+    size_t np = 0;
+
+    for (size_t i = 0, k = 0; i < t->nsegs; i++) {
+        if (t->segs[i].param) {
+            pidx[i] = k++;
+        }
+    }
+    for (;;) {
+        if (seg < t->nsegs && t->segs[seg].param) {
+            /* Start a param: it takes one byte, then grows only on backtracking. */
+            if (s >= klen) {
+                goto backtrack;
+            }
+            pstart[pidx[seg]] = s;
+            s++;
+            star_seg = (ssize_t)seg;
+            star_end = s;
+            pend[pidx[seg]] = s;
+            seg++;
+            off = 0;
+            continue;
+        }
+        if (seg < t->nsegs) {
+            const struct cm_tpl_seg *lit = &t->segs[seg];
+            if (s < klen && key[s] == lit->text[off]) {
+                s++;
+                if (++off == lit->len) {
+                    seg++;
+                    off = 0;
+                }
+                continue;
+            }
+            goto backtrack;
+        }
+        if (s == klen) {
+            break;
+        }
+    backtrack:
+        if (star_seg < 0 || star_end >= klen) {
+            return false;
+        }
+        /* Widen the last param by one byte and retry what follows it. */
+        star_end++;
+        pend[pidx[star_seg]] = star_end;
+        s = star_end;
+        seg = (size_t)star_seg + 1;
+        off = 0;
+    }
+    if (params != NULL) {
+        for (size_t i = 0; i < t->nsegs; i++) {
+            if (!t->segs[i].param) {
+                continue;
+            }
+            size_t k = pidx[i];
+            params->name[np] = t->segs[i].text;
+            params->name_len[np] = t->segs[i].len;
+            params->val[np] = key + pstart[k];
+            params->val_len[np] = pend[k] - pstart[k];
+            np++;
+        }
+        params->n = np;
+    }
+    return true;
+}
+
+struct cm_node *cm_nodes_new(const struct cm_conf *conf, struct cm_storage **storages, char *err,
+                             size_t errsz)
+{
+    struct cm_node *nodes = cm_calloc(conf->nnodes ? conf->nnodes : 1, sizeof(*nodes));
+    for (size_t i = 0; i < conf->nnodes; i++) {
+        const struct cm_conf_node *cn = &conf->nodes[i];
+        struct cm_node *n = &nodes[i];
+        n->conf = cn;
+        n->name = cn->name;
+        if (cm_tpl_parse(&n->key, cn->key, err, errsz) != CM_OK ||
+            (cn->loader != NULL && cm_tpl_parse(&n->loader, cn->loader, err, errsz) != CM_OK)) {
+            cm_nodes_free(nodes, i + 1);
+            return NULL;
+        }
+        n->caches = cm_calloc(cn->ncaches ? cn->ncaches : 1, sizeof(*n->caches));
+        n->local_idx = cm_calloc(cn->ncaches ? cn->ncaches : 1, sizeof(size_t));
+        n->remote_idx = cm_calloc(cn->ncaches ? cn->ncaches : 1, sizeof(size_t));
+        n->ncaches = cn->ncaches;
+        for (size_t c = 0; c < cn->ncaches; c++) {
+            size_t si = (size_t)(cn->caches[c].st - conf->storages);
+            n->caches[c].st = storages[si];
+            n->caches[c].ttl_ms = cn->caches[c].ttl_ms;
+            if (storages[si]->ops->local) {
+                n->local_idx[n->nlocal++] = c;
+            } else {
+                n->remote_idx[n->nremote++] = c;
+            }
+        }
+        if (cn->doorkeeper) {
+            n->doorkeeper = cm_bloom_new(cn->dk_capacity, cn->dk_fpp);
+        }
+    }
+    return nodes;
+}
+
+void cm_nodes_free(struct cm_node *nodes, size_t n)
+{
+    if (nodes == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        cm_tpl_deinit(&nodes[i].key);
+        cm_tpl_deinit(&nodes[i].loader);
+        cm_free(nodes[i].caches);
+        cm_free(nodes[i].local_idx);
+        cm_free(nodes[i].remote_idx);
+        cm_bloom_free(nodes[i].doorkeeper);
+    }
+    cm_free(nodes);
+}
+
+struct cm_node *cm_node_find(struct cm_node *nodes, size_t n, const char *key, size_t klen,
+                             struct cm_params *params)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (cm_tpl_match(&nodes[i].key, key, klen, params)) {
+            return &nodes[i];
+        }
+    }
+    return NULL;
+}
+
+void cm_node_storage_key(const struct cm_node *node, const char *prefix, const char *key,
+                         size_t klen, struct cm_buf *out)
+{
+    cm_buf_append_str(out, prefix);
+    cm_buf_append(out, ":", 1);
+    cm_buf_append(out, key, klen);
+    cm_buf_append(out, ":", 1);
+    cm_buf_append_str(out, node->conf->version);
+}
+
+void cm_node_loader_url(const struct cm_node *node, const struct cm_params *params,
+                        struct cm_buf *out)
+{
+    for (size_t i = 0; i < node->loader.nsegs; i++) {
+        const struct cm_tpl_seg *seg = &node->loader.segs[i];
+        if (!seg->param) {
+            cm_buf_append(out, seg->text, seg->len);
+            continue;
+        }
+        for (size_t p = 0; p < params->n; p++) {
+            if (params->name_len[p] == seg->len && memcmp(params->name[p], seg->text, seg->len) == 0) {
+                const char *v = params->val[p];
+                size_t vl = params->val_len[p];
+                if (strspn(v, ".") >= vl) {
+                    /* "." and ".." would be dot segments: encode them so no path can climb. */
+                    for (size_t d = 0; d < vl; d++) {
+                        cm_buf_append(out, "%2E", 3);
+                    }
+                } else {
+                    cm_pct_encode(out, v, vl);
+                }
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,402 @@
+/* The server: listeners, accept, the loop with its reaper, housekeeping, graceful shutdown. */
+#include "daemon/server.h"
+#include "conf/conf.h"
+#include "daemon/alloc.h"
+#include "daemon/conn.h"
+#include "daemon/flight.h"
+#include "daemon/loader.h"
+#include "daemon/log.h"
+#include "daemon/node.h"
+#include "daemon/stats.h"
+#include "daemon/util.h"
+#include "storages/storage.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    struct cm_listener *l = arg;
+    struct cm_server *srv = l->srv;
+    char addr[80] = "unix";
+    CM_UNUSED(lev);
+    CM_UNUSED(salen);
+    srv->stats.connections_received++;
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)sa;
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        snprintf(addr, sizeof(addr), "%s:%d", ip, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+        char ip[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        snprintf(addr, sizeof(addr), "[%s]:%d", ip, ntohs(in6->sin6_port));
+    }
+    if (srv->shutting_down || srv->nclients >= (size_t)srv->conf->max_clients) {
+        static const char msg[] = "-ERR max number of clients reached\r\n";
+        srv->stats.rejected_connections++;
+        if (write(fd, msg, sizeof(msg) - 1) < 0) {
+            /* nothing to do: the client is dropped either way */
+        }
+        close(fd);
+        cm_log(CM_LOG_WARN, "rejected connection from %s: max_clients (%d) reached", addr,
+               srv->conf->max_clients);
+        return;
+    }
+    if (sa->sa_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    cm_conn_new(srv, fd, addr, sa->sa_family == AF_UNIX);
+}
+
+static void on_listener_error(struct evconnlistener *lev, void *arg)
+{
+    struct cm_listener *l = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    CM_UNUSED(lev);
+    /* EMFILE and friends: log and keep going; the listener stays enabled. */
+    cm_log(CM_LOG_WARN, "accept on %s failed: %s", l->addr, evutil_socket_error_to_string(err));
+}
+
+/* Parses "host:port", "[v6]:port" or "unix:/path" into a sockaddr. */
+static int resolve_listen(const char *spec, struct sockaddr_storage *ss, socklen_t *sslen,
+                          char **unix_path)
+{
+    memset(ss, 0, sizeof(*ss));
+    *unix_path = NULL;
+    if (strncmp(spec, "unix:", 5) == 0) {
+        struct sockaddr_un *un = (struct sockaddr_un *)ss;
+        if (strlen(spec + 5) >= sizeof(un->sun_path)) {
+            return CM_ERR;
+        }
+        un->sun_family = AF_UNIX;
+        strcpy(un->sun_path, spec + 5);
+        *sslen = sizeof(*un);
+        *unix_path = cm_strdup(spec + 5);
+        return CM_OK;
+    }
+    int len = (int)sizeof(*ss);
+    if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)ss, &len) != 0) {
+        /* A host name: resolve it once at start-up (before the loop runs). */
+        char host[256];
+        const char *colon = strrchr(spec, ':');
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+        struct addrinfo *res = NULL;
+        if (colon == NULL || (size_t)(colon - spec) >= sizeof(host)) {
+            return CM_ERR;
+        }
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = '\0';
+        if (getaddrinfo(host, colon + 1, &hints, &res) != 0 || res == NULL) {
+            return CM_ERR;
+        }
+        memcpy(ss, res->ai_addr, res->ai_addrlen);
+        *sslen = res->ai_addrlen;
+        freeaddrinfo(res);
+        return CM_OK;
+    }
+    *sslen = (socklen_t)len;
+    return CM_OK;
+}
+
+static int open_listeners(struct cm_server *srv)
+{
+    struct cm_conf *conf = srv->conf;
+    srv->listeners = cm_calloc(conf->nlisten ? conf->nlisten : 1, sizeof(*srv->listeners));
+    for (size_t i = 0; i < conf->nlisten; i++) {
+        struct cm_listener *l = &srv->listeners[i];
+        struct sockaddr_storage ss;
+        socklen_t sslen;
+        l->srv = srv;
+        l->addr = cm_strdup(conf->listen[i]);
+        srv->nlisteners++;
+        if (resolve_listen(conf->listen[i], &ss, &sslen, &l->unix_path) != CM_OK) {
+            cm_log(CM_LOG_ERR, "listen %s: cannot parse address", conf->listen[i]);
+            return CM_ERR;
+        }
+        if (l->unix_path != NULL) {
+            struct stat sb;
+            /* A stale socket from a previous run would make bind fail. */
+            if (stat(l->unix_path, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
+                unlink(l->unix_path);
+            }
+        }
+        l->lev = evconnlistener_new_bind(srv->base, on_accept, l,
+                                         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+                                             (l->unix_path ? 0 : LEV_OPT_REUSEABLE),
+                                         4096, (struct sockaddr *)&ss, (int)sslen);
+        if (l->lev == NULL) {
+            cm_log(CM_LOG_ERR, "listen %s: %s", conf->listen[i], strerror(errno));
+            return CM_ERR;
+        }
+        evconnlistener_set_error_cb(l->lev, on_listener_error);
+        cm_log(CM_LOG_NOTICE, "listening on %s", conf->listen[i]);
+    }
+    return CM_OK;
+}
+
+static void close_listeners(struct cm_server *srv)
+{
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        struct cm_listener *l = &srv->listeners[i];
+        if (l->lev != NULL) {
+            evconnlistener_free(l->lev);
+            l->lev = NULL;
+            if (l->unix_path != NULL) {
+                unlink(l->unix_path);
+            }
+        }
+    }
+}
+
+static void on_metrics(struct evhttp_request *req, void *arg)
+{
+    struct cm_server *srv = arg;
+    struct cm_buf b;
+    struct evbuffer *out = evbuffer_new();
+    cm_buf_init(&b);
+    cm_stats_metrics(srv, &b);
+    evbuffer_add(out, cm_buf_start(&b), cm_buf_used(&b));
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4");
+    evhttp_send_reply(req, HTTP_OK, "OK", out);
+    evbuffer_free(out);
+    cm_buf_deinit(&b);
+}
+
+static int open_metrics(struct cm_server *srv)
+{
+    const char *spec = srv->conf->metrics_listen;
+    char host[256];
+    const char *colon;
+    if (spec == NULL || spec[0] == '\0') {
+        return CM_OK;
+    }
+    colon = strrchr(spec, ':');
+    if (colon == NULL || (size_t)(colon - spec) >= sizeof(host)) {
+        cm_log(CM_LOG_ERR, "metrics_listen %s: expected host:port", spec);
+        return CM_ERR;
+    }
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+    srv->metrics = evhttp_new(srv->base);
+    if (srv->metrics == NULL ||
+        evhttp_bind_socket(srv->metrics, host, (ev_uint16_t)atoi(colon + 1)) != 0) {
+        cm_log(CM_LOG_ERR, "metrics_listen %s: cannot bind", spec);
+        return CM_ERR;
+    }
+    evhttp_set_cb(srv->metrics, "/metrics", on_metrics, srv);
+    cm_log(CM_LOG_NOTICE, "metrics on http://%s/metrics", spec);
+    return CM_OK;
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct cm_server *srv = arg;
+    CM_UNUSED(what);
+    if (sig == SIGHUP) {
+        if (cm_log_open(srv->conf->log_file) != CM_OK) {
+            cm_log(CM_LOG_ERR, "cannot reopen log file %s: %s", srv->conf->log_file,
+                   strerror(errno));
+        } else {
+            cm_log(CM_LOG_NOTICE, "log file reopened");
+        }
+        return;
+    }
+    if (srv->shutting_down) {
+        cm_log(CM_LOG_NOTICE, "second signal: exiting now");
+        srv->stop = true;
+        event_base_loopbreak(srv->base);
+        return;
+    }
+    cm_log(CM_LOG_NOTICE, "signal %d: shutting down", (int)sig);
+    cm_server_shutdown(srv);
+}
+
+void cm_server_shutdown(struct cm_server *srv)
+{
+    if (srv->shutting_down) {
+        return;
+    }
+    srv->shutting_down = true;
+    srv->shutdown_deadline_ms = cm_now_ms() + srv->conf->shutdown_timeout_ms;
+    close_listeners(srv);
+    if (srv->metrics != NULL) {
+        evhttp_free(srv->metrics);
+        srv->metrics = NULL;
+    }
+}
+
+/* Housekeeping every 100 ms: idle clients, shutdown progress. */
+static void on_cron(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_server *srv = arg;
+    struct cm_conn *c, *next;
+    int64_t now = cm_now_ms();
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    if (srv->conf->client_timeout_ms > 0) {
+        for (c = TAILQ_FIRST(&srv->conns); c != NULL; c = next) {
+            next = TAILQ_NEXT(c, link);
+            if (cm_conn_is_idle(c) && now - c->last_active_ms > srv->conf->client_timeout_ms) {
+                cm_conn_close(c, "idle timeout");
+            }
+        }
+    }
+    if (srv->shutting_down) {
+        bool busy = cm_flights_active(srv->flights) > 0 || cm_loader_pending(srv->loader) > 0;
+        for (c = TAILQ_FIRST(&srv->conns); c != NULL; c = next) {
+            next = TAILQ_NEXT(c, link);
+            if (cm_conn_is_idle(c)) {
+                cm_conn_close(c, "shutting down");
+            } else {
+                busy = true;
+            }
+        }
+        if (!busy || now >= srv->shutdown_deadline_ms) {
+            if (busy) {
+                cm_log(CM_LOG_WARN, "shutdown_timeout reached with work in progress");
+            }
+            srv->stop = true;
+            event_base_loopbreak(srv->base);
+        }
+    }
+}
+
+int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
+{
+    char err[256];
+    memset(srv, 0, sizeof(*srv));
+    srv->conf = conf;
+    TAILQ_INIT(&srv->conns);
+    TAILQ_INIT(&srv->to_free);
+    srv->start_ms = cm_now_ms();
+    srv->start_wall_us = cm_wall_us();
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    srv->base = event_base_new();
+    if (srv->base == NULL) {
+        cm_log(CM_LOG_ERR, "cannot create the event loop");
+        return CM_ERR;
+    }
+    srv->loader = cm_loader_new(srv->base);
+    srv->flights = cm_flights_new(srv);
+    if (srv->loader == NULL) {
+        cm_log(CM_LOG_ERR, "cannot initialise the HTTP loader");
+        return CM_ERR;
+    }
+    srv->storages = cm_calloc(conf->nstorages ? conf->nstorages : 1, sizeof(*srv->storages));
+    for (size_t i = 0; i < conf->nstorages; i++) {
+        srv->storages[i] = cm_storage_new(&conf->storages[i], srv->base, err, sizeof(err));
+        if (srv->storages[i] == NULL) {
+            cm_log(CM_LOG_ERR, "storage %s: %s", conf->storages[i].name, err);
+            return CM_ERR;
+        }
+        srv->nstorages++;
+    }
+    srv->nodes = cm_nodes_new(conf, srv->storages, err, sizeof(err));
+    if (srv->nodes == NULL) {
+        cm_log(CM_LOG_ERR, "%s", err);
+        return CM_ERR;
+    }
+    srv->nnodes = conf->nnodes;
+    if (open_listeners(srv) != CM_OK || open_metrics(srv) != CM_OK) {
+        return CM_ERR;
+    }
+    struct timeval tick = { 0, 100000 };
+    srv->cron = event_new(srv->base, -1, EV_PERSIST, on_cron, srv);
+    event_add(srv->cron, &tick);
+    srv->sig_term = evsignal_new(srv->base, SIGTERM, on_signal, srv);
+    srv->sig_int = evsignal_new(srv->base, SIGINT, on_signal, srv);
+    srv->sig_hup = evsignal_new(srv->base, SIGHUP, on_signal, srv);
+    evsignal_add(srv->sig_term, NULL);
+    evsignal_add(srv->sig_int, NULL);
+    evsignal_add(srv->sig_hup, NULL);
+    return CM_OK;
+}
+
+static void reap(struct cm_server *srv)
+{
+    struct cm_conn *c;
+    while ((c = TAILQ_FIRST(&srv->to_free)) != NULL) {
+        TAILQ_REMOVE(&srv->to_free, c, link);
+        cm_conn_free(c);
+    }
+}
+
+int cm_server_run(struct cm_server *srv)
+{
+    cm_log(CM_LOG_NOTICE, "cachemed ready: %zu node(s), %zu storage(s)", srv->nnodes,
+           srv->nstorages);
+    while (!srv->stop) {
+        if (event_base_loop(srv->base, EVLOOP_ONCE) < 0) {
+            cm_log(CM_LOG_ERR, "event loop failed");
+            return 1;
+        }
+        reap(srv);
+    }
+    cm_log(CM_LOG_NOTICE, "bye");
+    return 0;
+}
+
+void cm_server_deinit(struct cm_server *srv)
+{
+    struct cm_conn *c;
+    srv->closing = true;
+    close_listeners(srv);
+    while ((c = TAILQ_FIRST(&srv->conns)) != NULL) {
+        cm_conn_close(c, "server stopping");
+    }
+    /* Storages and the loader fail what they still hold; flights answer orphaned requests. */
+    for (size_t i = 0; i < srv->nstorages; i++) {
+        if (!srv->storages[i]->ops->local) {
+            cm_storage_free(srv->storages[i]);
+            srv->storages[i] = NULL;
+        }
+    }
+    cm_loader_free(srv->loader);
+    srv->loader = NULL;
+    /* Let deferred completions run. */
+    if (srv->base != NULL) {
+        event_base_loop(srv->base, EVLOOP_NONBLOCK);
+    }
+    for (size_t i = 0; i < srv->nstorages; i++) {
+        cm_storage_free(srv->storages[i]);
+    }
+    reap(srv);
+    cm_nodes_free(srv->nodes, srv->nnodes);
+    cm_flights_free(srv->flights);
+    cm_free(srv->storages);
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        cm_free(srv->listeners[i].unix_path);
+        cm_free(srv->listeners[i].addr);
+    }
+    cm_free(srv->listeners);
+    if (srv->metrics != NULL) {
+        evhttp_free(srv->metrics);
+    }
+    if (srv->cron) event_free(srv->cron);
+    if (srv->sig_term) event_free(srv->sig_term);
+    if (srv->sig_int) event_free(srv->sig_int);
+    if (srv->sig_hup) event_free(srv->sig_hup);
+    if (srv->base) event_base_free(srv->base);
+    cm_conf_free(srv->conf);
+}
