@@ -1,27 +1,935 @@
-/* redis storage. (stub: being written) */
+/* Redis storage (redis://), standalone or Redis Cluster (cluster = yes). Each server gets a pool
+ * of hiredis async connections on the libevent loop; commands are pipelined; an op's keys are
+ * grouped per connection (standalone) or per hash slot (cluster), so ops on one key keep their
+ * order. Values are stored as given (already Cacheme's wrapper) and read back untouched.
+ *
+ * Lifetimes:
+ *   op  --bpriv-->  struct rop { nleft }      one per submitted op, freed when nleft hits 0
+ *   op  <--rcmd--   struct rcmd               one per command in flight (hiredis privdata);
+ *                                             reused across MOVED/ASK retries, freed on its end
+ *   rstore -> rnode[] -> rconn[] -> hiredis ac   nodes and conns live until close()
+ * Every hiredis callback we register is counted in rconn.npending / rstore.npending; hiredis runs
+ * each one exactly once (with a NULL reply when the context is freed), so close() can check that
+ * nothing is left behind. */
+#include "storages/st_redis.h"
+#include "conf/conf.h"
+#include "conf/url.h"
+#include "daemon/alloc.h"
+#include "daemon/buf.h"
+#include "daemon/log.h"
+#include "daemon/util.h"
+#include "storages/redis_cluster.h"
 #include "storages/storage.h"
 
-#include <stdio.h>
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
 
-static int stub_open(struct cm_storage *st, char *err, size_t errsz)
+#define BACKOFF_MIN_MS 100            /* SPEC §1: reconnect backoff, doubled per failure */
+#define BACKOFF_MAX_MS 5000           /* ... capped at 5 s */
+#define MAX_REDIRECTS 5               /* MOVED/ASK hops per command before the op fails */
+#define MAX_PENDING_PER_CONN 65536    /* a connection with more callbacks queued is skipped */
+#define TICK_MS 200                   /* stall checks and delayed slot-map refreshes */
+#define REFRESH_MIN_INTERVAL_MS 1000  /* CLUSTER SLOTS at most once a second */
+
+struct rstore;
+struct rnode;
+
+/* One hiredis async connection of a node's pool. Owned by its rnode. */
+struct rconn {
+    struct rnode *node;        /* owner */
+    redisAsyncContext *ac;     /* NULL while down; hiredis owns and frees it */
+    bool ready;                /* connected and AUTH/SELECT answered */
+    int hs_left;               /* handshake replies still expected */
+    struct event *timer;       /* connect timeout while connecting, backoff while down */
+    int64_t backoff_ms;        /* next reconnect delay */
+    size_t npending;           /* our callbacks hiredis holds on ac */
+    int64_t progress_ns;       /* last reply, or the send that made npending non-zero */
+};
+
+/* One server: the standalone server, or one cluster master. Owned by rstore.nodes. */
+struct rnode {
+    struct rstore *rs;         /* owner */
+    char *host;
+    int port;
+    char name[280];            /* "host:port" for logs */
+    struct rconn *conns;       /* nconns entries; connections are created on first use */
+    size_t nconns;
+    bool started;
+};
+
+/* The storage's private state (st->priv). */
+struct rstore {
+    struct cm_storage *st;
+    char *user;                /* AUTH user (Redis 6 ACL), or NULL */
+    char *password;            /* AUTH password, or NULL */
+    int db;                    /* SELECT db when non-zero (standalone only) */
+    bool cluster;
+    size_t pool;               /* connections per node */
+    int64_t connect_timeout_ms;
+    int64_t stall_ms;          /* a busy connection with no reply for this long is dropped */
+    struct rnode **nodes;      /* nodes[0] is the URL's server (the seed in cluster mode) */
+    size_t nnodes;
+    uint16_t *slots;           /* cluster: slot -> node index + 1, 0 = unknown */
+    size_t refresh_rr;         /* next node to ask for CLUSTER SLOTS */
+    bool refresh_inflight;
+    bool refresh_wanted;       /* a refresh was asked for while rate-limited or in flight */
+    int64_t last_refresh_ms;
+    struct event *tick;
+    size_t npending;           /* sum of every rconn.npending */
+    bool closing;
+    struct cm_st_redis_info counters;   /* the uint64_t counters only */
+};
+
+/* Backend state of one op (op->bpriv). */
+struct rop {
+    size_t nleft;              /* commands in flight, +1 while submit runs */
+};
+
+/* One command in flight for (some keys of) an op. hiredis privdata of its reply callback. */
+struct rcmd {
+    struct cm_st_op *op;
+    struct rconn *conn;        /* connection it was last sent on */
+    unsigned route;            /* standalone: key hash; cluster: hash slot */
+    int redirects;
+    size_t n;                  /* keys: op->items[idx[0..n)] */
+    size_t idx[];
+};
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *priv);
+static void conn_connect(struct rconn *c);
+static void cluster_refresh(struct rstore *rs);
+
+/* ---- connections ------------------------------------------------------------------------- */
+
+static const char *ac_err(const redisAsyncContext *ac)
 {
-    CM_UNUSED(st);
-    snprintf(err, errsz, "redis storage not implemented yet");
-    return CM_ERR;
+    return ac != NULL && ac->errstr != NULL && ac->errstr[0] ? ac->errstr : "unknown error";
 }
 
-static void stub_submit(struct cm_storage *st, struct cm_st_op *op)
+static bool conn_usable(const struct rconn *c)
 {
-    CM_UNUSED(st);
-    cm_st_op_fail(op, "not implemented");
-    cm_st_op_finish_later(op);
+    return c->ac != NULL && !(c->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING))
+           && c->npending < MAX_PENDING_PER_CONN;
 }
 
-static void stub_close(struct cm_storage *st)
+static void conn_sent(struct rconn *c)
 {
-    CM_UNUSED(st);
+    if (c->npending++ == 0) {
+        c->progress_ns = cm_now_ns();
+    }
+    c->node->rs->npending++;
+}
+
+/* Accounts one callback run; r is NULL when hiredis is freeing the context. */
+static void conn_replied(struct rconn *c, const redisReply *r)
+{
+    cm_assert(c->npending > 0 && c->node->rs->npending > 0);
+    c->npending--;
+    c->node->rs->npending--;
+    if (r != NULL) {
+        c->progress_ns = cm_now_ns();
+        if (r->type != REDIS_REPLY_ERROR) {
+            c->backoff_ms = BACKOFF_MIN_MS;   /* it works: the next failure starts over */
+        }
+    }
+}
+
+static void conn_backoff(struct rconn *c)
+{
+    struct rstore *rs = c->node->rs;
+    c->ready = false;
+    rs->counters.disconnects++;
+    if (rs->closing) {
+        return;
+    }
+    struct timeval tv = { .tv_sec = c->backoff_ms / 1000, .tv_usec = (c->backoff_ms % 1000) * 1000 };
+    evtimer_add(c->timer, &tv);
+    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+    if (rs->cluster) {
+        cluster_refresh(rs);   /* a master that went away may have been replaced */
+    }
+}
+
+/* Drops c's connection: hiredis runs every pending callback with a NULL reply (now, or right
+ * after the hiredis callback we may be inside returns) and c reconnects after its backoff. */
+static void conn_drop(struct rconn *c, const char *why)
+{
+    redisAsyncContext *ac = c->ac;
+    if (ac == NULL) {
+        return;
+    }
+    cm_log(CM_LOG_WARN, "storage %s: dropping connection to %s: %s", c->node->rs->st->name,
+           c->node->name, why);
+    ac->data = NULL;   /* its connect/disconnect callbacks no longer concern c */
+    c->ac = NULL;
+    redisAsyncFree(ac);
+    conn_backoff(c);
+}
+
+static void conn_set_ready(struct rconn *c)
+{
+    c->ready = true;
+    c->node->rs->counters.connects++;
+    evtimer_del(c->timer);
+    cm_log(CM_LOG_DEBUG, "storage %s: connected to %s", c->node->rs->st->name, c->node->name);
+}
+
+static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    if (c->ac == NULL) {
+        conn_connect(c);
+    } else if (!c->ready) {
+        char why[64];
+        snprintf(why, sizeof(why), "not ready after %" PRId64 " ms", c->node->rs->connect_timeout_ms);
+        conn_drop(c, why);
+    }
+}
+
+static void on_connect(const redisAsyncContext *cac, int status)
+{
+    struct rconn *c = cac->data;
+    if (c == NULL) {
+        return;
+    }
+    if (status != REDIS_OK) {
+        /* hiredis frees the context when we return, failing its pending callbacks. */
+        cm_log(CM_LOG_WARN, "storage %s: connect to %s failed: %s", c->node->rs->st->name,
+               c->node->name, ac_err(cac));
+        ((redisAsyncContext *)cac)->data = NULL;
+        c->ac = NULL;
+        conn_backoff(c);
+        return;
+    }
+    if (c->hs_left == 0) {
+        conn_set_ready(c);
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *cac, int status)
+{
+    struct rconn *c = cac->data;
+    CM_UNUSED(status);
+    if (c == NULL) {
+        return;   /* we dropped it ourselves */
+    }
+    cm_log(CM_LOG_WARN, "storage %s: connection to %s lost: %s", c->node->rs->st->name,
+           c->node->name, ac_err(cac));
+    c->ac = NULL;
+    conn_backoff(c);
+}
+
+/* Reply to AUTH or SELECT. */
+static void on_handshake(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rconn *c = priv;
+    redisReply *r = reply;
+    conn_replied(c, r);
+    if (r == NULL || c->ac != ac) {
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        char why[200];
+        snprintf(why, sizeof(why), "handshake refused: %.*s", (int)(r->len > 150 ? 150 : r->len),
+                 r->str);
+        conn_drop(c, why);
+        return;
+    }
+    if (--c->hs_left == 0 && (c->ac->c.flags & REDIS_CONNECTED)) {
+        conn_set_ready(c);
+    }
+}
+
+/* Reply to ASKING: only accounted; the command that follows carries the outcome. */
+static void on_asking(redisAsyncContext *ac, void *reply, void *priv)
+{
+    CM_UNUSED(ac);
+    conn_replied(priv, reply);
+}
+
+static void conn_connect(struct rconn *c)
+{
+    struct rnode *n = c->node;
+    struct rstore *rs = n->rs;
+    redisAsyncContext *ac = redisAsyncConnect(n->host, n->port);
+    if (ac == NULL || ac->err) {
+        cm_log(CM_LOG_WARN, "storage %s: connect to %s failed: %s", rs->st->name, n->name,
+               ac != NULL ? ac_err(ac) : "out of memory");
+        if (ac != NULL) {
+            redisAsyncFree(ac);
+        }
+        conn_backoff(c);
+        return;
+    }
+    if (redisLibeventAttach(ac, rs->st->base) != REDIS_OK) {
+        cm_log(CM_LOG_ERR, "storage %s: cannot attach to the event loop", rs->st->name);
+        redisAsyncFree(ac);
+        conn_backoff(c);
+        return;
+    }
+    ac->data = c;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->ac = ac;
+    c->ready = false;
+    c->hs_left = 0;
+    /* Queued before anything else, so they run first once the socket connects. */
+    int rc = REDIS_OK;
+    if (rs->password != NULL && rs->user != NULL) {
+        rc = redisAsyncCommand(ac, on_handshake, c, "AUTH %s %s", rs->user, rs->password);
+    } else if (rs->password != NULL) {
+        rc = redisAsyncCommand(ac, on_handshake, c, "AUTH %s", rs->password);
+    }
+    if (rs->password != NULL && rc == REDIS_OK) {
+        c->hs_left++;
+        conn_sent(c);
+    }
+    if (rs->db != 0 && redisAsyncCommand(ac, on_handshake, c, "SELECT %d", rs->db) == REDIS_OK) {
+        c->hs_left++;
+        conn_sent(c);
+    }
+    struct timeval tv = { .tv_sec = rs->connect_timeout_ms / 1000,
+                          .tv_usec = (rs->connect_timeout_ms % 1000) * 1000 };
+    evtimer_add(c->timer, &tv);
+}
+
+static void node_start(struct rnode *n)
+{
+    n->started = true;
+    for (size_t i = 0; i < n->nconns; i++) {
+        conn_connect(&n->conns[i]);
+    }
+}
+
+/* A connection of n for a command routed by route: the route's own connection when it is
+ * ready, else the next ready one, else one still connecting (commands queue behind the
+ * handshake), else NULL (the node is down: the command is a miss). */
+static struct rconn *node_pick(struct rnode *n, unsigned route)
+{
+    if (!n->started) {
+        node_start(n);
+    }
+    struct rconn *connecting = NULL;
+    size_t first = route % n->nconns;
+    for (size_t i = 0; i < n->nconns; i++) {
+        struct rconn *c = &n->conns[(first + i) % n->nconns];
+        if (!conn_usable(c)) {
+            continue;
+        }
+        if (c->ready) {
+            return c;
+        }
+        if (connecting == NULL) {
+            connecting = c;
+        }
+    }
+    return connecting;
+}
+
+static struct rnode *node_add(struct rstore *rs, const char *host, size_t hostlen, int port)
+{
+    struct rnode *n = cm_calloc(1, sizeof(*n));
+    n->rs = rs;
+    n->host = cm_strndup(host, hostlen);
+    n->port = port;
+    snprintf(n->name, sizeof(n->name), "%s:%d", n->host, port);
+    n->nconns = rs->pool;
+    n->conns = cm_calloc(n->nconns, sizeof(*n->conns));
+    for (size_t i = 0; i < n->nconns; i++) {
+        n->conns[i].node = n;
+        n->conns[i].backoff_ms = BACKOFF_MIN_MS;
+        n->conns[i].timer = evtimer_new(rs->st->base, on_conn_timer, &n->conns[i]);
+    }
+    rs->nodes = cm_realloc(rs->nodes, (rs->nnodes + 1) * sizeof(*rs->nodes));
+    rs->nodes[rs->nnodes++] = n;
+    return n;
+}
+
+/* Index of the node host:port, added (not yet connected) when new. */
+static size_t node_find_or_add(struct rstore *rs, const char *host, size_t hostlen, int port)
+{
+    for (size_t i = 0; i < rs->nnodes; i++) {
+        const struct rnode *n = rs->nodes[i];
+        if (n->port == port && strlen(n->host) == hostlen && memcmp(n->host, host, hostlen) == 0) {
+            return i;
+        }
+    }
+    node_add(rs, host, hostlen, port);
+    return rs->nnodes - 1;
+}
+
+static void node_free(struct rnode *n)
+{
+    for (size_t i = 0; i < n->nconns; i++) {
+        struct rconn *c = &n->conns[i];
+        redisAsyncContext *ac = c->ac;
+        if (ac != NULL) {
+            ac->data = NULL;
+            c->ac = NULL;
+            redisAsyncFree(ac);   /* runs c's pending callbacks: their ops fail */
+        }
+        event_free(c->timer);
+    }
+    cm_free(n->conns);
+    cm_free(n->host);
+    cm_free(n);
+}
+
+/* ---- cluster slot map -------------------------------------------------------------------- */
+
+/* State of one CLUSTER SLOTS reply being applied. */
+struct slots_ctx {
+    struct rstore *rs;
+    struct rnode *asked;   /* node that answered: the host of ranges that name none */
+    uint16_t *map;
+};
+
+static void on_slot_range(void *arg, unsigned first, unsigned last, const char *host,
+                          size_t hostlen, int port)
+{
+    struct slots_ctx *x = arg;
+    if (hostlen == 0) {
+        host = x->asked->host;
+        hostlen = strlen(host);
+    }
+    size_t idx = node_find_or_add(x->rs, host, hostlen, port);
+    for (unsigned s = first; s <= last; s++) {
+        x->map[s] = (uint16_t)(idx + 1);
+    }
+}
+
+static void on_slots(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rconn *c = priv;
+    struct rstore *rs = c->node->rs;
+    redisReply *r = reply;
+    CM_UNUSED(ac);
+    conn_replied(c, r);
+    rs->refresh_inflight = false;
+    if (rs->closing) {
+        return;
+    }
+    uint16_t *map = cm_calloc(CM_REDIS_NSLOTS, sizeof(*map));
+    struct slots_ctx x = { .rs = rs, .asked = c->node, .map = map };
+    if (r == NULL || cm_redis_parse_slots(r, on_slot_range, &x) != CM_OK) {
+        cm_log(CM_LOG_WARN, "storage %s: CLUSTER SLOTS from %s failed: %s", rs->st->name,
+               c->node->name,
+               r == NULL ? "connection lost" : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+        cm_free(map);
+        rs->refresh_wanted = true;   /* the tick retries */
+        return;
+    }
+    cm_free(rs->slots);
+    rs->slots = map;
+    rs->counters.slot_updates++;
+}
+
+/* Asks some node for CLUSTER SLOTS, at most once per REFRESH_MIN_INTERVAL_MS; a refresh asked
+ * for meanwhile is sent later by the tick. */
+static void cluster_refresh(struct rstore *rs)
+{
+    int64_t now = cm_now_ms();
+    if (rs->closing) {
+        return;
+    }
+    if (rs->refresh_inflight
+        || (rs->last_refresh_ms != 0 && now - rs->last_refresh_ms < REFRESH_MIN_INTERVAL_MS)) {
+        rs->refresh_wanted = true;
+        return;
+    }
+    for (size_t i = 0; i < rs->nnodes; i++) {
+        struct rnode *n = rs->nodes[(rs->refresh_rr + i) % rs->nnodes];
+        struct rconn *c = node_pick(n, (unsigned)cm_rand64());
+        if (c == NULL || redisAsyncCommand(c->ac, on_slots, c, "CLUSTER SLOTS") != REDIS_OK) {
+            continue;
+        }
+        conn_sent(c);
+        rs->refresh_rr += i + 1;
+        rs->refresh_inflight = true;
+        rs->refresh_wanted = false;
+        rs->last_refresh_ms = now;
+        rs->counters.refreshes++;
+        return;
+    }
+    rs->refresh_wanted = true;   /* nobody reachable right now */
+}
+
+/* The node serving slot: from the map, else any node that has a usable connection. */
+static struct rnode *slot_node(struct rstore *rs, unsigned slot)
+{
+    if (rs->slots != NULL && rs->slots[slot] != 0) {
+        return rs->nodes[rs->slots[slot] - 1];
+    }
+    for (size_t i = 0; i < rs->nnodes; i++) {
+        for (size_t j = 0; j < rs->nodes[i]->nconns; j++) {
+            if (conn_usable(&rs->nodes[i]->conns[j])) {
+                return rs->nodes[i];
+            }
+        }
+    }
+    return rs->nodes[0];
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct rstore *rs = arg;
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    int64_t now = cm_now_ns();
+    for (size_t i = 0; i < rs->nnodes; i++) {
+        struct rnode *n = rs->nodes[i];
+        for (size_t j = 0; j < n->nconns; j++) {
+            struct rconn *c = &n->conns[j];
+            /* A stopped or wedged server keeps the socket open: nothing else would notice. */
+            if (c->ac != NULL && c->npending > 0 && now - c->progress_ns > rs->stall_ms * 1000000) {
+                char why[64];
+                snprintf(why, sizeof(why), "no reply for %" PRId64 " ms", rs->stall_ms);
+                conn_drop(c, why);
+            }
+        }
+    }
+    if (rs->cluster && rs->refresh_wanted) {
+        cluster_refresh(rs);
+    }
+}
+
+/* ---- operations -------------------------------------------------------------------------- */
+
+static void op_unref(struct cm_st_op *op, bool in_submit)
+{
+    struct rop *ro = op->bpriv;
+    if (--ro->nleft > 0) {
+        return;
+    }
+    cm_free(ro);
+    op->bpriv = NULL;
+    if (in_submit) {
+        cm_st_op_finish_later(op);
+    } else {
+        cm_st_op_finish(op);
+    }
+}
+
+static void rcmd_end(struct rcmd *rc, bool in_submit)
+{
+    struct cm_st_op *op = rc->op;
+    cm_free(rc);
+    op_unref(op, in_submit);
+}
+
+/* Fails rc's part of the op (the first reason is kept) and ends rc. */
+static void rcmd_fail(struct rcmd *rc, bool in_submit, const char *fmt, ...) CM_PRINTF(3, 4);
+static void rcmd_fail(struct rcmd *rc, bool in_submit, const char *fmt, ...)
+{
+    if (rc->op->status == CM_OK) {
+        char why[sizeof(rc->op->err)];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof(why), fmt, ap);
+        va_end(ap);
+        cm_st_op_fail(rc->op, "%s", why);
+    }
+    rcmd_end(rc, in_submit);
+}
+
+/* Sends rc to node n (after ASKING when asking). Returns CM_OK when hiredis queued it. */
+static int rcmd_send(struct rcmd *rc, struct rnode *n, bool asking)
+{
+    struct cm_st_op *op = rc->op;
+    struct rconn *c = node_pick(n, rc->route);
+    if (c == NULL) {
+        return CM_ERR;
+    }
+    const char *stackv[4];
+    size_t stackl[4];
+    size_t argc = op->kind == CM_ST_SET ? 4 : rc->n + 1;
+    const char **argv = argc <= 4 ? stackv : cm_malloc(argc * sizeof(*argv));
+    size_t *argl = argc <= 4 ? stackl : cm_malloc(argc * sizeof(*argl));
+    char ttl[24];
+    const struct cm_st_item *it = &op->items[rc->idx[0]];
+    switch (op->kind) {
+    case CM_ST_GET:
+        argv[0] = rc->n == 1 ? "GET" : "MGET";
+        break;
+    case CM_ST_DEL:
+        argv[0] = "DEL";
+        break;
+    case CM_ST_SET:
+        argv[1] = it->key;
+        argl[1] = it->klen;
+        if (op->ttl_ms < 0) {
+            argv[0] = "SET";
+            argv[2] = it->wval != NULL ? it->wval : "";
+            argl[2] = it->wlen;
+            argc = 3;
+        } else {
+            /* Whole seconds, rounded up (SPEC §5); SETEX refuses 0. */
+            int64_t secs = op->ttl_ms / 1000 + (op->ttl_ms % 1000 != 0);
+            argv[0] = "SETEX";
+            argl[2] = (size_t)snprintf(ttl, sizeof(ttl), "%" PRId64, secs > 0 ? secs : 1);
+            argv[2] = ttl;
+            argv[3] = it->wval != NULL ? it->wval : "";
+            argl[3] = it->wlen;
+        }
+        break;
+    }
+    argl[0] = strlen(argv[0]);
+    if (op->kind != CM_ST_SET) {
+        for (size_t i = 0; i < rc->n; i++) {
+            argv[i + 1] = op->items[rc->idx[i]].key;
+            argl[i + 1] = op->items[rc->idx[i]].klen;
+        }
+    }
+    int rv = CM_ERR;
+    if (asking) {
+        if (redisAsyncCommand(c->ac, on_asking, c, "ASKING") != REDIS_OK) {
+            goto out;
+        }
+        conn_sent(c);
+    }
+    if (redisAsyncCommandArgv(c->ac, on_reply, rc, (int)argc, argv, argl) == REDIS_OK) {
+        conn_sent(c);
+        rc->conn = c;
+        rv = CM_OK;
+    }
+out:
+    if (argv != stackv) {
+        cm_free(argv);
+        cm_free(argl);
+    }
+    return rv;
+}
+
+static void store_hit(struct cm_st_item *it, const redisReply *r)
+{
+    cm_free(it->val);
+    it->val = cm_malloc(r->len + 1);
+    memcpy(it->val, r->str, r->len);
+    it->val[r->len] = '\0';
+    it->vlen = r->len;
+    it->result = CM_ST_HIT;
+}
+
+/* Copies a successful reply into the op's items. Returns false when the reply has a shape the
+ * command never produces. */
+static bool apply_reply(struct rcmd *rc, const redisReply *r)
+{
+    struct cm_st_op *op = rc->op;
+    switch (op->kind) {
+    case CM_ST_GET:
+        if (rc->n == 1) {
+            if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_NIL) {
+                return false;
+            }
+            if (r->type == REDIS_REPLY_STRING && !op->timed_out) {
+                store_hit(&op->items[rc->idx[0]], r);
+            }
+            return true;
+        }
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != rc->n) {
+            return false;
+        }
+        for (size_t i = 0; i < rc->n; i++) {
+            if (r->element[i]->type != REDIS_REPLY_STRING && r->element[i]->type != REDIS_REPLY_NIL) {
+                return false;
+            }
+        }
+        for (size_t i = 0; i < rc->n && !op->timed_out; i++) {
+            if (r->element[i]->type == REDIS_REPLY_STRING) {
+                store_hit(&op->items[rc->idx[i]], r->element[i]);
+            }
+        }
+        return true;
+    case CM_ST_SET:
+        return r->type == REDIS_REPLY_STATUS;
+    case CM_ST_DEL:
+        return r->type == REDIS_REPLY_INTEGER;
+    }
+    return false;
+}
+
+/* Follows a MOVED/ASK for rc. Ends rc when it cannot be resent. */
+static void follow_redirect(struct rcmd *rc, enum cm_redis_redir kind, unsigned slot,
+                            const char *host, int port)
+{
+    struct rstore *rs = rc->conn->node->rs;
+    const char *what = kind == CM_REDIS_REDIR_MOVED ? "MOVED" : "ASK";
+    if (++rc->redirects > MAX_REDIRECTS) {
+        rcmd_fail(rc, false, "%s: more than %d redirects (last %s)", rc->conn->node->name,
+                  MAX_REDIRECTS, what);
+        return;
+    }
+    if (rc->op->timed_out || rs->closing) {
+        /* The submitter may have dropped the values to write; the op is over anyway. */
+        rcmd_fail(rc, false, "%s: %s after the op ended", rc->conn->node->name, what);
+        return;
+    }
+    size_t idx = node_find_or_add(rs, host, strlen(host), port);
+    if (kind == CM_REDIS_REDIR_MOVED) {
+        rs->counters.moved++;
+        if (rs->slots == NULL) {
+            rs->slots = cm_calloc(CM_REDIS_NSLOTS, sizeof(*rs->slots));
+        }
+        rs->slots[slot] = (uint16_t)(idx + 1);
+        cluster_refresh(rs);
+    } else {
+        rs->counters.ask++;
+    }
+    if (rcmd_send(rc, rs->nodes[idx], kind == CM_REDIS_REDIR_ASK) != CM_OK) {
+        rcmd_fail(rc, false, "%s: not connected (after %s)", rs->nodes[idx]->name, what);
+    }
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rcmd *rc = priv;
+    struct rconn *c = rc->conn;
+    const redisReply *r = reply;
+    CM_UNUSED(ac);
+    conn_replied(c, r);
+    if (r == NULL) {
+        rcmd_fail(rc, false, "%s: connection lost", c->node->name);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        unsigned slot;
+        int port;
+        char host[256];
+        enum cm_redis_redir kind = c->node->rs->cluster
+                                       ? cm_redis_parse_redirect(r->str, r->len, &slot, host,
+                                                                 sizeof(host), &port)
+                                       : CM_REDIS_REDIR_NONE;
+        if (kind != CM_REDIS_REDIR_NONE) {
+            follow_redirect(rc, kind, slot, host, port);
+            return;
+        }
+        rcmd_fail(rc, false, "%s: %.*s", c->node->name, r->len > 120 ? 120 : (int)r->len, r->str);
+        return;
+    }
+    if (!apply_reply(rc, r)) {
+        rcmd_fail(rc, false, "%s: unexpected reply type %d", c->node->name, r->type);
+        return;
+    }
+    rcmd_end(rc, false);
+}
+
+/* Item index with its route, for grouping an op's keys into commands. */
+struct routed {
+    unsigned route;
+    size_t idx;
+};
+
+static int routed_cmp(const void *a, const void *b)
+{
+    const struct routed *x = a, *y = b;
+    if (x->route != y->route) {
+        return x->route < y->route ? -1 : 1;
+    }
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* Sends one command for items rt[0..n) (same route) of op. */
+static void submit_group(struct rstore *rs, struct cm_st_op *op, const struct routed *rt, size_t n)
+{
+    struct rcmd *rc = cm_calloc(1, sizeof(*rc) + n * sizeof(rc->idx[0]));
+    rc->op = op;
+    rc->route = rt[0].route;
+    rc->n = n;
+    for (size_t i = 0; i < n; i++) {
+        rc->idx[i] = rt[i].idx;
+    }
+    ((struct rop *)op->bpriv)->nleft++;
+    struct rnode *node = rs->cluster ? slot_node(rs, rc->route) : rs->nodes[0];
+    if (rcmd_send(rc, node, false) != CM_OK) {
+        rcmd_fail(rc, true, "%s: not connected", node->name);
+    }
+}
+
+static void redis_submit(struct cm_storage *st, struct cm_st_op *op)
+{
+    struct rstore *rs = st->priv;
+    struct rop *ro = cm_calloc(1, sizeof(*ro));
+    ro->nleft = 1;   /* held by this function, so nothing finishes before it returns */
+    op->bpriv = ro;
+    if (rs->closing) {
+        cm_st_op_fail(op, "storage is closing");
+        op_unref(op, true);
+        return;
+    }
+    struct routed *rt = cm_malloc((op->nitems ? op->nitems : 1) * sizeof(*rt));
+    for (size_t i = 0; i < op->nitems; i++) {
+        const struct cm_st_item *it = &op->items[i];
+        rt[i].idx = i;
+        rt[i].route = rs->cluster ? cm_redis_key_slot(it->key, it->klen)
+                                  : (unsigned)(cm_hash(it->key, it->klen) % rs->pool);
+    }
+    if (op->kind == CM_ST_SET) {
+        for (size_t i = 0; i < op->nitems; i++) {
+            submit_group(rs, op, &rt[i], 1);
+        }
+    } else {
+        /* Keys of one slot (cluster) or one connection (standalone) go in one command. */
+        qsort(rt, op->nitems, sizeof(*rt), routed_cmp);
+        for (size_t i = 0, j; i < op->nitems; i = j) {
+            for (j = i + 1; j < op->nitems && rt[j].route == rt[i].route; j++) {
+            }
+            submit_group(rs, op, &rt[i], j - i);
+        }
+    }
+    cm_free(rt);
+    op_unref(op, true);
+}
+
+/* ---- open / close ------------------------------------------------------------------------ */
+
+static void rstore_free(struct rstore *rs)
+{
+    rs->closing = true;
+    if (rs->tick != NULL) {
+        event_free(rs->tick);
+    }
+    for (size_t i = 0; i < rs->nnodes; i++) {
+        node_free(rs->nodes[i]);
+        rs->nodes[i] = NULL;
+    }
+    /* hiredis ran every callback it held: anything left would be a leaked op. */
+    cm_assert(rs->npending == 0);
+    cm_free(rs->nodes);
+    cm_free(rs->slots);
+    cm_free(rs->user);
+    cm_free(rs->password);
+    cm_free(rs);
+}
+
+static int parse_url(struct rstore *rs, const char *s, char **host, int *port, char *err,
+                     size_t errsz)
+{
+    struct cm_url u;
+    if (cm_url_parse(s, &u, err, errsz) != CM_OK) {
+        return CM_ERR;
+    }
+    int rv = CM_ERR;
+    int64_t db = 0;
+    if (u.scheme == NULL || strcmp(u.scheme, "redis") != 0) {
+        snprintf(err, errsz, "redis url must start with redis://");
+    } else if (u.host == NULL || u.host[0] == '\0') {
+        snprintf(err, errsz, "redis url has no host");
+    } else if (u.path != NULL && u.path[0] != '\0'
+               && (cm_parse_i64(u.path, strlen(u.path), &db) != CM_OK || db < 0 || db > 65535)) {
+        snprintf(err, errsz, "redis url: bad db '%s'", u.path);
+    } else if (rs->cluster && db != 0) {
+        snprintf(err, errsz, "redis cluster has only db 0");
+    } else {
+        rs->db = (int)db;
+        if (u.password != NULL) {
+            rs->password = u.password;
+            u.password = NULL;
+            if (u.user != NULL && u.user[0] != '\0') {
+                rs->user = u.user;
+                u.user = NULL;
+            }
+        }
+        *host = u.host;
+        u.host = NULL;
+        *port = u.port ? u.port : 6379;
+        rv = CM_OK;
+    }
+    cm_url_deinit(&u);
+    return rv;
+}
+
+static int redis_open(struct cm_storage *st, char *err, size_t errsz)
+{
+    const struct cm_conf_storage *conf = st->conf;
+    struct rstore *rs = cm_calloc(1, sizeof(*rs));
+    rs->st = st;
+    rs->cluster = conf->cluster;
+    rs->pool = conf->pool_size > 0 ? (size_t)conf->pool_size : 1;
+    int64_t t = conf->timeout_ms;
+    rs->connect_timeout_ms = t > 0 ? (t < 1000 ? 1000 : t) : 5000;
+    rs->stall_ms = t > 0 ? (2 * t < 1000 ? 1000 : 2 * t) : 30000;
+    char *host = NULL;
+    int port = 0;
+    if (parse_url(rs, conf->url, &host, &port, err, errsz) != CM_OK) {
+        rstore_free(rs);
+        return CM_ERR;
+    }
+    st->priv = rs;
+    node_add(rs, host, strlen(host), port);
+    cm_free(host);
+    rs->tick = event_new(st->base, -1, EV_PERSIST, on_tick, rs);
+    struct timeval tv = { .tv_sec = 0, .tv_usec = TICK_MS * 1000 };
+    event_add(rs->tick, &tv);
+    /* Connect now, in the background: a server that is down is retried, never fatal. */
+    node_start(rs->nodes[0]);
+    if (rs->cluster) {
+        cluster_refresh(rs);
+    }
+    return CM_OK;
+}
+
+static void redis_close(struct cm_storage *st)
+{
+    if (st->priv != NULL) {
+        rstore_free(st->priv);
+        st->priv = NULL;
+    }
+}
+
+static void redis_info(struct cm_storage *st, struct cm_buf *out)
+{
+    struct cm_st_redis_info in;
+    cm_st_redis_get_info(st, &in);
+    cm_buf_printf(out,
+                  "redis_nodes:%zu\r\nredis_conns:%zu\r\nredis_conns_ready:%zu\r\n"
+                  "redis_pending:%zu\r\nredis_connects:%" PRIu64 "\r\nredis_disconnects:%" PRIu64
+                  "\r\nredis_moved:%" PRIu64 "\r\nredis_ask:%" PRIu64
+                  "\r\nredis_slot_refreshes:%" PRIu64 "\r\n",
+                  in.nodes, in.conns, in.conns_ready, in.pending, in.connects, in.disconnects,
+                  in.moved, in.ask, in.refreshes);
+}
+
+void cm_st_redis_get_info(const struct cm_storage *st, struct cm_st_redis_info *out)
+{
+    const struct rstore *rs = st->priv;
+    *out = rs->counters;
+    out->nodes = rs->nnodes;
+    out->pending = rs->npending;
+    out->conns = out->conns_ready = 0;
+    for (size_t i = 0; i < rs->nnodes; i++) {
+        for (size_t j = 0; j < rs->nodes[i]->nconns; j++) {
+            out->conns += rs->nodes[i]->conns[j].ac != NULL;
+            out->conns_ready += rs->nodes[i]->conns[j].ac != NULL && rs->nodes[i]->conns[j].ready;
+        }
+    }
+}
+
+void cm_st_redis_slot_owner(const struct cm_storage *st, unsigned slot, char *out, size_t outsz)
+{
+    const struct rstore *rs = st->priv;
+    const struct rnode *n = NULL;
+    if (!rs->cluster) {
+        n = rs->nodes[0];
+    } else if (rs->slots != NULL && slot < CM_REDIS_NSLOTS && rs->slots[slot] != 0) {
+        n = rs->nodes[rs->slots[slot] - 1];
+    }
+    snprintf(out, outsz, "%s", n != NULL ? n->name : "");
 }
 
 const struct cm_storage_ops cm_st_redis_ops = {
-    .name = "redis", .open = stub_open, .submit = stub_submit, .close = stub_close,
+    .name = "redis",
+    .wrapped = true,
+    .open = redis_open,
+    .submit = redis_submit,
+    .close = redis_close,
+    .info = redis_info,
 };

@@ -1,0 +1,489 @@
+/* Redis storage, standalone, against real servers: CM_TEST_REDIS_URL for the shared one, private
+ * redis-server processes (spawned here) for AUTH/db and the stop/kill/restart cases. */
+#include "tests/unit/redis_harness.h"
+
+#include <inttypes.h>
+
+static char g_prefix[32];
+
+/* "cmtest:<pid>:<suffix>" */
+static const char *key(char *buf, size_t sz, const char *suffix)
+{
+    if (g_prefix[0] == '\0') {
+        snprintf(g_prefix, sizeof(g_prefix), "cmtest:%d:", (int)getpid());
+    }
+    snprintf(buf, sz, "%s%s", g_prefix, suffix);
+    return buf;
+}
+
+static redisContext *sync_for_url(const char *url)
+{
+    char host[128];
+    int port;
+    url_host_port(url, host, sizeof(host), &port);
+    return sync_connect(host, port);
+}
+
+START_TEST(test_roundtrip_binary)
+{
+    const char *url = rt_env("CM_TEST_REDIS_URL");
+    struct rt t;
+    rt_open(&t, url, 4, 2000, false);
+    ck_assert(cm_st_redis_ops.wrapped);
+    char k0[96], k1[96], k2[96], k3[96];
+    key(k0, sizeof(k0), "bin:a");
+    size_t k1len = strlen(key(k1, sizeof(k1), "bin:b")) + 3;
+    /* CRLF and high bytes in a key (not NUL: cm_st_op_set_key copies with strndup). */
+    memcpy(k1 + k1len - 3, "\r\n\xff", 3);
+    key(k2, sizeof(k2), "bin:big");
+    key(k3, sizeof(k3), "bin:absent");
+    const char v0[] = "\x00\x01\r\n\xff\x80 value";
+    size_t v2len = 200 * 1024;
+    char *v2 = cm_malloc(v2len);
+    for (size_t i = 0; i < v2len; i++) {
+        v2[i] = (char)(i * 7 + 3);
+    }
+    char *keys[] = { k0, k1, k2, k3 };
+    size_t klens[] = { strlen(k0), k1len, strlen(k2), strlen(k3) };
+    char *vals[] = { (char *)v0, (char *)"", v2 };
+    size_t vlens[] = { sizeof(v0) - 1, 0, v2len };
+    struct big_result r;
+
+    big_run(&t, big_op(CM_ST_DEL, 4, keys, klens, NULL, NULL, -1), &r, 10);
+    ck_assert_int_eq(r.status, CM_OK);
+    big_result_deinit(&r);
+    big_run(&t, big_op(CM_ST_SET, 3, keys, klens, vals, vlens, -1), &r, 10);
+    ck_assert_msg(r.status == CM_OK, "set: %s", r.err);
+    big_result_deinit(&r);
+
+    /* One key: GET. */
+    big_run(&t, big_op(CM_ST_GET, 1, keys, klens, NULL, NULL, -1), &r, 10);
+    ck_assert_int_eq(r.status, CM_OK);
+    ck_assert(r.hit[0]);
+    ck_assert_uint_eq(r.vlen[0], vlens[0]);
+    ck_assert(memcmp(r.val[0], v0, vlens[0]) == 0);
+    big_result_deinit(&r);
+
+    /* Several keys: MGET, in order, with the absent one a miss. */
+    big_run(&t, big_op(CM_ST_GET, 4, keys, klens, NULL, NULL, -1), &r, 10);
+    ck_assert_msg(r.status == CM_OK, "mget: %s", r.err);
+    for (size_t i = 0; i < 3; i++) {
+        ck_assert_msg(r.hit[i], "key %zu missed", i);
+        ck_assert_uint_eq(r.vlen[i], vlens[i]);
+        ck_assert(memcmp(r.val[i], vals[i], vlens[i]) == 0);
+    }
+    ck_assert(!r.hit[3]);
+    big_result_deinit(&r);
+
+    /* Stored untouched: another client reads exactly the bytes given. */
+    redisContext *sc = sync_for_url(url);
+    redisReply *rep = redisCommand(sc, "GET %b", k1, k1len);
+    ck_assert(rep != NULL && rep->type == REDIS_REPLY_STRING && rep->len == 0);
+    freeReplyObject(rep);
+    rep = redisCommand(sc, "GET %b", k0, klens[0]);
+    ck_assert(rep != NULL && rep->type == REDIS_REPLY_STRING && rep->len == vlens[0]);
+    ck_assert(memcmp(rep->str, v0, vlens[0]) == 0);
+    freeReplyObject(rep);
+
+    /* DEL two, the third stays. */
+    big_run(&t, big_op(CM_ST_DEL, 2, keys, klens, NULL, NULL, -1), &r, 10);
+    ck_assert_int_eq(r.status, CM_OK);
+    big_result_deinit(&r);
+    big_run(&t, big_op(CM_ST_GET, 3, keys, klens, NULL, NULL, -1), &r, 10);
+    ck_assert_int_eq(r.status, CM_OK);
+    ck_assert(!r.hit[0] && !r.hit[1] && r.hit[2]);
+    big_result_deinit(&r);
+    rep = redisCommand(sc, "EXISTS %b %b %b", k0, klens[0], k1, k1len, k2, klens[2]);
+    ck_assert(rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1);
+    freeReplyObject(rep);
+    rep = redisCommand(sc, "DEL %b", k2, klens[2]);
+    freeReplyObject(rep);
+    redisFree(sc);
+
+    struct cm_st_redis_info in;
+    rt_info(&t, &in);
+    ck_assert_uint_eq(in.pending, 0);
+    ck_assert_uint_eq(in.nodes, 1);
+    ck_assert_uint_eq(t.st->stats.errors, 0);
+    cm_free(v2);
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_ttl_rounds_up)
+{
+    const char *url = rt_env("CM_TEST_REDIS_URL");
+    struct rt t;
+    rt_open(&t, url, 2, 2000, false);
+    /* ttl_ms -> expected TTL seconds: SETEX with whole seconds rounded up, SET when -1. */
+    static const struct {
+        int64_t ttl_ms;
+        long long want;
+    } cases[] = { { 9200, 10 }, { 10000, 10 }, { 1, 1 }, { 86400000, 86400 }, { -1, -1 } };
+    redisContext *sc = sync_for_url(url);
+    for (size_t i = 0; i < CM_ARRAY_LEN(cases); i++) {
+        char k[96], suffix[32];
+        snprintf(suffix, sizeof(suffix), "ttl:%zu", i);
+        const char *keys[] = { key(k, sizeof(k), suffix) };
+        const char *vals[] = { "wrapped-bytes" };
+        ck_assert_int_eq(h_set(t.st, 1, keys, vals, cases[i].ttl_ms), CM_OK);
+        redisReply *rep = redisCommand(sc, "TTL %s", k);
+        ck_assert(rep != NULL && rep->type == REDIS_REPLY_INTEGER);
+        ck_assert_msg(rep->integer == cases[i].want, "ttl_ms %" PRId64 ": TTL %lld, want %lld",
+                      cases[i].ttl_ms, rep->integer, cases[i].want);
+        freeReplyObject(rep);
+        freeReplyObject(redisCommand(sc, "DEL %s", k));
+    }
+    redisFree(sc);
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_miss_is_ok)
+{
+    struct rt t;
+    rt_open(&t, rt_env("CM_TEST_REDIS_URL"), 2, 2000, false);
+    char a[96], b[96];
+    const char *keys[] = { key(a, sizeof(a), "miss:a"), key(b, sizeof(b), "miss:b") };
+    ck_assert_int_eq(h_del(t.st, 2, keys), CM_OK);
+    struct h_result r;
+    h_get(t.st, 1, keys, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    h_assert_val(&r, 0, NULL);
+    h_result_deinit(&r);
+    h_get(t.st, 2, keys, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    h_assert_val(&r, 0, NULL);
+    h_assert_val(&r, 1, NULL);
+    h_result_deinit(&r);
+    ck_assert_uint_eq(t.st->stats.hits, 0);
+    ck_assert_uint_eq(t.st->stats.reads, 3);
+    rt_close(&t);
+}
+END_TEST
+
+/* Nothing listens: open succeeds, every op is a quick CM_ERR (a miss), never a hang. */
+START_TEST(test_server_down_is_quick_error)
+{
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", free_port());
+    struct rt t;
+    rt_open(&t, url, 2, 3000, false);
+    const char *keys[] = { "k1", "k2" };
+    const char *vals[] = { "v1", "v2" };
+    for (int round = 0; round < 2; round++) {
+        /* Round 0 hits connections still connecting, round 1 connections in backoff. */
+        double t0 = h_now_ms();
+        struct h_result r;
+        h_get(t.st, 2, keys, &r);
+        ck_assert_int_eq(r.status, CM_ERR);
+        h_assert_val(&r, 0, NULL);
+        h_result_deinit(&r);
+        ck_assert_int_eq(h_set(t.st, 2, keys, vals, 1000), CM_ERR);
+        ck_assert_int_eq(h_del(t.st, 1, keys), CM_ERR);
+        double took = h_now_ms() - t0;
+        ck_assert_msg(took < 500, "round %d took %.0f ms", round, took);
+        rt_run_for(&t, 300);
+    }
+    struct cm_st_redis_info in;
+    rt_info(&t, &in);
+    ck_assert_uint_eq(in.conns_ready, 0);
+    ck_assert_uint_gt(in.disconnects, 2);
+    ck_assert_uint_eq(in.pending, 0);
+    ck_assert_uint_eq(t.st->stats.timeouts, 0);
+    rt_close(&t);
+}
+END_TEST
+
+/* Polls GET key every 100 ms until it hits with want; returns the ms it took (or -1). */
+static double wait_hit(struct rt *t, const char *k, const char *want, int max_ms)
+{
+    double t0 = h_now_ms();
+    const char *keys[] = { k };
+    while (h_now_ms() - t0 < max_ms) {
+        struct h_result r;
+        h_get(t->st, 1, keys, &r);
+        bool ok = r.status == CM_OK && r.hit[0] && strcmp(r.val[0], want) == 0;
+        h_result_deinit(&r);
+        if (ok) {
+            return h_now_ms() - t0;
+        }
+        rt_run_for(t, 100);
+    }
+    return -1;
+}
+
+/* Polls SET until it succeeds; returns the ms it took (or -1). */
+static double wait_set(struct rt *t, const char *k, const char *v, int max_ms)
+{
+    double t0 = h_now_ms();
+    const char *keys[] = { k };
+    const char *vals[] = { v };
+    while (h_now_ms() - t0 < max_ms) {
+        if (h_set(t->st, 1, keys, vals, 60000) == CM_OK) {
+            return h_now_ms() - t0;
+        }
+        rt_run_for(t, 100);
+    }
+    return -1;
+}
+
+START_TEST(test_sigstop_timeout_then_recover)
+{
+    int port = free_port();
+    pid_t pid = redis_spawn(port, NULL);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", port);
+    struct rt t;
+    rt_open(&t, url, 2, 300, false);
+    ck_assert(rt_wait_ready(&t, 5));
+    const char *keys[] = { "stop:k" };
+    const char *vals[] = { "before" };
+    ck_assert_int_eq(h_set(t.st, 1, keys, vals, 60000), CM_OK);
+
+    kill(pid, SIGSTOP);
+    double t0 = h_now_ms();
+    struct h_result r;
+    h_get(t.st, 1, keys, &r);
+    double took = h_now_ms() - t0;
+    ck_assert_int_eq(r.status, CM_ETIMEDOUT);
+    h_assert_val(&r, 0, NULL);
+    h_result_deinit(&r);
+    ck_assert_msg(took >= 280 && took < 700, "timed out after %.0f ms (timeout 300)", took);
+    /* The busy connection gives no reply: it is dropped (stall) and retried with backoff. */
+    rt_run_for(&t, 1500);
+    struct cm_st_redis_info in;
+    rt_info(&t, &in);
+    ck_assert_uint_ge(in.disconnects, 1);
+
+    kill(pid, SIGCONT);
+    double back = wait_hit(&t, "stop:k", "before", 6500);
+    ck_assert_msg(back >= 0, "no hit within 6.5 s of SIGCONT");
+    fprintf(stderr, "sigstop: timed out after %.0f ms, working again %.0f ms after SIGCONT\n", took,
+            back);
+
+    /* Killed: a quick CM_ERR, not a timeout. Restarted on the same port: used again. */
+    redis_kill(pid);
+    t0 = h_now_ms();
+    h_get(t.st, 1, keys, &r);
+    took = h_now_ms() - t0;
+    ck_assert_int_eq(r.status, CM_ERR);
+    h_result_deinit(&r);
+    ck_assert_msg(took < 250, "error after %.0f ms", took);
+    rt_run_for(&t, 500);
+    pid = redis_spawn(port, NULL);
+    back = wait_set(&t, "stop:k", "after", 6500);
+    ck_assert_msg(back >= 0, "not used again within 6.5 s of the restart");
+    fprintf(stderr, "kill: error after %.0f ms, working again %.0f ms after restart\n", took, back);
+    ck_assert(wait_hit(&t, "stop:k", "after", 1000) >= 0);
+    rt_info(&t, &in);
+    ck_assert_uint_eq(in.conns_ready, 2);
+    rt_close(&t);
+    redis_kill(pid);
+}
+END_TEST
+
+START_TEST(test_auth_and_db_from_url)
+{
+    int port = free_port();
+    const char *extra[] = { "--requirepass", "s3cret", NULL };
+    pid_t pid = redis_spawn(port, extra);
+    char url[96];
+    snprintf(url, sizeof(url), "redis://:s3cret@127.0.0.1:%d/3", port);
+    struct rt t;
+    rt_open(&t, url, 3, 1000, false);
+    ck_assert(rt_wait_ready(&t, 5));
+    const char *keys[] = { "auth:k" };
+    const char *vals[] = { "in-db-3" };
+    ck_assert_int_eq(h_set(t.st, 1, keys, vals, -1), CM_OK);
+    redisContext *sc = sync_connect("127.0.0.1", port);
+    freeReplyObject(redisCommand(sc, "AUTH s3cret"));
+    redisReply *rep = redisCommand(sc, "GET auth:k");
+    ck_assert(rep != NULL && rep->type == REDIS_REPLY_NIL);   /* not in db 0 */
+    freeReplyObject(rep);
+    freeReplyObject(redisCommand(sc, "SELECT 3"));
+    rep = redisCommand(sc, "GET auth:k");
+    ck_assert(rep != NULL && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "in-db-3") == 0);
+    freeReplyObject(rep);
+    redisFree(sc);
+    rt_close(&t);
+
+    /* A wrong password: connections never become ready and ops are quick errors. */
+    snprintf(url, sizeof(url), "redis://:wrong@127.0.0.1:%d/3", port);
+    rt_open(&t, url, 2, 2000, false);
+    double t0 = h_now_ms();
+    struct h_result r;
+    h_get(t.st, 1, keys, &r);
+    ck_assert_int_eq(r.status, CM_ERR);
+    h_result_deinit(&r);
+    ck_assert(h_now_ms() - t0 < 500);
+    ck_assert(!rt_wait_ready(&t, 1));
+    rt_close(&t);
+    redis_kill(pid);
+}
+END_TEST
+
+/* Many concurrent ops spread over the pool and pipelined: each done exactly once, right values. */
+START_TEST(test_many_concurrent_ops)
+{
+    enum { N = 3000 };
+    struct rt t;
+    rt_open(&t, rt_env("CM_TEST_REDIS_URL"), 4, 5000, false);
+    ck_assert(rt_wait_ready(&t, 5));
+    struct h_result *res = cm_calloc(N, sizeof(*res));
+    char(*keys)[96] = cm_calloc(N, sizeof(*keys));
+    char(*vals)[64] = cm_calloc(N, sizeof(*vals));
+    for (enum cm_st_op_kind kind = CM_ST_SET; kind != CM_ST_DEL;) {
+        int pending = N;
+        double t0 = h_now_ms();
+        for (int i = 0; i < N; i++) {
+            char suffix[32];
+            snprintf(suffix, sizeof(suffix), "many:%d", i);
+            key(keys[i], sizeof(keys[i]), suffix);
+            snprintf(vals[i], sizeof(vals[i]), "value-%d", i * 31);
+            const char *k[] = { keys[i] };
+            const char *v[] = { vals[i] };
+            memset(&res[i], 0, sizeof(res[i]));
+            res[i].pending = &pending;
+            res[i].base = t.base;
+            cm_storage_submit(t.st, h_op(kind, 1, k, kind == CM_ST_SET ? v : NULL, 60000), h_done,
+                              &res[i]);
+        }
+        h_wait(t.base, &pending, 20);
+        double took = h_now_ms() - t0;
+        fprintf(stderr, "%d concurrent %s ops over 4 connections: %.1f ms (%.0f ops/s)\n", N,
+                kind == CM_ST_SET ? "SET" : "GET", took, N / took * 1000);
+        for (int i = 0; i < N; i++) {
+            ck_assert_int_eq(res[i].calls, 1);
+            ck_assert_msg(res[i].status == CM_OK, "op %d: %s", i, res[i].err);
+            if (kind == CM_ST_GET) {
+                h_assert_val(&res[i], 0, vals[i]);
+            }
+            h_result_deinit(&res[i]);
+        }
+        kind = kind == CM_ST_SET ? CM_ST_GET : CM_ST_DEL;
+    }
+    struct cm_st_redis_info in;
+    rt_info(&t, &in);
+    ck_assert_uint_eq(in.pending, 0);
+    ck_assert_uint_eq(in.conns_ready, 4);
+    /* MGET of every key in one op: split per connection, merged back in order. */
+    char **kp = cm_calloc(N, sizeof(*kp));
+    size_t *kl = cm_calloc(N, sizeof(*kl));
+    for (int i = 0; i < N; i++) {
+        kp[i] = keys[i];
+        kl[i] = strlen(keys[i]);
+    }
+    struct big_result br;
+    big_run(&t, big_op(CM_ST_GET, N, kp, kl, NULL, NULL, -1), &br, 10);
+    ck_assert_int_eq(br.status, CM_OK);
+    for (int i = 0; i < N; i++) {
+        ck_assert(br.hit[i] && strcmp(br.val[i], vals[i]) == 0);
+    }
+    big_result_deinit(&br);
+    big_run(&t, big_op(CM_ST_DEL, N, kp, kl, NULL, NULL, -1), &br, 10);
+    ck_assert_int_eq(br.status, CM_OK);
+    big_result_deinit(&br);
+    cm_free(kp);
+    cm_free(kl);
+    cm_free(keys);
+    cm_free(vals);
+    cm_free(res);
+    rt_close(&t);
+}
+END_TEST
+
+/* close() with ops queued and ops in flight on a stopped server: each done runs once, CM_ERR. */
+START_TEST(test_close_finishes_pending)
+{
+    enum { N = 40 };
+    int port = free_port();
+    pid_t pid = redis_spawn(port, NULL);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", port);
+    for (int variant = 0; variant < 2; variant++) {
+        struct rt t;
+        rt_open(&t, url, 3, 10000, false);
+        if (variant == 1) {
+            ck_assert(rt_wait_ready(&t, 5));
+            kill(pid, SIGSTOP);
+        }
+        struct h_result *res = cm_calloc(N, sizeof(*res));
+        for (int i = 0; i < N; i++) {
+            char k[32];
+            snprintf(k, sizeof(k), "close:%d", i);
+            const char *keys[] = { k, "close:other" };
+            cm_storage_submit(t.st, h_op(CM_ST_GET, 1 + (size_t)(i % 2), keys, NULL, -1), h_done,
+                              &res[i]);
+        }
+        if (variant == 1) {
+            rt_run_for(&t, 100);   /* written to the socket, no reply */
+        }
+        struct cm_st_redis_info in;
+        rt_info(&t, &in);
+        ck_assert_uint_ge(in.pending, N);
+        rt_close(&t);
+        for (int i = 0; i < N; i++) {
+            ck_assert_int_eq(res[i].calls, 1);
+            ck_assert_int_eq(res[i].status, CM_ERR);
+            h_result_deinit(&res[i]);
+        }
+        cm_free(res);
+    }
+    kill(pid, SIGCONT);
+    redis_kill(pid);
+}
+END_TEST
+
+START_TEST(test_bad_urls)
+{
+    static const char *const bad[] = { "redis://", "http://127.0.0.1:6379", "redis://h:1/x",
+                                       "redis://h:1/-1" };
+    for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
+        struct event_base *base = event_base_new();
+        struct cm_conf_storage conf = { .name = "r", .url = (char *)bad[i],
+                                        .type = CM_ST_TYPE_REDIS, .pool_size = 1 };
+        char err[256] = "";
+        struct cm_storage *st = cm_storage_new(&conf, base, err, sizeof(err));
+        ck_assert_msg(st == NULL, "%s accepted", bad[i]);
+        ck_assert_msg(err[0] != '\0', "%s: no reason", bad[i]);
+        event_base_free(base);
+    }
+    /* A cluster has only db 0. */
+    struct event_base *base = event_base_new();
+    struct cm_conf_storage conf = { .name = "r", .url = (char *)"redis://127.0.0.1:7000/2",
+                                    .type = CM_ST_TYPE_REDIS, .pool_size = 1, .cluster = true };
+    char err[256] = "";
+    ck_assert(cm_storage_new(&conf, base, err, sizeof(err)) == NULL);
+    ck_assert_str_eq(err, "redis cluster has only db 0");
+    event_base_free(base);
+}
+END_TEST
+
+static Suite *st_redis_suite(void)
+{
+    Suite *s = suite_create("st_redis");
+    TCase *tc = tcase_create("standalone");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_roundtrip_binary);
+    tcase_add_test(tc, test_ttl_rounds_up);
+    tcase_add_test(tc, test_miss_is_ok);
+    tcase_add_test(tc, test_server_down_is_quick_error);
+    tcase_add_test(tc, test_sigstop_timeout_then_recover);
+    tcase_add_test(tc, test_auth_and_db_from_url);
+    tcase_add_test(tc, test_many_concurrent_ops);
+    tcase_add_test(tc, test_close_finishes_pending);
+    tcase_add_test(tc, test_bad_urls);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    SRunner *sr = srunner_create(st_redis_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
