@@ -66,26 +66,13 @@ static void sql_exec(const char *path, const char *sql)
     sqlite3_close(db);
 }
 
-/* Path of a file of the source tree, from the cwd (repo root) or from this file's location. */
-static const char *src_path(const char *rel, char *out, size_t outsz)
-{
-    snprintf(out, outsz, "%s", rel);
-    if (access(out, R_OK) == 0) {
-        return out;
-    }
-    snprintf(out, outsz, "%.*s/../../%s", (int)(strrchr(__FILE__, '/') - __FILE__), __FILE__,
-             rel);
-    ck_assert_msg(access(out, R_OK) == 0, "cannot find %s", rel);
-    return out;
-}
-
 /* Runs tests/interop/sqlite_read.py with args; returns its stdout (static buffer). */
 static const char *interop(const char *args)
 {
     static char out[4096];
     char script[512], cmd[2048];
     snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s %s",
-             src_path("tests/interop/sqlite_read.py", script, sizeof(script)), args);
+             h_src_path("tests/interop/sqlite_read.py", script, sizeof(script)), args);
     FILE *p = popen(cmd, "r");
     ck_assert_ptr_nonnull(p);
     size_t n = fread(out, 1, sizeof(out) - 1, p);
@@ -364,7 +351,7 @@ START_TEST(test_schema_matches_script)
     char script[512], ref[256], cmd[1024];
     snprintf(ref, sizeof(ref), "%s/ref.db", f.dir);
     snprintf(cmd, sizeof(cmd), "sqlite3 '%s' < '%s'", ref,
-             src_path("storages/scripts/sqlite.sql", script, sizeof(script)));
+             h_src_path("storages/scripts/sqlite.sql", script, sizeof(script)));
     ck_assert_int_eq(system(cmd), 0);
     char a[1024], b[1024];
     table_shape(ref, "cacheme_data", a, sizeof(a));
@@ -511,19 +498,8 @@ START_TEST(test_close_with_pending_ops)
 {
     struct fx f;
     fx_open(&f, "cacheme_data", true, 2, 10000);
-    enum { N = 50 };
-    static struct h_result res[N];
-    const char *k[] = { "p" };
-    for (int i = 0; i < N; i++) {
-        memset(&res[i], 0, sizeof(res[i]));
-        cm_storage_submit(f.st, h_op(CM_ST_SET, 1, k, k, -1), h_done, &res[i]);
-    }
-    cm_storage_free(f.st);
+    h_close_with_pending(f.st, 50);
     f.st = NULL;
-    for (int i = 0; i < N; i++) {
-        ck_assert_int_eq(res[i].calls, 1);
-        h_result_deinit(&res[i]);
-    }
     fx_close(&f);
 }
 END_TEST

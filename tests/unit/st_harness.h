@@ -11,7 +11,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 #define H_MAX_ITEMS 64
 
@@ -183,6 +185,36 @@ static inline void h_ticker_stop(struct h_ticker *t)
 {
     event_free(t->ev);
     t->ev = NULL;
+}
+
+/* Submits n SETs of one key and frees the storage at once: every done() must have run exactly
+ * once by the time cm_storage_free returns. */
+static inline void h_close_with_pending(struct cm_storage *st, int n)
+{
+    struct h_result *res = cm_calloc((size_t)n, sizeof(*res));
+    const char *k[] = { "p" };
+    for (int i = 0; i < n; i++) {
+        cm_storage_submit(st, h_op(CM_ST_SET, 1, k, k, -1), h_done, &res[i]);
+    }
+    cm_storage_free(st);
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(res[i].calls, 1);
+        h_result_deinit(&res[i]);
+    }
+    cm_free(res);
+}
+
+/* Path of a file of the source tree, from the cwd (repo root) or from the test's location. */
+static inline const char *h_src_path(const char *rel, char *out, size_t outsz)
+{
+    snprintf(out, outsz, "%s", rel);
+    if (access(out, R_OK) == 0) {
+        return out;
+    }
+    snprintf(out, outsz, "%.*s/../../%s", (int)(strrchr(__FILE__, '/') - __FILE__), __FILE__,
+             rel);
+    ck_assert_msg(access(out, R_OK) == 0, "cannot find %s", rel);
+    return out;
 }
 
 #endif

@@ -1,0 +1,435 @@
+/* mongodb storage against the server in CM_TEST_MONGO_URL (CongoDB in the test rig, see
+ * LAB.md §3): round trips, expiry at read time, Cacheme's document shape (read back with the
+ * official node driver), indexes, a server that is down, concurrency and close.
+ * Not checkable on CongoDB, so not asserted: unique-index enforcement and TTL purging (the
+ * storage relies on neither: upserts are keyed on `key`, expiry is checked at read time). */
+#include "conf/conf.h"
+#include "daemon/alloc.h"
+#include "daemon/util.h"
+#include "storages/storage.h"
+#include "tests/unit/st_harness.h"
+
+#include <arpa/inet.h>
+#include <check.h>
+#include <event2/event.h>
+#include <mongoc/mongoc.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* One test's database (unique per process and test), config and storage. */
+struct fx {
+    char db[64];
+    struct cm_conf_storage conf;
+    struct event_base *base;
+    struct cm_storage *st;
+};
+
+static const char *mongo_url(void)
+{
+    const char *u = getenv("CM_TEST_MONGO_URL");
+    ck_assert_msg(u != NULL && u[0] != '\0',
+                  "CM_TEST_MONGO_URL is not set: run under the test runner (scripts/run-tests.sh) "
+                  "or export CM_TEST_MONGO_URL=mongodb://127.0.0.1:PORT/");
+    return u;
+}
+
+static void fx_open_url(struct fx *f, const char *url, bool indexes, int pool, int64_t timeout)
+{
+    static int seq;
+    memset(f, 0, sizeof(*f));
+    snprintf(f->db, sizeof(f->db), "cm_test_%d_%d", (int)getpid(), seq++);
+    f->conf.name = "mongo";
+    f->conf.url = (char *)url;
+    f->conf.type = CM_ST_TYPE_MONGO;
+    f->conf.pool_size = pool;
+    f->conf.timeout_ms = timeout;
+    f->conf.database = f->db;
+    f->conf.collection = "cacheme_data";
+    f->conf.create_indexes = indexes;
+    f->base = event_base_new();
+    char err[256] = "";
+    f->st = cm_storage_new(&f->conf, f->base, err, sizeof(err));
+    ck_assert_msg(f->st != NULL, "open: %s", err);
+}
+
+/* A client of our own, for writing and inspecting documents behind the storage's back. */
+static mongoc_client_t *raw_client(void)
+{
+    mongoc_client_t *c = mongoc_client_new(mongo_url());
+    ck_assert_ptr_nonnull(c);
+    return c;
+}
+
+static void fx_close(struct fx *f)
+{
+    cm_storage_free(f->st);
+    event_base_free(f->base);
+    if (f->conf.url != NULL && strcmp(f->conf.url, mongo_url()) == 0) {
+        mongoc_client_t *c = raw_client();
+        mongoc_database_t *db = mongoc_client_get_database(c, f->db);
+        mongoc_database_drop(db, NULL);
+        mongoc_database_destroy(db);
+        mongoc_client_destroy(c);
+    }
+}
+
+static void raw_insert(struct fx *f, const char *key, const char *val, int64_t expire_ms,
+                       bool expire_null)
+{
+    mongoc_client_t *c = raw_client();
+    mongoc_collection_t *coll = mongoc_client_get_collection(c, f->db, "cacheme_data");
+    bson_t doc = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&doc, "key", key);
+    bson_append_binary(&doc, "value", 5, BSON_SUBTYPE_BINARY, (const uint8_t *)val,
+                       (uint32_t)strlen(val));
+    BSON_APPEND_DATE_TIME(&doc, "updated_at", cm_wall_us() / 1000);
+    if (expire_null) {
+        BSON_APPEND_NULL(&doc, "expire");
+    } else if (expire_ms != 0) {
+        BSON_APPEND_DATE_TIME(&doc, "expire", expire_ms);
+    }
+    bson_error_t error;
+    ck_assert_msg(mongoc_collection_insert_one(coll, &doc, NULL, NULL, &error), "%s",
+                  error.message);
+    bson_destroy(&doc);
+    mongoc_collection_destroy(coll);
+    mongoc_client_destroy(c);
+}
+
+static int64_t raw_count(struct fx *f, const char *key)
+{
+    mongoc_client_t *c = raw_client();
+    mongoc_collection_t *coll = mongoc_client_get_collection(c, f->db, "cacheme_data");
+    bson_t filter = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&filter, "key", key);
+    bson_error_t error;
+    int64_t n = mongoc_collection_count_documents(coll, &filter, NULL, NULL, NULL, &error);
+    ck_assert_msg(n >= 0, "%s", error.message);
+    bson_destroy(&filter);
+    mongoc_collection_destroy(coll);
+    mongoc_client_destroy(c);
+    return n;
+}
+
+START_TEST(test_set_get_mget_del)
+{
+    struct fx f;
+    fx_open_url(&f, mongo_url(), false, 3, 5000);
+    const char *k1[] = { "cacheme:user:1:info:v1" };
+    const char *v1[] = { "{\"name\":\"ann\"}" };
+    ck_assert_int_eq(h_set(f.st, 1, k1, v1, -1), CM_OK);
+    struct h_result r;
+    h_get(f.st, 1, k1, &r);
+    ck_assert_msg(r.status == CM_OK, "%s", r.err);
+    h_assert_val(&r, 0, v1[0]);
+    h_result_deinit(&r);
+
+    /* overwrite is an upsert on key: still one document */
+    const char *v1b[] = { "second" };
+    ck_assert_int_eq(h_set(f.st, 1, k1, v1b, -1), CM_OK);
+    ck_assert_int_eq(raw_count(&f, k1[0]), 1);
+    const char *k23[] = { "k2", "k3" };
+    const char *v23[] = { "two", "three" };
+    ck_assert_int_eq(h_set(f.st, 2, k23, v23, 60000), CM_OK);
+
+    const char *mk[] = { "cacheme:user:1:info:v1", "k2", "nope", "k3", "k2" };
+    h_get(f.st, 5, mk, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    h_assert_val(&r, 0, "second");
+    h_assert_val(&r, 1, "two");
+    h_assert_val(&r, 2, NULL);
+    h_assert_val(&r, 3, "three");
+    h_assert_val(&r, 4, "two");
+    h_result_deinit(&r);
+
+    const char *dk[] = { "cacheme:user:1:info:v1", "k2", "never-there" };
+    ck_assert_int_eq(h_del(f.st, 3, dk), CM_OK);
+    h_get(f.st, 5, mk, &r);
+    h_assert_val(&r, 0, NULL);
+    h_assert_val(&r, 1, NULL);
+    h_assert_val(&r, 3, "three");
+    h_result_deinit(&r);
+    ck_assert_int_eq(raw_count(&f, "k2"), 0);
+
+    /* hostile keys are plain strings, never operators or patterns */
+    const char *hk[] = { "$where", "a.b", "it's \"q\" \\ % ;", "ключ🙂", "{\"$gt\":\"\"}" };
+    ck_assert_int_eq(h_set(f.st, 5, hk, hk, -1), CM_OK);
+    h_get(f.st, 5, hk, &r);
+    for (size_t i = 0; i < 5; i++) {
+        h_assert_val(&r, i, hk[i]);
+    }
+    h_result_deinit(&r);
+    ck_assert_uint_eq(f.st->stats.errors, 0);
+    fx_close(&f);
+}
+END_TEST
+
+START_TEST(test_expired_doc_is_miss)
+{
+    struct fx f;
+    fx_open_url(&f, mongo_url(), false, 2, 5000);
+    int64_t now_ms = cm_wall_us() / 1000;
+    raw_insert(&f, "old", "old", now_ms - 1000, false);
+    raw_insert(&f, "new", "new", now_ms + 3600 * 1000, false);
+    raw_insert(&f, "null", "null", 0, true);
+    raw_insert(&f, "missing", "missing", 0, false);
+    const char *keys[] = { "old", "new", "null", "missing" };
+    struct h_result r;
+    h_get(f.st, 4, keys, &r);
+    ck_assert_msg(r.status == CM_OK, "%s", r.err);
+    h_assert_val(&r, 0, NULL);
+    h_assert_val(&r, 1, "new");
+    h_assert_val(&r, 2, "null");
+    h_assert_val(&r, 3, "missing");
+    h_result_deinit(&r);
+
+    /* our own short ttl */
+    const char *ks[] = { "short" };
+    ck_assert_int_eq(h_set(f.st, 1, ks, ks, 100), CM_OK);
+    h_get(f.st, 1, ks, &r);
+    h_assert_val(&r, 0, "short");
+    h_result_deinit(&r);
+    usleep(200 * 1000);
+    h_get(f.st, 1, ks, &r);
+    h_assert_val(&r, 0, NULL);
+    h_result_deinit(&r);
+    fx_close(&f);
+}
+END_TEST
+
+/* The document as Cacheme's pymongo would see it, read with the official node driver. */
+START_TEST(test_cacheme_format_interop)
+{
+    struct fx f;
+    fx_open_url(&f, mongo_url(), false, 2, 5000);
+    struct cm_st_op *op = cm_st_op_new(CM_ST_SET, 2);
+    op->ttl_ms = 3600 * 1000;
+    cm_st_op_set_key(op, 0, "cacheme:user:7:info:v1", 22);
+    static const char bin[] = { (char)0x81, (char)0xa4, 'n', 'a', 'm', 'e', 0, (char)0xff };
+    op->items[0].wval = bin;
+    op->items[0].wlen = sizeof(bin);
+    cm_st_op_set_key(op, 1, "other", 5);
+    op->items[1].wval = "x";
+    op->items[1].wlen = 1;
+    int64_t before_ms = cm_wall_us() / 1000;
+    struct h_result r;
+    h_run(f.st, op, &r);
+    ck_assert_msg(r.status == CM_OK, "%s", r.err);
+    h_result_deinit(&r);
+    const char *k[] = { "cacheme:user:7:info:v1" };
+    h_get(f.st, 1, k, &r);
+    ck_assert(r.hit[0] && r.vlen[0] == sizeof(bin) && memcmp(r.val[0], bin, sizeof(bin)) == 0);
+    h_result_deinit(&r);
+
+    char script[512], cmd[1024], out[4096];
+    snprintf(cmd, sizeof(cmd), "node %s '%s' %s cacheme_data 'cacheme:user:7:info:v1' 2>&1",
+             h_src_path("tests/interop/mongo_read.mjs", script, sizeof(script)), mongo_url(), f.db);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    int rc = pclose(p);
+    ck_assert_msg(rc == 0, "%s failed (%d): %s", cmd, rc, out);
+    ck_assert_msg(strstr(out, "\"found\":true") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"value_is_binary\":true") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"value_subtype\":0") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"value_hex\":\"81a46e616d6500ff\"") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"expire_is_date\":true") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"updated_at_is_date\":true") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"key_type\":\"string\"") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"id_type\":\"ObjectId\"") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"fields\":[\"_id\",\"expire\",\"key\",\"updated_at\",\"value\"]"),
+                  "%s", out);
+    /* expire = now + 1 h, to the millisecond a BSON Date holds */
+    char want[40];
+    cm_fmt_iso8601(want, sizeof(want), (before_ms + 3600 * 1000) * 1000, 'T');
+    ck_assert_msg(strstr(out, "\"expire\":\"") && strncmp(strstr(out, "\"expire\":\"") + 10,
+                                                          want, 15) == 0,
+                  "%s (want about %s)", out, want);
+
+    /* ttl -1 writes expire: null */
+    const char *kn[] = { "forever" };
+    ck_assert_int_eq(h_set(f.st, 1, kn, kn, -1), CM_OK);
+    snprintf(cmd, sizeof(cmd), "node %s '%s' %s cacheme_data forever 2>&1", script, mongo_url(),
+             f.db);
+    p = popen(cmd, "r");
+    n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    ck_assert_int_eq(pclose(p), 0);
+    ck_assert_msg(strstr(out, "\"expire_is_null\":true") != NULL, "%s", out);
+    fx_close(&f);
+}
+END_TEST
+
+/* create_indexes = yes: a unique index on key and a plain one on expire, named as mongo.js. */
+START_TEST(test_create_indexes)
+{
+    struct fx f;
+    fx_open_url(&f, mongo_url(), true, 2, 5000);
+    const char *k[] = { "a" };
+    ck_assert_int_eq(h_set(f.st, 1, k, k, -1), CM_OK);
+    mongoc_client_t *c = raw_client();
+    mongoc_collection_t *coll = mongoc_client_get_collection(c, f.db, "cacheme_data");
+    bool key_unique = false, expire = false;
+    for (int attempt = 0; attempt < 50 && !(key_unique && expire); attempt++) {
+        mongoc_cursor_t *cur = mongoc_collection_find_indexes_with_opts(coll, NULL);
+        const bson_t *doc;
+        while (mongoc_cursor_next(cur, &doc)) {
+            bson_iter_t it;
+            const char *name = bson_iter_init_find(&it, doc, "name") ? bson_iter_utf8(&it, NULL)
+                                                                    : "";
+            bool uniq = bson_iter_init_find(&it, doc, "unique") && bson_iter_as_bool(&it);
+            key_unique |= strcmp(name, "key_1") == 0 && uniq;
+            expire |= strcmp(name, "expire_1") == 0 && !uniq;
+        }
+        mongoc_cursor_destroy(cur);
+        if (!(key_unique && expire)) {
+            usleep(20 * 1000); /* the index job runs on a worker, maybe after our SET */
+        }
+    }
+    ck_assert(key_unique);
+    ck_assert(expire);
+    mongoc_collection_destroy(coll);
+    mongoc_client_destroy(c);
+    fx_close(&f);
+}
+END_TEST
+
+static int closed_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t len = sizeof(a);
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Server down: every op is a quick CM_ERR (a miss), and the loop keeps running meanwhile. */
+START_TEST(test_server_down)
+{
+    char url[128];
+    snprintf(url, sizeof(url), "mongodb://127.0.0.1:%d/", closed_port()); /* defaults */
+    struct fx f;
+    fx_open_url(&f, url, true, 2, 10000);
+    struct h_ticker t;
+    h_ticker_start(&t, f.base);
+    const char *k[] = { "a", "b" };
+    struct h_result r;
+    double t0 = h_now_ms();
+    h_get(f.st, 2, k, &r);
+    double took = h_now_ms() - t0;
+    ck_assert_int_eq(r.status, CM_ERR);
+    ck_assert(!r.hit[0] && !r.hit[1]);
+    ck_assert_msg(strstr(r.err, "No suitable servers") != NULL ||
+                      strstr(r.err, "connection refused") != NULL ||
+                      strstr(r.err, "Failed to connect") != NULL,
+                  "%s", r.err);
+    h_result_deinit(&r);
+    ck_assert_msg(took < 3500, "took %.0f ms", took);
+    ck_assert_msg(t.max_gap_ms < 150, "the loop was blocked for %.0f ms", t.max_gap_ms);
+    ck_assert_msg(t.ticks >= (int)(took / 10) / 2, "%d ticks in %.0f ms", t.ticks, took);
+    /* while it stays down, ops fail at once instead of each waiting on a worker */
+    t0 = h_now_ms();
+    ck_assert_int_eq(h_set(f.st, 2, k, k, -1), CM_ERR);
+    ck_assert_int_eq(h_del(f.st, 2, k), CM_ERR);
+    double fast = h_now_ms() - t0;
+    ck_assert_msg(fast < 500, "took %.0f ms", fast);
+    h_ticker_stop(&t);
+    printf("mongo down: GET failed after %.0f ms, then SET+DEL in %.1f ms; loop ticks %d, "
+           "max gap %.1f ms\n",
+           took, fast, t.ticks, t.max_gap_ms);
+    f.conf.url = NULL;
+    fx_close(&f);
+
+    /* a malformed url is refused at open */
+    struct cm_conf_storage conf = { .name = "bad", .url = "mongodb://", .type = CM_ST_TYPE_MONGO,
+                                    .pool_size = 1 };
+    struct event_base *base = event_base_new();
+    char err[256];
+    ck_assert_ptr_null(cm_storage_new(&conf, base, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "bad mongodb url") != NULL, "%s", err);
+    event_base_free(base);
+}
+END_TEST
+
+/* Many ops at once over 4 pooled clients: each completes exactly once and succeeds. */
+START_TEST(test_concurrent_submits)
+{
+    struct fx f;
+    fx_open_url(&f, mongo_url(), false, 4, 10000);
+    enum { N = 300 };
+    static struct h_result res[N];
+    static char kbuf[N][16];
+    static const char *keys[N];
+    int pending = N;
+    for (int i = 0; i < N; i++) {
+        snprintf(kbuf[i], sizeof(kbuf[i]), "c%d", i % 100);
+        keys[i] = kbuf[i];
+        memset(&res[i], 0, sizeof(res[i]));
+        res[i].pending = &pending;
+        res[i].base = f.base;
+        struct cm_st_op *op = i < 100 ? h_op(CM_ST_SET, 1, &keys[i], &keys[i], 60000)
+                                      : h_op(CM_ST_GET, 1, &keys[i], NULL, -1);
+        cm_storage_submit(f.st, op, h_done, &res[i]);
+    }
+    double t0 = h_now_ms();
+    h_wait(f.base, &pending, 30);
+    printf("mongo: %d single-key ops on 4 workers in %.0f ms\n", N, h_now_ms() - t0);
+    ck_assert_int_eq(pending, 0);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(res[i].calls, 1);
+        ck_assert_msg(res[i].status == CM_OK, "op %d: %s", i, res[i].err);
+        h_result_deinit(&res[i]);
+    }
+    struct h_result r;
+    h_get(f.st, 50, keys, &r);
+    for (int i = 0; i < 50; i++) {
+        h_assert_val(&r, (size_t)i, keys[i]);
+    }
+    h_result_deinit(&r);
+    fx_close(&f);
+}
+END_TEST
+
+START_TEST(test_close_with_pending_ops)
+{
+    struct fx f;
+    fx_open_url(&f, mongo_url(), false, 2, 10000);
+    h_close_with_pending(f.st, 50);
+    f.st = NULL;
+    fx_close(&f);
+}
+END_TEST
+
+static Suite *mongo_suite(void)
+{
+    Suite *s = suite_create("st_mongo");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_set_get_mget_del);
+    tcase_add_test(tc, test_expired_doc_is_miss);
+    tcase_add_test(tc, test_cacheme_format_interop);
+    tcase_add_test(tc, test_create_indexes);
+    tcase_add_test(tc, test_server_down);
+    tcase_add_test(tc, test_concurrent_submits);
+    tcase_add_test(tc, test_close_with_pending_ops);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    mongoc_init();
+    SRunner *sr = srunner_create(mongo_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    mongoc_cleanup();
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
