@@ -358,6 +358,12 @@ static void pg_result(struct cm_sql_conn *c, PGresult *res)
         return;
     }
     pg_errmsg(msg, sizeof(msg), PQresultErrorMessage(res));
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (pc->phase == PG_SETUP && state != NULL &&
+        (strcmp(state, "42P07") == 0 || strcmp(state, "23505") == 0)) {
+        /* Another client created the table at the same moment: IF NOT EXISTS can still race. */
+        return;
+    }
     if (pc->phase == PG_QUERY) {
         cm_st_op_fail(c->cur, "%s", msg);
     } else if (!pc->setup_failed) {

@@ -1,0 +1,342 @@
+/* mysql:// storage against a real MariaDB/MySQL (CM_TEST_MYSQL_URL). */
+#include "conf/url.h"
+#include "daemon/buf.h"
+#include "storages/sql_common.h"
+#include "tests/unit/sql_harness.h"
+
+#include <mysql.h>
+#include <stdio.h>
+
+#define MY_TABLE "cm_check_my"
+#define MY_BIG_TABLE "cm_check_my_big"
+
+static struct h_st h;
+static MYSQL *side;   /* the test's own blocking connection, for checks behind the storage */
+
+static MYSQL *side_conn(void)
+{
+    struct cm_url u;
+    char err[128];
+    ck_assert_int_eq(cm_url_parse(h_env("CM_TEST_MYSQL_URL"), &u, err, sizeof(err)), CM_OK);
+    MYSQL *m = mysql_init(NULL);
+    mysql_options(m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+    MYSQL *ok = mysql_real_connect(m, u.host, u.user, u.password, u.path, (unsigned)u.port, NULL,
+                                   0);
+    ck_assert_msg(ok != NULL, "side connection: %s", mysql_error(m));
+    cm_url_deinit(&u);
+    return m;
+}
+
+static void side_exec(const char *sql)
+{
+    ck_assert_msg(mysql_query(side, sql) == 0, "%s: %s", sql, mysql_error(side));
+}
+
+static long long side_count(const char *sql)
+{
+    side_exec(sql);
+    MYSQL_RES *res = mysql_store_result(side);
+    ck_assert_ptr_nonnull(res);
+    MYSQL_ROW row = mysql_fetch_row(res);
+    ck_assert_ptr_nonnull(row);
+    /* the last column: COUNT(*) alone, or SHOW STATUS's Value */
+    const char *v = row[mysql_num_fields(res) - 1];
+    long long n = v != NULL ? atoll(v) : 0;
+    mysql_free_result(res);
+    return n;
+}
+
+static void setup(void)
+{
+    side = side_conn();
+    side_exec("DROP TABLE IF EXISTS " MY_TABLE);
+    h_open(&h, CM_ST_TYPE_MYSQL, h_env("CM_TEST_MYSQL_URL"), MY_TABLE, 4, 3000);
+}
+
+static void teardown(void)
+{
+    h_close(&h);
+    mysql_close(side);
+}
+
+START_TEST(test_set_get_mget_del)
+{
+    const char *keys[] = { "cacheme:a:v1", "cacheme:b:v1", "cacheme:none:v1", "cacheme:A:v1" };
+    const char *vals[] = { "alpha", "bravo" };
+    struct h_res r;
+    h_run(&h, CM_ST_SET, 2, keys, vals, NULL, -1, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    ck_assert_int_eq(h_get1(&h, keys[0], "alpha", 5), CM_ST_HIT);
+    ck_assert_int_eq(h_set1(&h, keys[0], "alpha2", 6, 60000), CM_OK);   /* upsert */
+    h_run(&h, CM_ST_GET, 4, keys, NULL, NULL, 0, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    ck_assert_int_eq(r.result[0], CM_ST_HIT);
+    ck_assert_mem_eq(r.val[0], "alpha2", 6);
+    ck_assert_int_eq(r.result[1], CM_ST_HIT);
+    ck_assert_mem_eq(r.val[1], "bravo", 5);
+    ck_assert_int_eq(r.result[2], CM_ST_MISS);
+    ck_assert_int_eq(r.result[3], CM_ST_MISS);   /* keys are case-sensitive */
+    h_res_free(&r);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 2);
+    /* expire is naive UTC: about 60 s after UTC_TIMESTAMP() */
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE " WHERE `key` = 'cacheme:a:v1' "
+                                "AND TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(6), expire) BETWEEN 50 "
+                                "AND 60 AND value = 'alpha2'"), 1);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE " WHERE `key` = 'cacheme:b:v1' "
+                                "AND expire IS NULL"), 1);
+    h_run(&h, CM_ST_DEL, 2, keys, NULL, NULL, 0, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    ck_assert_int_eq(h_get1(&h, keys[0], NULL, 0), CM_ST_MISS);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 0);
+}
+END_TEST
+
+START_TEST(test_odd_keys_binary_values)
+{
+    size_t n = CM_ARRAY_LEN(h_odd_keys);
+    const char *vals[CM_ARRAY_LEN(h_odd_keys)];
+    size_t vlens[CM_ARRAY_LEN(h_odd_keys)];
+    char bufs[CM_ARRAY_LEN(h_odd_keys)][8];
+    for (size_t i = 0; i < n; i++) {
+        memcpy(bufs[i], "\0\x01'\\\0\xff", 6);
+        bufs[i][6] = (char)('a' + i);
+        vals[i] = bufs[i];
+        vlens[i] = 7;
+    }
+    struct h_res r;
+    h_run(&h, CM_ST_SET, n, h_odd_keys, vals, vlens, -1, &r);
+    ck_assert_msg(r.status == CM_OK, "multi-key set failed");
+    h_run(&h, CM_ST_GET, n, h_odd_keys, NULL, NULL, 0, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(r.result[i] == CM_ST_HIT, "miss for %s", h_odd_keys[i]);
+        ck_assert_uint_eq(r.vlen[i], 7);
+        ck_assert_mem_eq(r.val[i], vals[i], 7);
+    }
+    h_res_free(&r);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), (long long)n);
+    for (size_t i = 0; i < n; i++) {
+        char esc[256];
+        char sql[512];
+        mysql_real_escape_string(side, esc, h_odd_keys[i], strlen(h_odd_keys[i]));
+        snprintf(sql, sizeof(sql),
+                 "SELECT COUNT(*) FROM " MY_TABLE " WHERE `key` = '%s' AND LENGTH(value) = 7", esc);
+        ck_assert_msg(side_count(sql) == 1, "row for %s", h_odd_keys[i]);
+        ck_assert_int_eq(h_set1(&h, h_odd_keys[i], "", 0, 5000), CM_OK);   /* empty value */
+        ck_assert_int_eq(h_get1(&h, h_odd_keys[i], "", 0), CM_ST_HIT);
+    }
+}
+END_TEST
+
+START_TEST(test_expired_rows_are_misses)
+{
+    ck_assert_int_eq(h_set1(&h, "cacheme:old:v1", "stale", 5, -1), CM_OK);
+    ck_assert_int_eq(h_get1(&h, "cacheme:old:v1", "stale", 5), CM_ST_HIT);
+    side_exec("UPDATE " MY_TABLE " SET expire = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND "
+              "WHERE `key` = 'cacheme:old:v1'");
+    ck_assert_int_eq(h_get1(&h, "cacheme:old:v1", NULL, 0), CM_ST_MISS);
+    ck_assert_int_eq(h_set1(&h, "cacheme:short:v1", "soon", 4, 300), CM_OK);
+    ck_assert_int_eq(h_get1(&h, "cacheme:short:v1", "soon", 4), CM_ST_HIT);
+    usleep(400 * 1000);
+    ck_assert_int_eq(h_get1(&h, "cacheme:short:v1", NULL, 0), CM_ST_MISS);
+}
+END_TEST
+
+static long long com_select(void)
+{
+    return side_count("SHOW GLOBAL STATUS LIKE 'Com_select'");
+}
+
+START_TEST(test_mget_is_one_query)
+{
+    char names[40][32];
+    const char *keys[40];
+    const char *vals[40];
+    for (size_t i = 0; i < 40; i++) {
+        snprintf(names[i], sizeof(names[i]), "cacheme:m%zu:v1", i);
+        keys[i] = names[i];
+        vals[i] = "v";
+    }
+    struct h_res r;
+    h_run(&h, CM_ST_SET, 40, keys, vals, NULL, -1, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    long long t0 = com_select();
+    long long base = com_select() - t0;   /* what measuring costs by itself */
+    long long b0 = com_select();
+    h_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);
+    long long batch = com_select() - b0 - base;
+    ck_assert_int_eq(r.status, CM_OK);
+    for (size_t i = 0; i < 40; i++) {
+        ck_assert_int_eq(r.result[i], CM_ST_HIT);
+    }
+    h_res_free(&r);
+    long long s0 = com_select();
+    for (size_t i = 0; i < 4; i++) {
+        ck_assert_int_eq(h_get1(&h, keys[i], "v", 1), CM_ST_HIT);
+    }
+    long long singles = com_select() - s0 - base;
+    ck_assert_msg(batch == 1 && singles == 4, "Com_select: mget of 40 %lld, 4 gets %lld", batch,
+                  singles);
+}
+END_TEST
+
+START_TEST(test_oversize_value_refused)
+{
+    static char big[70000];
+    memset(big, 'x', sizeof(big));
+    big[0] = '\0';
+    ck_assert_int_eq(h_set1(&h, "cacheme:ok:v1", big, 60000, -1), CM_OK);
+    ck_assert_int_eq(h_get1(&h, "cacheme:ok:v1", big, 60000), CM_ST_HIT);
+    ck_assert_int_eq(h_set1(&h, "cacheme:big:v1", big, sizeof(big), -1), CM_ERR);
+    ck_assert_uint_eq(h.st->stats.rejected, 1);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE " WHERE `key` = 'cacheme:big:v1'"),
+                     0);
+    /* in a multi-key write only the oversize value is refused */
+    const char *keys[] = { "cacheme:big:v1", "cacheme:small:v1" };
+    const char *vals[] = { big, "s" };
+    size_t vlens[] = { sizeof(big), 1 };
+    struct h_res r;
+    h_run(&h, CM_ST_SET, 2, keys, vals, vlens, -1, &r);
+    ck_assert_int_eq(r.status, CM_ERR);
+    ck_assert_uint_eq(h.st->stats.rejected, 2);
+    ck_assert_int_eq(h_get1(&h, "cacheme:small:v1", "s", 1), CM_ST_HIT);
+    ck_assert_int_eq(h_get1(&h, "cacheme:big:v1", NULL, 0), CM_ST_MISS);
+
+    /* A MEDIUMBLOB table takes it. */
+    side_exec("DROP TABLE IF EXISTS " MY_BIG_TABLE);
+    side_exec("CREATE TABLE " MY_BIG_TABLE " LIKE " MY_TABLE);
+    side_exec("ALTER TABLE " MY_BIG_TABLE " MODIFY value MEDIUMBLOB");
+    struct h_st bh;
+    h_open(&bh, CM_ST_TYPE_MYSQL, h_env("CM_TEST_MYSQL_URL"), MY_BIG_TABLE, 1, 3000);
+    ck_assert_int_eq(h_set1(&bh, "cacheme:big:v1", big, sizeof(big), -1), CM_OK);
+    ck_assert_int_eq(h_get1(&bh, "cacheme:big:v1", big, sizeof(big)), CM_ST_HIT);
+    ck_assert_uint_eq(bh.st->stats.rejected, 0);
+    h_close(&bh);
+    side_exec("DROP TABLE " MY_BIG_TABLE);
+}
+END_TEST
+
+START_TEST(test_server_restart_reconnects)
+{
+    ck_assert_int_eq(h_set1(&h, "cacheme:rs:v1", "before", 6, -1), CM_OK);
+    mysql_close(side);
+    h_restart("CM_TEST_MYSQL_RESTART_CMD", "mariadb");
+    int64_t ms = h_wait_hit(&h, "cacheme:rs:v1", "before", 6, 8000);
+    ck_assert_msg(ms >= 0 && ms <= 6500, "no hit within 6.5 s of the restart (%lld ms)",
+                  (long long)ms);
+    fprintf(stderr, "check_st_mysql: reads hit again %lld ms after the restart returned\n",
+            (long long)ms);
+    ck_assert_int_eq(h_set1(&h, "cacheme:rs:v1", "after", 5, -1), CM_OK);
+    ck_assert_int_eq(h_get1(&h, "cacheme:rs:v1", "after", 5), CM_ST_HIT);
+    side = side_conn();
+}
+END_TEST
+
+START_TEST(test_server_down_is_prompt_miss)
+{
+    struct h_st down;
+    h_open(&down, CM_ST_TYPE_MYSQL, "mysql://cache:cachepw@127.0.0.1:1/cachetest", MY_TABLE, 2,
+           2000);
+    for (int i = 0; i < 3; i++) {
+        struct h_res r;
+        const char *k = "cacheme:down:v1";
+        h_run(&down, CM_ST_GET, 1, &k, NULL, NULL, 0, &r);
+        ck_assert_int_eq(r.status, CM_ERR);
+        ck_assert_int_eq(r.result[0], CM_ST_MISS);
+        ck_assert_msg(r.ms < 500, "a down server took %lld ms to answer", (long long)r.ms);
+    }
+    ck_assert_uint_eq(down.st->stats.errors, 3);
+    ck_assert_uint_eq(down.st->stats.timeouts, 0);
+    h_close(&down);
+}
+END_TEST
+
+START_TEST(test_schema_matches_script)
+{
+    struct cm_buf b;
+    cm_buf_init(&b);
+    cm_sql_schema(&b, CM_SQL_MYSQL, "cacheme_data");
+    FILE *f = fopen("storages/scripts/mysql.sql", "r");
+    ck_assert_msg(f != NULL, "run from the repository root");
+    char file[4096];
+    size_t n = fread(file, 1, sizeof(file), f);
+    fclose(f);
+    ck_assert_uint_eq(n, cm_buf_used(&b));
+    ck_assert_mem_eq(file, cm_buf_start(&b), n);
+    cm_buf_deinit(&b);
+    ck_assert_int_eq(h_set1(&h, "cacheme:s:v1", "x", 1, -1), CM_OK);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE "
+                                "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '" MY_TABLE "' AND ("
+                                "(COLUMN_NAME = 'id' AND DATA_TYPE = 'int' AND "
+                                " EXTRA LIKE '%auto_increment%') OR "
+                                "(COLUMN_NAME = 'key' AND DATA_TYPE = 'varchar' AND "
+                                " CHARACTER_MAXIMUM_LENGTH = 512) OR "
+                                "(COLUMN_NAME = 'value' AND DATA_TYPE = 'blob') OR "
+                                "(COLUMN_NAME = 'expire' AND COLUMN_TYPE = 'datetime(6)') OR "
+                                "(COLUMN_NAME = 'updated_at' AND COLUMN_TYPE = 'datetime(6)'))"),
+                     5);
+    ck_assert_int_eq(side_count("SELECT COUNT(DISTINCT INDEX_NAME) FROM information_schema."
+                                "STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '"
+                                MY_TABLE "' AND ((INDEX_NAME = 'ix_" MY_TABLE "_expire' AND "
+                                "COLUMN_NAME = 'expire') OR (NON_UNIQUE = 0 AND COLUMN_NAME = "
+                                "'key') OR INDEX_NAME = 'PRIMARY')"),
+                     3);
+    struct cm_conf_storage bad = h.conf;
+    char err[200];
+    bad.table = (char *)"x` (a int); DROP TABLE y; --";
+    ck_assert_ptr_null(cm_storage_new(&bad, h.base, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "invalid table name") != NULL, "%s", err);
+}
+END_TEST
+
+START_TEST(test_cacheme_reads_row)
+{
+    ck_assert_int_eq(h_set1(&h, h_odd_keys[0], "{\"a\": 1}", 8, 60000), CM_OK);
+    ck_assert_int_eq(h_set1(&h, "cacheme:gone:v1", "x", 1, -1), CM_OK);
+    side_exec("UPDATE " MY_TABLE " SET expire = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND "
+              "WHERE `key` = 'cacheme:gone:v1'");
+    static const char *const cases[][2] = {
+        { "63616368656d653a6974" "27733a7631", "HIT 7b2261223a20317d\n" },   /* cacheme:it's:v1 */
+        { "63616368656d653a676f6e653a7631", "MISS\n" },                      /* cacheme:gone:v1 */
+    };
+    for (size_t i = 0; i < CM_ARRAY_LEN(cases); i++) {
+        char cmd[1024];
+        snprintf(cmd, sizeof(cmd), "/usr/bin/python3 tests/interop/sql_read.py mysql '%s' %s %s",
+                 h_env("CM_TEST_MYSQL_URL"), MY_TABLE, cases[i][0]);
+        FILE *p = popen(cmd, "r");
+        ck_assert_ptr_nonnull(p);
+        char out[256] = "";
+        ck_assert_ptr_nonnull(fgets(out, sizeof(out), p));
+        ck_assert_int_eq(pclose(p), 0);
+        ck_assert_str_eq(out, cases[i][1]);
+    }
+}
+END_TEST
+
+static Suite *mysql_suite(void)
+{
+    Suite *s = suite_create("st_mysql");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 30);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_set_get_mget_del);
+    tcase_add_test(tc, test_odd_keys_binary_values);
+    tcase_add_test(tc, test_expired_rows_are_misses);
+    tcase_add_test(tc, test_schema_matches_script);
+    tcase_add_test(tc, test_oversize_value_refused);
+    tcase_add_test(tc, test_cacheme_reads_row);
+    tcase_add_test(tc, test_server_down_is_prompt_miss);
+    tcase_add_test(tc, test_mget_is_one_query);
+    tcase_add_test(tc, test_server_restart_reconnects);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(mysql_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
