@@ -4,6 +4,7 @@
 #include "daemon/buf.h"
 #include "daemon/util.h"
 
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -239,10 +240,72 @@ void cm_ser_json_string(struct cm_buf *out, const char *s, size_t n, enum cm_ser
     cm_buf_append(out, "\"", 1);
 }
 
+/* Splits "%.*e" output ("d.ddde+XX") into its digits and exponent; returns the digit count. */
+static int split_e(const char *txt, char *digits, int *exp10)
+{
+    int nd = 0;
+    for (; *txt != 'e'; txt++) {
+        if (*txt != '.') {
+            digits[nd++] = *txt;
+        }
+    }
+    *exp10 = atoi(txt + 1);
+    return nd;
+}
+
+static bool reads_back(const char *digits, int nd, int exp10, double d)
+{
+    char txt[40];
+    snprintf(txt, sizeof(txt), "%c.%.*se%d", digits[0], nd - 1, digits + 1, exp10);
+    return strtod(txt, NULL) == d;
+}
+
+/* The next decimal up with as many digits: 1.99e5 -> 2.00e5, 9.99e5 -> 1.00e6. */
+static void digits_up(char *digits, int nd, int *exp10)
+{
+    int i = nd - 1;
+    while (i >= 0 && digits[i] == '9') {
+        digits[i--] = '0';
+    }
+    if (i >= 0) {
+        digits[i]++;
+    } else {
+        digits[0] = '1';
+        (*exp10)++;
+    }
+}
+
+/* Shortest digits that read back as d (d > 0 or 0), choosing the nearest among equally short
+ * ones: what repr() gets from dtoa mode 0. Distinct decimals of at most 15 digits are distinct
+ * doubles (DBL_DIG), so if a shorter form reads back, the 15-digit rounding is it padded with
+ * zeros: start there. Subnormals have fewer digits of precision and start from 1 digit. */
+static int shortest_digits(double d, char *digits, int *exp10)
+{
+    int e2;
+    bool pow2 = frexp(d, &e2) == 0.5;
+    for (int prec = d < DBL_MIN ? 0 : 14;; prec++) {
+        char txt[40];
+        snprintf(txt, sizeof(txt), "%.*e", prec, d);
+        int nd = split_e(txt, digits, exp10);
+        if (prec == 16 || reads_back(digits, nd, *exp10, d)) {
+            return nd; /* 17 digits always read back */
+        }
+        if (pow2) {
+            /* Below a power of two doubles are twice as dense, so the nearest decimal can fall
+             * outside d's interval while the next one up is inside: repr(2.0**-1017) is
+             * '7.120236347223045e-307', not ...044. */
+            digits_up(digits, nd, exp10);
+            if (reads_back(digits, nd, *exp10, d)) {
+                return nd;
+            }
+        }
+    }
+}
+
 void cm_ser_json_double(struct cm_buf *out, double d)
 {
-    char tmp[40], digits[24];
-    int prec, exp10, nd = 0;
+    char digits[24];
+    int exp10, nd;
     if (isnan(d)) {
         cm_buf_append_str(out, "NaN");
         return;
@@ -255,23 +318,10 @@ void cm_ser_json_double(struct cm_buf *out, double d)
         cm_buf_append(out, "-", 1);
         d = -d;
     }
-    /* Shortest correctly rounded digits that read back as d (what repr does via dtoa mode 0). */
-    for (prec = 0; prec < 17; prec++) {
-        snprintf(tmp, sizeof(tmp), "%.*e", prec, d);
-        if (strtod(tmp, NULL) == d) {
-            break;
-        }
-    }
-    for (const char *p = tmp; *p != 'e'; p++) {
-        if (*p != '.') {
-            digits[nd++] = *p;
-        }
-    }
+    nd = shortest_digits(d, digits, &exp10);
     while (nd > 1 && digits[nd - 1] == '0') {
         nd--;
     }
-    digits[nd] = '\0';
-    exp10 = atoi(strchr(tmp, 'e') + 1);
     int decpt = exp10 + 1; /* value = 0.DIGITS * 10^decpt */
     if (decpt <= -4 || decpt > 16) {
         /* Python's repr switches to exponent form here: 1e-05, 1.5e+16. */

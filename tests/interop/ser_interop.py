@@ -106,6 +106,9 @@ def cases():
         json.dumps(list(range(20))), json.dumps({"k%02d" % i: i for i in range(20)}),
         json.dumps(deep), 'true', 'false', 'null',
         json.dumps([random_float(rng) for _ in range(400)]),
+        json.dumps([2.0 ** e for e in range(-1074, 1024, 3)] + [5e-324 * rng.randrange(1, 2**52)
+                                                               for _ in range(200)]),
+        json.dumps([round(rng.uniform(-1e6, 1e6), rng.randrange(0, 12)) for _ in range(300)]),
         json.dumps([rng.choice([rng.randrange(-2**63, 2**64), rng.randrange(-300, 300),
                                 rng.randrange(-2**33, 2**33)]) for _ in range(300)]),
         json.dumps({random_string(rng, True): random_string(rng) for _ in range(60)}),

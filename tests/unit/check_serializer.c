@@ -43,9 +43,20 @@ static int dec(enum cm_ser ser, const char *p, size_t len, bool wrapped, struct 
 
 static void assert_bytes(const struct cm_buf *b, const char *want, size_t wantlen, const char *what)
 {
-    ck_assert_msg(cm_buf_used(b) == wantlen && memcmp(cm_buf_start(b), want, wantlen) == 0,
-                  "%s: got %zu bytes '%.*s', want %zu '%.*s'", what, cm_buf_used(b),
-                  (int)cm_buf_used(b), cm_buf_start(b), wantlen, (int)wantlen, want);
+    size_t got = cm_buf_used(b), at = 0;
+    const char *p = cm_buf_start(b);
+    while (at < got && at < wantlen && p[at] == want[at]) {
+        at++;
+    }
+    if (at == got && at == wantlen) {
+        return;
+    }
+    /* Show 60 bytes from a little before the first difference. */
+    size_t from = at > 20 ? at - 20 : 0;
+    int gl = (int)(got - from < 60 ? got - from : 60);
+    int wl = (int)(wantlen - from < 60 ? wantlen - from : 60);
+    ck_abort_msg("%s: %zu bytes, want %zu; first difference at %zu: got '%.*s', want '%.*s'", what,
+                 got, wantlen, at, gl, p + from, wl, want + from);
 }
 
 /* msgpack-python 1.0.3: msgpack.packb(json.loads(doc)). */
