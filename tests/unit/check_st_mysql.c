@@ -94,26 +94,7 @@ END_TEST
 START_TEST(test_odd_keys_binary_values)
 {
     size_t n = CM_ARRAY_LEN(h_odd_keys);
-    const char *vals[CM_ARRAY_LEN(h_odd_keys)];
-    size_t vlens[CM_ARRAY_LEN(h_odd_keys)];
-    char bufs[CM_ARRAY_LEN(h_odd_keys)][8];
-    for (size_t i = 0; i < n; i++) {
-        memcpy(bufs[i], "\0\x01'\\\0\xff", 6);
-        bufs[i][6] = (char)('a' + i);
-        vals[i] = bufs[i];
-        vlens[i] = 7;
-    }
-    struct h_res r;
-    h_run(&h, CM_ST_SET, n, h_odd_keys, vals, vlens, -1, &r);
-    ck_assert_msg(r.status == CM_OK, "multi-key set failed");
-    h_run(&h, CM_ST_GET, n, h_odd_keys, NULL, NULL, 0, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(r.result[i] == CM_ST_HIT, "miss for %s", h_odd_keys[i]);
-        ck_assert_uint_eq(r.vlen[i], 7);
-        ck_assert_mem_eq(r.val[i], vals[i], 7);
-    }
-    h_res_free(&r);
+    h_odd_roundtrip(&h);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), (long long)n);
     for (size_t i = 0; i < n; i++) {
         char esc[256];
@@ -128,17 +109,15 @@ START_TEST(test_odd_keys_binary_values)
 }
 END_TEST
 
-START_TEST(test_expired_rows_are_misses)
+static void expire_old(void)
 {
-    ck_assert_int_eq(h_set1(&h, "cacheme:old:v1", "stale", 5, -1), CM_OK);
-    ck_assert_int_eq(h_get1(&h, "cacheme:old:v1", "stale", 5), CM_ST_HIT);
     side_exec("UPDATE " MY_TABLE " SET expire = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND "
               "WHERE `key` = 'cacheme:old:v1'");
-    ck_assert_int_eq(h_get1(&h, "cacheme:old:v1", NULL, 0), CM_ST_MISS);
-    ck_assert_int_eq(h_set1(&h, "cacheme:short:v1", "soon", 4, 300), CM_OK);
-    ck_assert_int_eq(h_get1(&h, "cacheme:short:v1", "soon", 4), CM_ST_HIT);
-    usleep(400 * 1000);
-    ck_assert_int_eq(h_get1(&h, "cacheme:short:v1", NULL, 0), CM_ST_MISS);
+}
+
+START_TEST(test_expired_rows_are_misses)
+{
+    h_check_expiry(&h, expire_old);
 }
 END_TEST
 
@@ -218,36 +197,16 @@ END_TEST
 
 START_TEST(test_server_restart_reconnects)
 {
-    ck_assert_int_eq(h_set1(&h, "cacheme:rs:v1", "before", 6, -1), CM_OK);
     mysql_close(side);
-    h_restart("CM_TEST_MYSQL_RESTART_CMD", "mariadb");
-    int64_t ms = h_wait_hit(&h, "cacheme:rs:v1", "before", 6, 8000);
-    ck_assert_msg(ms >= 0 && ms <= 6500, "no hit within 6.5 s of the restart (%lld ms)",
-                  (long long)ms);
-    fprintf(stderr, "check_st_mysql: reads hit again %lld ms after the restart returned\n",
-            (long long)ms);
-    ck_assert_int_eq(h_set1(&h, "cacheme:rs:v1", "after", 5, -1), CM_OK);
-    ck_assert_int_eq(h_get1(&h, "cacheme:rs:v1", "after", 5), CM_ST_HIT);
+    h_check_restart(&h, "CM_TEST_MYSQL_RESTART_CMD", "mariadb");
     side = side_conn();
 }
 END_TEST
 
 START_TEST(test_server_down_is_prompt_miss)
 {
-    struct h_st down;
-    h_open(&down, CM_ST_TYPE_MYSQL, "mysql://cache:cachepw@127.0.0.1:1/cachetest", MY_TABLE, 2,
-           2000);
-    for (int i = 0; i < 3; i++) {
-        struct h_res r;
-        const char *k = "cacheme:down:v1";
-        h_run(&down, CM_ST_GET, 1, &k, NULL, NULL, 0, &r);
-        ck_assert_int_eq(r.status, CM_ERR);
-        ck_assert_int_eq(r.result[0], CM_ST_MISS);
-        ck_assert_msg(r.ms < 500, "a down server took %lld ms to answer", (long long)r.ms);
-    }
-    ck_assert_uint_eq(down.st->stats.errors, 3);
-    ck_assert_uint_eq(down.st->stats.timeouts, 0);
-    h_close(&down);
+    /* Port 1 on loopback: nothing listens, the connect is refused at once. */
+    h_check_down(CM_ST_TYPE_MYSQL, "mysql://cache:cachepw@127.0.0.1:1/cachetest", MY_TABLE);
 }
 END_TEST
 

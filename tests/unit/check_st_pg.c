@@ -91,26 +91,7 @@ END_TEST
 START_TEST(test_odd_keys_binary_values)
 {
     size_t n = CM_ARRAY_LEN(h_odd_keys);
-    const char *vals[CM_ARRAY_LEN(h_odd_keys)];
-    size_t vlens[CM_ARRAY_LEN(h_odd_keys)];
-    char bufs[CM_ARRAY_LEN(h_odd_keys)][8];
-    for (size_t i = 0; i < n; i++) {
-        memcpy(bufs[i], "\0\x01'\\\0\xff", 6);
-        bufs[i][6] = (char)('a' + i);
-        vals[i] = bufs[i];
-        vlens[i] = 7;
-    }
-    struct h_res r;
-    h_run(&h, CM_ST_SET, n, h_odd_keys, vals, vlens, -1, &r);
-    ck_assert_msg(r.status == CM_OK, "multi-key set failed");
-    h_run(&h, CM_ST_GET, n, h_odd_keys, NULL, NULL, 0, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(r.result[i] == CM_ST_HIT, "miss for %s", h_odd_keys[i]);
-        ck_assert_uint_eq(r.vlen[i], 7);
-        ck_assert_mem_eq(r.val[i], vals[i], 7);
-    }
-    h_res_free(&r);
+    h_odd_roundtrip(&h);
     /* The rows hold exactly these keys (nothing was escaped into the data), and nothing else. */
     ck_assert_int_eq(side_count("SELECT count(*) FROM " PG_TABLE), (long long)n);
     for (size_t i = 0; i < n; i++) {
@@ -130,6 +111,7 @@ START_TEST(test_odd_keys_binary_values)
     op->items[0].klen = 15;
     op->items[0].wval = "x";
     op->items[0].wlen = 1;
+    struct h_res r;
     memset(&r, 0, sizeof(r));
     cm_storage_submit(h.st, op, h_done, &r);
     while (!r.done) {
@@ -141,18 +123,15 @@ START_TEST(test_odd_keys_binary_values)
 }
 END_TEST
 
-START_TEST(test_expired_rows_are_misses)
+static void expire_old(void)
 {
-    ck_assert_int_eq(h_set1(&h, "cacheme:old:v1", "stale", 5, -1), CM_OK);
-    ck_assert_int_eq(h_get1(&h, "cacheme:old:v1", "stale", 5), CM_ST_HIT);
     side_exec("UPDATE " PG_TABLE " SET expire = now() - interval '1 second' "
               "WHERE key = 'cacheme:old:v1'", 0, NULL);
-    ck_assert_int_eq(h_get1(&h, "cacheme:old:v1", NULL, 0), CM_ST_MISS);
-    /* and a short ttl written by the storage itself */
-    ck_assert_int_eq(h_set1(&h, "cacheme:short:v1", "soon", 4, 300), CM_OK);
-    ck_assert_int_eq(h_get1(&h, "cacheme:short:v1", "soon", 4), CM_ST_HIT);
-    usleep(400 * 1000);
-    ck_assert_int_eq(h_get1(&h, "cacheme:short:v1", NULL, 0), CM_ST_MISS);
+}
+
+START_TEST(test_expired_rows_are_misses)
+{
+    h_check_expiry(&h, expire_old);
 }
 END_TEST
 
@@ -291,34 +270,14 @@ END_TEST
 
 START_TEST(test_server_restart_reconnects)
 {
-    ck_assert_int_eq(h_set1(&h, "cacheme:rs:v1", "before", 6, -1), CM_OK);
-    h_restart("CM_TEST_PG_RESTART_CMD", "postgres");
-    int64_t ms = h_wait_hit(&h, "cacheme:rs:v1", "before", 6, 8000);
-    ck_assert_msg(ms >= 0 && ms <= 6500, "no hit within 6.5 s of the restart (%lld ms)",
-                  (long long)ms);
-    fprintf(stderr, "check_st_pg: reads hit again %lld ms after the restart returned\n",
-            (long long)ms);
-    ck_assert_int_eq(h_set1(&h, "cacheme:rs:v1", "after", 5, -1), CM_OK);
-    ck_assert_int_eq(h_get1(&h, "cacheme:rs:v1", "after", 5), CM_ST_HIT);
+    h_check_restart(&h, "CM_TEST_PG_RESTART_CMD", "postgres");
 }
 END_TEST
 
 START_TEST(test_server_down_is_prompt_miss)
 {
-    struct h_st down;
     /* Port 1 on loopback: nothing listens, the connect is refused at once. */
-    h_open(&down, CM_ST_TYPE_PG, "postgresql://postgres@127.0.0.1:1/cachetest", PG_TABLE, 2, 2000);
-    for (int i = 0; i < 3; i++) {
-        struct h_res r;
-        const char *k = "cacheme:down:v1";
-        h_run(&down, CM_ST_GET, 1, &k, NULL, NULL, 0, &r);
-        ck_assert_int_eq(r.status, CM_ERR);
-        ck_assert_int_eq(r.result[0], CM_ST_MISS);
-        ck_assert_msg(r.ms < 500, "a down server took %lld ms to answer", (long long)r.ms);
-    }
-    ck_assert_uint_eq(down.st->stats.errors, 3);
-    ck_assert_uint_eq(down.st->stats.timeouts, 0);
-    h_close(&down);
+    h_check_down(CM_ST_TYPE_PG, "postgresql://postgres@127.0.0.1:1/cachetest", PG_TABLE);
 }
 END_TEST
 

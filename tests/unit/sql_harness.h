@@ -10,6 +10,7 @@
 #include "storages/storage.h"
 
 #include <check.h>
+#include <stdio.h>
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,5 +185,77 @@ static const char *const h_odd_keys[] = {
     "cacheme:\xd0\xba\xd0\xbb\xd1\x8e\xd1\x87 \xf0\x9f\x94\x91:v1",
     "cacheme:'); DELETE FROM cacheme_data; --:v1",
 };
+
+/* SET then MGET of every odd key with binary values (NULs, quotes, 0xff), in one op each. */
+static inline void h_odd_roundtrip(struct h_st *h)
+{
+    size_t n = CM_ARRAY_LEN(h_odd_keys);
+    const char *vals[CM_ARRAY_LEN(h_odd_keys)];
+    size_t vlens[CM_ARRAY_LEN(h_odd_keys)];
+    char bufs[CM_ARRAY_LEN(h_odd_keys)][8];
+    for (size_t i = 0; i < n; i++) {
+        memcpy(bufs[i], "\0\x01'\\\0\xff", 6);
+        bufs[i][6] = (char)('a' + i);
+        vals[i] = bufs[i];
+        vlens[i] = 7;
+    }
+    struct h_res r;
+    h_run(h, CM_ST_SET, n, h_odd_keys, vals, vlens, -1, &r);
+    ck_assert_msg(r.status == CM_OK, "multi-key set failed");
+    h_run(h, CM_ST_GET, n, h_odd_keys, NULL, NULL, 0, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(r.result[i] == CM_ST_HIT, "miss for %s", h_odd_keys[i]);
+        ck_assert_uint_eq(r.vlen[i], 7);
+        ck_assert_mem_eq(r.val[i], vals[i], 7);
+    }
+    h_res_free(&r);
+}
+
+/* A storage whose server is down (port 1: refused) answers every read with CM_ERR at once. */
+static inline void h_check_down(enum cm_st_type type, const char *url, const char *table)
+{
+    struct h_st down;
+    h_open(&down, type, url, table, 2, 2000);
+    for (int i = 0; i < 3; i++) {
+        struct h_res r;
+        const char *k = "cacheme:down:v1";
+        h_run(&down, CM_ST_GET, 1, &k, NULL, NULL, 0, &r);
+        ck_assert_int_eq(r.status, CM_ERR);
+        ck_assert_int_eq(r.result[0], CM_ST_MISS);
+        ck_assert_msg(r.ms < 500, "a down server took %lld ms to answer", (long long)r.ms);
+    }
+    ck_assert_uint_eq(down.st->stats.errors, 3);
+    ck_assert_uint_eq(down.st->stats.timeouts, 0);
+    h_close(&down);
+}
+
+/* Restarts the server under h and checks reads hit again within 6.5 s, then writes work. */
+static inline void h_check_restart(struct h_st *h, const char *env_cmd, const char *name)
+{
+    ck_assert_int_eq(h_set1(h, "cacheme:rs:v1", "before", 6, -1), CM_OK);
+    h_restart(env_cmd, name);
+    int64_t ms = h_wait_hit(h, "cacheme:rs:v1", "before", 6, 8000);
+    ck_assert_msg(ms >= 0 && ms <= 6500, "no hit within 6.5 s of the restart (%lld ms)",
+                  (long long)ms);
+    fprintf(stderr, "%s: reads hit again %lld ms after the restart returned\n", name,
+            (long long)ms);
+    ck_assert_int_eq(h_set1(h, "cacheme:rs:v1", "after", 5, -1), CM_OK);
+    ck_assert_int_eq(h_get1(h, "cacheme:rs:v1", "after", 5), CM_ST_HIT);
+}
+
+/* A row expired behind the storage's back, and a short ttl written by it, are both misses.
+ * expire_old runs the backend's own UPDATE that moves cacheme:old:v1's expire into the past. */
+static inline void h_check_expiry(struct h_st *h, void (*expire_old)(void))
+{
+    ck_assert_int_eq(h_set1(h, "cacheme:old:v1", "stale", 5, -1), CM_OK);
+    ck_assert_int_eq(h_get1(h, "cacheme:old:v1", "stale", 5), CM_ST_HIT);
+    expire_old();
+    ck_assert_int_eq(h_get1(h, "cacheme:old:v1", NULL, 0), CM_ST_MISS);
+    ck_assert_int_eq(h_set1(h, "cacheme:short:v1", "soon", 4, 300), CM_OK);
+    ck_assert_int_eq(h_get1(h, "cacheme:short:v1", "soon", 4), CM_ST_HIT);
+    usleep(400 * 1000);
+    ck_assert_int_eq(h_get1(h, "cacheme:short:v1", NULL, 0), CM_ST_MISS);
+}
 
 #endif
