@@ -96,9 +96,9 @@ static int create_indexes(struct mg *m, mongoc_client_t *client, bson_error_t *e
     return ok ? CM_OK : CM_ERR;
 }
 
-/* Creates the indexes once (create_indexes = yes); on failure retries at most every 5 s, from
- * whichever job comes next. One thread tries at a time, and no job waits for it. Never fails
- * the job itself. */
+/* Creates the indexes once (create_indexes = yes): from the job open() queues, then, while that
+ * failed, at most every 5 s after an op that succeeded. One thread tries at a time, and no job
+ * waits for it. Never fails a job. */
 static void ensure_indexes(struct mg *m, mongoc_client_t *client)
 {
     if (!m->create_indexes) {
@@ -320,8 +320,9 @@ static void mg_work(void *arg)
     }
     /* Never waits: the pool holds as many clients as there are threads. */
     mongoc_client_t *client = mongoc_client_pool_pop(m->pool);
-    ensure_indexes(m, client);
-    if (j->op != NULL) {
+    if (j->op == NULL) {
+        ensure_indexes(m, client); /* the job open() queues */
+    } else {
         mongoc_collection_t *coll = coll_get(m, client);
         bool down = false;
         switch (j->op->kind) {
@@ -331,6 +332,10 @@ static void mg_work(void *arg)
         }
         mongoc_collection_destroy(coll);
         server_state(m, j, down);
+        if (j->status == CM_OK) {
+            /* retried only once the server answers, so a down server costs ops nothing more */
+            ensure_indexes(m, client);
+        }
     }
     mongoc_client_pool_push(m->pool, client);
 }

@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* One test's database (unique per process and test), config and storage. */
@@ -358,6 +360,113 @@ START_TEST(test_server_down)
 }
 END_TEST
 
+/* A TCP forwarder to the test server (/usr/bin/python3, stdlib): lets a test take "the server"
+ * away and bring it back on a port of its own. Returns the forwarder's pid. */
+static pid_t start_forwarder(int port)
+{
+    const char *u = mongo_url();
+    const char *hp = strstr(u, "://");
+    ck_assert_ptr_nonnull(hp);
+    hp += 3;
+    char target[128];
+    snprintf(target, sizeof(target), "%.*s", (int)strcspn(hp, "/?,"), hp);
+    char *colon = strrchr(target, ':');
+    ck_assert_ptr_nonnull(colon);
+    *colon = '\0';
+    static const char prog[] =
+        "import asyncio, sys\n"
+        "H, T, P = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+        "async def pipe(r, w):\n"
+        "    try:\n"
+        "        while True:\n"
+        "            d = await r.read(65536)\n"
+        "            if not d: break\n"
+        "            w.write(d); await w.drain()\n"
+        "    except Exception: pass\n"
+        "    finally: w.close()\n"
+        "async def handle(r, w):\n"
+        "    try: r2, w2 = await asyncio.open_connection(H, T)\n"
+        "    except Exception: w.close(); return\n"
+        "    await asyncio.gather(pipe(r, w2), pipe(r2, w))\n"
+        "async def main():\n"
+        "    s = await asyncio.start_server(handle, '127.0.0.1', P)\n"
+        "    await s.serve_forever()\n"
+        "asyncio.run(main())\n";
+    char tport[16], lport[16];
+    snprintf(tport, sizeof(tport), "%s", colon + 1);
+    snprintf(lport, sizeof(lport), "%d", port);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        execl("/usr/bin/python3", "python3", "-c", prog, target, tport, lport, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) { /* wait until it accepts */
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+        close(fd);
+        if (rc == 0) {
+            return pid;
+        }
+        usleep(20 * 1000);
+    }
+    ck_abort_msg("forwarder did not start on port %d", port);
+    return -1;
+}
+
+static void stop_forwarder(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+}
+
+/* The server goes away and comes back: ops fail quickly meanwhile, then succeed again within
+ * the backoff cap (5 s) without reopening the storage. */
+START_TEST(test_server_comes_back)
+{
+    int port = closed_port();
+    char url[160];
+    snprintf(url, sizeof(url), "mongodb://127.0.0.1:%d/?serverSelectionTimeoutMS=500", port);
+    pid_t fwd = start_forwarder(port);
+    struct fx f;
+    fx_open_url(&f, url, false, 2, 5000);
+    const char *k[] = { "back" };
+    ck_assert_int_eq(h_set(f.st, 1, k, k, -1), CM_OK);
+    stop_forwarder(fwd);
+    struct h_result r;
+    double t0 = h_now_ms();
+    int failures = 0;
+    for (int i = 0; i < 5; i++) {
+        h_get(f.st, 1, k, &r);
+        failures += r.status == CM_ERR;
+        h_result_deinit(&r);
+    }
+    ck_assert_int_eq(failures, 5);
+    ck_assert_msg(h_now_ms() - t0 < 3000, "5 failed GETs took %.0f ms", h_now_ms() - t0);
+    fwd = start_forwarder(port);
+    t0 = h_now_ms();
+    bool back = false;
+    while (!back && h_now_ms() - t0 < 9000) {
+        h_get(f.st, 1, k, &r);
+        back = r.status == CM_OK && r.hit[0];
+        h_result_deinit(&r);
+        if (!back) {
+            usleep(100 * 1000);
+        }
+    }
+    double took = h_now_ms() - t0;
+    stop_forwarder(fwd);
+    printf("mongo back: first hit %.0f ms after the server returned\n", took);
+    ck_assert_msg(back, "still failing %.0f ms after the server came back", took);
+    ck_assert_msg(took < 7000, "recovered only after %.0f ms", took);
+    /* the test's data lives in the real test server: drop it there */
+    f.conf.url = (char *)mongo_url();
+    fx_close(&f);
+}
+END_TEST
+
 /* Many ops at once over 4 pooled clients: each completes exactly once and succeeds. */
 START_TEST(test_concurrent_submits)
 {
@@ -417,6 +526,7 @@ static Suite *mongo_suite(void)
     tcase_add_test(tc, test_cacheme_format_interop);
     tcase_add_test(tc, test_create_indexes);
     tcase_add_test(tc, test_server_down);
+    tcase_add_test(tc, test_server_comes_back);
     tcase_add_test(tc, test_concurrent_submits);
     tcase_add_test(tc, test_close_with_pending_ops);
     suite_add_tcase(s, tc);
