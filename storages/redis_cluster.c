@@ -93,12 +93,13 @@ static int slots_entry_ok(const redisReply *e)
         return 0;
     }
     const redisReply *m = e->element[2];
-    return e->element[0]->type == REDIS_REPLY_INTEGER && e->element[1]->type == REDIS_REPLY_INTEGER
-           && e->element[0]->integer >= 0 && e->element[1]->integer < CM_REDIS_NSLOTS
-           && e->element[0]->integer <= e->element[1]->integer && m->type == REDIS_REPLY_ARRAY
-           && m->elements >= 2 && m->element[0]->type == REDIS_REPLY_STRING
-           && m->element[1]->type == REDIS_REPLY_INTEGER && m->element[1]->integer > 0
-           && m->element[1]->integer <= 65535;
+    return e->element[0]->type == REDIS_REPLY_INTEGER &&
+           e->element[1]->type == REDIS_REPLY_INTEGER && e->element[0]->integer >= 0 &&
+           e->element[1]->integer < CM_REDIS_NSLOTS &&
+           e->element[0]->integer <= e->element[1]->integer && m->type == REDIS_REPLY_ARRAY &&
+           m->elements >= 2 && m->element[0]->type == REDIS_REPLY_STRING &&
+           m->element[1]->type == REDIS_REPLY_INTEGER && m->element[1]->integer > 0 &&
+           m->element[1]->integer <= 65535;
 }
 
 int cm_redis_parse_slots(const struct redisReply *r, cm_redis_range_fn *fn, void *arg)

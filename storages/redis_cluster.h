@@ -21,9 +21,9 @@ uint16_t cm_redis_crc16(const char *buf, size_t len);
 unsigned cm_redis_key_slot(const char *key, size_t klen);
 
 enum cm_redis_redir {
-    CM_REDIS_REDIR_NONE = 0,   /* not a redirect */
-    CM_REDIS_REDIR_MOVED,      /* "MOVED <slot> <host>:<port>": the slot lives there for good */
-    CM_REDIS_REDIR_ASK,        /* "ASK <slot> <host>:<port>": ask there once, after ASKING */
+    CM_REDIS_REDIR_NONE = 0, /* not a redirect */
+    CM_REDIS_REDIR_MOVED,    /* "MOVED <slot> <host>:<port>": the slot lives there for good */
+    CM_REDIS_REDIR_ASK,      /* "ASK <slot> <host>:<port>": ask there once, after ASKING */
 };
 
 /* Parses an error reply's text. Returns the redirect kind; for MOVED/ASK fills *slot, host (NUL-

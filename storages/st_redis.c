@@ -31,80 +31,108 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BACKOFF_MIN_MS 100            /* SPEC §1: reconnect backoff, doubled per failure */
-#define BACKOFF_MAX_MS 5000           /* ... capped at 5 s */
-#define MAX_REDIRECTS 5               /* MOVED/ASK hops per command before the op fails */
-#define MAX_PENDING_PER_CONN 65536    /* a connection with more callbacks queued is skipped */
-#define TICK_MS 200                   /* stall checks and delayed slot-map refreshes */
-#define REFRESH_MIN_INTERVAL_MS 1000  /* CLUSTER SLOTS at most once a second */
+#define BACKOFF_MIN_MS 100           /* SPEC §1: reconnect backoff, doubled per failure */
+#define BACKOFF_MAX_MS 5000          /* ... capped at 5 s */
+#define MAX_REDIRECTS 5              /* MOVED/ASK hops per command before the op fails */
+#define MAX_PENDING_PER_CONN 65536   /* a connection with more callbacks queued is skipped */
+#define TICK_MS 200                  /* stall checks and delayed slot-map refreshes */
+#define REFRESH_MIN_INTERVAL_MS 1000 /* CLUSTER SLOTS at most once a second */
+#define WARN_INTERVAL_MS 5000        /* connection trouble: one warning per node per 5 s */
 
 struct rstore;
 struct rnode;
 
 /* One hiredis async connection of a node's pool. Owned by its rnode. */
 struct rconn {
-    struct rnode *node;        /* owner */
-    redisAsyncContext *ac;     /* NULL while down; hiredis owns and frees it */
-    bool ready;                /* connected and AUTH/SELECT answered */
-    int hs_left;               /* handshake replies still expected */
-    struct event *timer;       /* connect timeout while connecting, backoff while down */
-    int64_t backoff_ms;        /* next reconnect delay */
-    size_t npending;           /* our callbacks hiredis holds on ac */
-    int64_t progress_ns;       /* last reply, or the send that made npending non-zero */
+    struct rnode *node;    /* owner */
+    redisAsyncContext *ac; /* NULL while down; hiredis owns and frees it */
+    bool ready;            /* connected and AUTH/SELECT answered */
+    int hs_left;           /* handshake replies still expected */
+    struct event *timer;   /* connect timeout while connecting, backoff while down */
+    int64_t backoff_ms;    /* next reconnect delay */
+    size_t npending;       /* our callbacks hiredis holds on ac */
+    int64_t progress_ns;   /* last reply, or the send that made npending non-zero */
 };
 
 /* One server: the standalone server, or one cluster master. Owned by rstore.nodes. */
 struct rnode {
-    struct rstore *rs;         /* owner */
+    struct rstore *rs; /* owner */
     char *host;
     int port;
-    char name[280];            /* "host:port" for logs */
-    struct rconn *conns;       /* nconns entries; connections are created on first use */
+    char name[280];      /* "host:port" for logs */
+    struct rconn *conns; /* nconns entries; connections are created on first use */
     size_t nconns;
     bool started;
+    int64_t warned_ms;   /* last connection warning logged */
+    unsigned suppressed; /* warnings swallowed since */
 };
 
 /* The storage's private state (st->priv). */
 struct rstore {
     struct cm_storage *st;
-    char *user;                /* AUTH user (Redis 6 ACL), or NULL */
-    char *password;            /* AUTH password, or NULL */
-    int db;                    /* SELECT db when non-zero (standalone only) */
+    char *user;     /* AUTH user (Redis 6 ACL), or NULL */
+    char *password; /* AUTH password, or NULL */
+    int db;         /* SELECT db when non-zero (standalone only) */
     bool cluster;
-    size_t pool;               /* connections per node */
+    size_t pool; /* connections per node */
     int64_t connect_timeout_ms;
-    int64_t stall_ms;          /* a busy connection with no reply for this long is dropped */
-    struct rnode **nodes;      /* nodes[0] is the URL's server (the seed in cluster mode) */
+    int64_t stall_ms;     /* a busy connection with no reply for this long is dropped */
+    struct rnode **nodes; /* nodes[0] is the URL's server (the seed in cluster mode) */
     size_t nnodes;
-    uint16_t *slots;           /* cluster: slot -> node index + 1, 0 = unknown */
-    size_t refresh_rr;         /* next node to ask for CLUSTER SLOTS */
+    uint16_t *slots;   /* cluster: slot -> node index + 1, 0 = unknown */
+    size_t refresh_rr; /* next node to ask for CLUSTER SLOTS */
     bool refresh_inflight;
-    bool refresh_wanted;       /* a refresh was asked for while rate-limited or in flight */
+    bool refresh_wanted; /* a refresh was asked for while rate-limited or in flight */
     int64_t last_refresh_ms;
     struct event *tick;
-    size_t npending;           /* sum of every rconn.npending */
+    size_t npending; /* sum of every rconn.npending */
     bool closing;
-    struct cm_st_redis_info counters;   /* the uint64_t counters only */
+    struct cm_st_redis_info counters; /* the uint64_t counters only */
 };
 
 /* Backend state of one op (op->bpriv). */
 struct rop {
-    size_t nleft;              /* commands in flight, +1 while submit runs */
+    size_t nleft; /* commands in flight, +1 while submit runs */
 };
 
 /* One command in flight for (some keys of) an op. hiredis privdata of its reply callback. */
 struct rcmd {
     struct cm_st_op *op;
-    struct rconn *conn;        /* connection it was last sent on */
-    unsigned route;            /* standalone: key hash; cluster: hash slot */
+    struct rconn *conn; /* connection it was last sent on */
+    unsigned route;     /* standalone: key hash; cluster: hash slot */
     int redirects;
-    size_t n;                  /* keys: op->items[idx[0..n)] */
+    size_t n; /* keys: op->items[idx[0..n)] */
     size_t idx[];
 };
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv);
 static void conn_connect(struct rconn *c);
 static void cluster_refresh(struct rstore *rs);
+
+/* Logs connection trouble for n, at most once per WARN_INTERVAL_MS: with a pool, every
+ * connection would otherwise say the same thing at once, again at each retry. */
+static void node_warn(struct rnode *n, const char *fmt, ...) CM_PRINTF(2, 3);
+static void node_warn(struct rnode *n, const char *fmt, ...)
+{
+    int64_t now = cm_now_ms();
+    if (n->warned_ms != 0 && now - n->warned_ms < WARN_INTERVAL_MS) {
+        n->suppressed++;
+        return;
+    }
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (n->suppressed > 0) {
+        cm_log(CM_LOG_WARN, "storage %s: %s: %s (and %u similar since the last warning)",
+               n->rs->st->name, n->name, msg, n->suppressed);
+    } else {
+        cm_log(CM_LOG_WARN, "storage %s: %s: %s", n->rs->st->name, n->name, msg);
+    }
+    n->warned_ms = now;
+    n->suppressed = 0;
+}
 
 /* ---- connections ------------------------------------------------------------------------- */
 
@@ -115,8 +143,8 @@ static const char *ac_err(const redisAsyncContext *ac)
 
 static bool conn_usable(const struct rconn *c)
 {
-    return c->ac != NULL && !(c->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING))
-           && c->npending < MAX_PENDING_PER_CONN;
+    return c->ac != NULL && !(c->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)) &&
+           c->npending < MAX_PENDING_PER_CONN;
 }
 
 static void conn_sent(struct rconn *c)
@@ -136,7 +164,7 @@ static void conn_replied(struct rconn *c, const redisReply *r)
     if (r != NULL) {
         c->progress_ns = cm_now_ns();
         if (r->type != REDIS_REPLY_ERROR) {
-            c->backoff_ms = BACKOFF_MIN_MS;   /* it works: the next failure starts over */
+            c->backoff_ms = BACKOFF_MIN_MS; /* it works: the next failure starts over */
         }
     }
 }
@@ -149,11 +177,11 @@ static void conn_backoff(struct rconn *c)
     if (rs->closing) {
         return;
     }
-    struct timeval tv = { .tv_sec = c->backoff_ms / 1000, .tv_usec = (c->backoff_ms % 1000) * 1000 };
+    struct timeval tv = {.tv_sec = c->backoff_ms / 1000, .tv_usec = (c->backoff_ms % 1000) * 1000};
     evtimer_add(c->timer, &tv);
     c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
     if (rs->cluster) {
-        cluster_refresh(rs);   /* a master that went away may have been replaced */
+        cluster_refresh(rs); /* a master that went away may have been replaced */
     }
 }
 
@@ -165,9 +193,8 @@ static void conn_drop(struct rconn *c, const char *why)
     if (ac == NULL) {
         return;
     }
-    cm_log(CM_LOG_WARN, "storage %s: dropping connection to %s: %s", c->node->rs->st->name,
-           c->node->name, why);
-    ac->data = NULL;   /* its connect/disconnect callbacks no longer concern c */
+    node_warn(c->node, "dropping a connection: %s", why);
+    ac->data = NULL; /* its connect/disconnect callbacks no longer concern c */
     c->ac = NULL;
     redisAsyncFree(ac);
     conn_backoff(c);
@@ -190,7 +217,8 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
         conn_connect(c);
     } else if (!c->ready) {
         char why[64];
-        snprintf(why, sizeof(why), "not ready after %" PRId64 " ms", c->node->rs->connect_timeout_ms);
+        snprintf(why, sizeof(why), "not ready after %" PRId64 " ms",
+                 c->node->rs->connect_timeout_ms);
         conn_drop(c, why);
     }
 }
@@ -203,8 +231,7 @@ static void on_connect(const redisAsyncContext *cac, int status)
     }
     if (status != REDIS_OK) {
         /* hiredis frees the context when we return, failing its pending callbacks. */
-        cm_log(CM_LOG_WARN, "storage %s: connect to %s failed: %s", c->node->rs->st->name,
-               c->node->name, ac_err(cac));
+        node_warn(c->node, "connect failed: %s", ac_err(cac));
         ((redisAsyncContext *)cac)->data = NULL;
         c->ac = NULL;
         conn_backoff(c);
@@ -220,10 +247,9 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
     struct rconn *c = cac->data;
     CM_UNUSED(status);
     if (c == NULL) {
-        return;   /* we dropped it ourselves */
+        return; /* we dropped it ourselves */
     }
-    cm_log(CM_LOG_WARN, "storage %s: connection to %s lost: %s", c->node->rs->st->name,
-           c->node->name, ac_err(cac));
+    node_warn(c->node, "connection lost: %s", ac_err(cac));
     c->ac = NULL;
     conn_backoff(c);
 }
@@ -262,8 +288,7 @@ static void conn_connect(struct rconn *c)
     struct rstore *rs = n->rs;
     redisAsyncContext *ac = redisAsyncConnect(n->host, n->port);
     if (ac == NULL || ac->err) {
-        cm_log(CM_LOG_WARN, "storage %s: connect to %s failed: %s", rs->st->name, n->name,
-               ac != NULL ? ac_err(ac) : "out of memory");
+        node_warn(n, "connect failed: %s", ac != NULL ? ac_err(ac) : "out of memory");
         if (ac != NULL) {
             redisAsyncFree(ac);
         }
@@ -297,8 +322,8 @@ static void conn_connect(struct rconn *c)
         c->hs_left++;
         conn_sent(c);
     }
-    struct timeval tv = { .tv_sec = rs->connect_timeout_ms / 1000,
-                          .tv_usec = (rs->connect_timeout_ms % 1000) * 1000 };
+    struct timeval tv = {.tv_sec = rs->connect_timeout_ms / 1000,
+                         .tv_usec = (rs->connect_timeout_ms % 1000) * 1000};
     evtimer_add(c->timer, &tv);
 }
 
@@ -375,7 +400,7 @@ static void node_free(struct rnode *n)
         if (ac != NULL) {
             ac->data = NULL;
             c->ac = NULL;
-            redisAsyncFree(ac);   /* runs c's pending callbacks: their ops fail */
+            redisAsyncFree(ac); /* runs c's pending callbacks: their ops fail */
         }
         event_free(c->timer);
     }
@@ -389,7 +414,7 @@ static void node_free(struct rnode *n)
 /* State of one CLUSTER SLOTS reply being applied. */
 struct slots_ctx {
     struct rstore *rs;
-    struct rnode *asked;   /* node that answered: the host of ranges that name none */
+    struct rnode *asked; /* node that answered: the host of ranges that name none */
     uint16_t *map;
 };
 
@@ -419,13 +444,15 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *priv)
         return;
     }
     uint16_t *map = cm_calloc(CM_REDIS_NSLOTS, sizeof(*map));
-    struct slots_ctx x = { .rs = rs, .asked = c->node, .map = map };
+    struct slots_ctx x = {.rs = rs, .asked = c->node, .map = map};
     if (r == NULL || cm_redis_parse_slots(r, on_slot_range, &x) != CM_OK) {
         cm_log(CM_LOG_WARN, "storage %s: CLUSTER SLOTS from %s failed: %s", rs->st->name,
                c->node->name,
-               r == NULL ? "connection lost" : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+               r == NULL                      ? "connection lost"
+               : r->type == REDIS_REPLY_ERROR ? r->str
+                                              : "bad reply");
         cm_free(map);
-        rs->refresh_wanted = true;   /* the tick retries */
+        rs->refresh_wanted = true; /* the tick retries */
         return;
     }
     cm_free(rs->slots);
@@ -441,8 +468,8 @@ static void cluster_refresh(struct rstore *rs)
     if (rs->closing) {
         return;
     }
-    if (rs->refresh_inflight
-        || (rs->last_refresh_ms != 0 && now - rs->last_refresh_ms < REFRESH_MIN_INTERVAL_MS)) {
+    if (rs->refresh_inflight ||
+        (rs->last_refresh_ms != 0 && now - rs->last_refresh_ms < REFRESH_MIN_INTERVAL_MS)) {
         rs->refresh_wanted = true;
         return;
     }
@@ -460,7 +487,7 @@ static void cluster_refresh(struct rstore *rs)
         rs->counters.refreshes++;
         return;
     }
-    rs->refresh_wanted = true;   /* nobody reachable right now */
+    rs->refresh_wanted = true; /* nobody reachable right now */
 }
 
 /* The node serving slot: from the map, else any node that has a usable connection. */
@@ -639,7 +666,8 @@ static bool apply_reply(struct rcmd *rc, const redisReply *r)
             return false;
         }
         for (size_t i = 0; i < rc->n; i++) {
-            if (r->element[i]->type != REDIS_REPLY_STRING && r->element[i]->type != REDIS_REPLY_NIL) {
+            if (r->element[i]->type != REDIS_REPLY_STRING &&
+                r->element[i]->type != REDIS_REPLY_NIL) {
                 return false;
             }
         }
@@ -704,10 +732,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
         unsigned slot;
         int port;
         char host[256];
-        enum cm_redis_redir kind = c->node->rs->cluster
-                                       ? cm_redis_parse_redirect(r->str, r->len, &slot, host,
-                                                                 sizeof(host), &port)
-                                       : CM_REDIS_REDIR_NONE;
+        enum cm_redis_redir kind =
+            c->node->rs->cluster
+                ? cm_redis_parse_redirect(r->str, r->len, &slot, host, sizeof(host), &port)
+                : CM_REDIS_REDIR_NONE;
         if (kind != CM_REDIS_REDIR_NONE) {
             follow_redirect(rc, kind, slot, host, port);
             return;
@@ -758,7 +786,7 @@ static void redis_submit(struct cm_storage *st, struct cm_st_op *op)
 {
     struct rstore *rs = st->priv;
     struct rop *ro = cm_calloc(1, sizeof(*ro));
-    ro->nleft = 1;   /* held by this function, so nothing finishes before it returns */
+    ro->nleft = 1; /* held by this function, so nothing finishes before it returns */
     op->bpriv = ro;
     if (rs->closing) {
         cm_st_op_fail(op, "storage is closing");
@@ -823,8 +851,8 @@ static int parse_url(struct rstore *rs, const char *s, char **host, int *port, c
         snprintf(err, errsz, "redis url must start with redis://");
     } else if (u.host == NULL || u.host[0] == '\0') {
         snprintf(err, errsz, "redis url has no host");
-    } else if (u.path != NULL && u.path[0] != '\0'
-               && (cm_parse_i64(u.path, strlen(u.path), &db) != CM_OK || db < 0 || db > 65535)) {
+    } else if (u.path != NULL && u.path[0] != '\0' &&
+               (cm_parse_i64(u.path, strlen(u.path), &db) != CM_OK || db < 0 || db > 65535)) {
         snprintf(err, errsz, "redis url: bad db '%s'", u.path);
     } else if (rs->cluster && db != 0) {
         snprintf(err, errsz, "redis cluster has only db 0");
@@ -867,7 +895,7 @@ static int redis_open(struct cm_storage *st, char *err, size_t errsz)
     node_add(rs, host, strlen(host), port);
     cm_free(host);
     rs->tick = event_new(st->base, -1, EV_PERSIST, on_tick, rs);
-    struct timeval tv = { .tv_sec = 0, .tv_usec = TICK_MS * 1000 };
+    struct timeval tv = {.tv_sec = 0, .tv_usec = TICK_MS * 1000};
     event_add(rs->tick, &tv);
     /* Connect now, in the background: a server that is down is retried, never fatal. */
     node_start(rs->nodes[0]);

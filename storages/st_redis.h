@@ -10,16 +10,16 @@ struct cm_storage;
 
 /* A snapshot of a redis storage's connection state and counters. */
 struct cm_st_redis_info {
-    size_t nodes;           /* servers known: 1 standalone; cluster masters seen so far */
-    size_t conns;           /* connections that exist (connecting, handshaking or ready) */
-    size_t conns_ready;     /* connections that finished AUTH/SELECT */
-    size_t pending;         /* callbacks hiredis still holds for us, over every connection */
-    uint64_t connects;      /* connections that became ready */
-    uint64_t disconnects;   /* connections lost, refused, timed out or stalled */
-    uint64_t moved;         /* MOVED redirects followed */
-    uint64_t ask;           /* ASK redirects followed */
-    uint64_t refreshes;     /* CLUSTER SLOTS requests sent */
-    uint64_t slot_updates;  /* CLUSTER SLOTS replies applied to the slot map */
+    size_t nodes;          /* servers known: 1 standalone; cluster masters seen so far */
+    size_t conns;          /* connections that exist (connecting, handshaking or ready) */
+    size_t conns_ready;    /* connections that finished AUTH/SELECT */
+    size_t pending;        /* callbacks hiredis still holds for us, over every connection */
+    uint64_t connects;     /* connections that became ready */
+    uint64_t disconnects;  /* connections lost, refused, timed out or stalled */
+    uint64_t moved;        /* MOVED redirects followed */
+    uint64_t ask;          /* ASK redirects followed */
+    uint64_t refreshes;    /* CLUSTER SLOTS requests sent */
+    uint64_t slot_updates; /* CLUSTER SLOTS replies applied to the slot map */
 };
 
 /* Fills *out for st, which must be a redis storage. */

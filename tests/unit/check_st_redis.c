@@ -43,10 +43,10 @@ START_TEST(test_roundtrip_binary)
     for (size_t i = 0; i < v2len; i++) {
         v2[i] = (char)(i * 7 + 3);
     }
-    char *keys[] = { k0, k1, k2, k3 };
-    size_t klens[] = { strlen(k0), k1len, strlen(k2), strlen(k3) };
-    char *vals[] = { (char *)v0, (char *)"", v2 };
-    size_t vlens[] = { sizeof(v0) - 1, 0, v2len };
+    char *keys[] = {k0, k1, k2, k3};
+    size_t klens[] = {strlen(k0), k1len, strlen(k2), strlen(k3)};
+    char *vals[] = {(char *)v0, (char *)"", v2};
+    size_t vlens[] = {sizeof(v0) - 1, 0, v2len};
     struct big_result r;
 
     big_run(&t, big_op(CM_ST_DEL, 4, keys, klens, NULL, NULL, -1), &r, 10);
@@ -119,13 +119,13 @@ START_TEST(test_ttl_rounds_up)
     static const struct {
         int64_t ttl_ms;
         long long want;
-    } cases[] = { { 9200, 10 }, { 10000, 10 }, { 1, 1 }, { 86400000, 86400 }, { -1, -1 } };
+    } cases[] = {{9200, 10}, {10000, 10}, {1, 1}, {86400000, 86400}, {-1, -1}};
     redisContext *sc = sync_for_url(url);
     for (size_t i = 0; i < CM_ARRAY_LEN(cases); i++) {
         char k[96], suffix[32];
         snprintf(suffix, sizeof(suffix), "ttl:%zu", i);
-        const char *keys[] = { key(k, sizeof(k), suffix) };
-        const char *vals[] = { "wrapped-bytes" };
+        const char *keys[] = {key(k, sizeof(k), suffix)};
+        const char *vals[] = {"wrapped-bytes"};
         ck_assert_int_eq(h_set(t.st, 1, keys, vals, cases[i].ttl_ms), CM_OK);
         redisReply *rep = redisCommand(sc, "TTL %s", k);
         ck_assert(rep != NULL && rep->type == REDIS_REPLY_INTEGER);
@@ -144,7 +144,7 @@ START_TEST(test_miss_is_ok)
     struct rt t;
     rt_open(&t, rt_env("CM_TEST_REDIS_URL"), 2, 2000, false);
     char a[96], b[96];
-    const char *keys[] = { key(a, sizeof(a), "miss:a"), key(b, sizeof(b), "miss:b") };
+    const char *keys[] = {key(a, sizeof(a), "miss:a"), key(b, sizeof(b), "miss:b")};
     ck_assert_int_eq(h_del(t.st, 2, keys), CM_OK);
     struct h_result r;
     h_get(t.st, 1, keys, &r);
@@ -169,8 +169,8 @@ START_TEST(test_server_down_is_quick_error)
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", free_port());
     struct rt t;
     rt_open(&t, url, 2, 3000, false);
-    const char *keys[] = { "k1", "k2" };
-    const char *vals[] = { "v1", "v2" };
+    const char *keys[] = {"k1", "k2"};
+    const char *vals[] = {"v1", "v2"};
     for (int round = 0; round < 2; round++) {
         /* Round 0 hits connections still connecting, round 1 connections in backoff. */
         double t0 = h_now_ms();
@@ -199,7 +199,7 @@ END_TEST
 static double wait_hit(struct rt *t, const char *k, const char *want, int max_ms)
 {
     double t0 = h_now_ms();
-    const char *keys[] = { k };
+    const char *keys[] = {k};
     while (h_now_ms() - t0 < max_ms) {
         struct h_result r;
         h_get(t->st, 1, keys, &r);
@@ -217,8 +217,8 @@ static double wait_hit(struct rt *t, const char *k, const char *want, int max_ms
 static double wait_set(struct rt *t, const char *k, const char *v, int max_ms)
 {
     double t0 = h_now_ms();
-    const char *keys[] = { k };
-    const char *vals[] = { v };
+    const char *keys[] = {k};
+    const char *vals[] = {v};
     while (h_now_ms() - t0 < max_ms) {
         if (h_set(t->st, 1, keys, vals, 60000) == CM_OK) {
             return h_now_ms() - t0;
@@ -237,8 +237,8 @@ START_TEST(test_sigstop_timeout_then_recover)
     struct rt t;
     rt_open(&t, url, 2, 300, false);
     ck_assert(rt_wait_ready(&t, 5));
-    const char *keys[] = { "stop:k" };
-    const char *vals[] = { "before" };
+    const char *keys[] = {"stop:k"};
+    const char *vals[] = {"before"};
     ck_assert_int_eq(h_set(t.st, 1, keys, vals, 60000), CM_OK);
 
     kill(pid, SIGSTOP);
@@ -286,20 +286,20 @@ END_TEST
 START_TEST(test_auth_and_db_from_url)
 {
     int port = free_port();
-    const char *extra[] = { "--requirepass", "s3cret", NULL };
+    const char *extra[] = {"--requirepass", "s3cret", NULL};
     pid_t pid = redis_spawn(port, extra);
     char url[96];
     snprintf(url, sizeof(url), "redis://:s3cret@127.0.0.1:%d/3", port);
     struct rt t;
     rt_open(&t, url, 3, 1000, false);
     ck_assert(rt_wait_ready(&t, 5));
-    const char *keys[] = { "auth:k" };
-    const char *vals[] = { "in-db-3" };
+    const char *keys[] = {"auth:k"};
+    const char *vals[] = {"in-db-3"};
     ck_assert_int_eq(h_set(t.st, 1, keys, vals, -1), CM_OK);
     redisContext *sc = sync_connect("127.0.0.1", port);
     freeReplyObject(redisCommand(sc, "AUTH s3cret"));
     redisReply *rep = redisCommand(sc, "GET auth:k");
-    ck_assert(rep != NULL && rep->type == REDIS_REPLY_NIL);   /* not in db 0 */
+    ck_assert(rep != NULL && rep->type == REDIS_REPLY_NIL); /* not in db 0 */
     freeReplyObject(rep);
     freeReplyObject(redisCommand(sc, "SELECT 3"));
     rep = redisCommand(sc, "GET auth:k");
@@ -341,8 +341,8 @@ START_TEST(test_many_concurrent_ops)
             snprintf(suffix, sizeof(suffix), "many:%d", i);
             key(keys[i], sizeof(keys[i]), suffix);
             snprintf(vals[i], sizeof(vals[i]), "value-%d", i * 31);
-            const char *k[] = { keys[i] };
-            const char *v[] = { vals[i] };
+            const char *k[] = {keys[i]};
+            const char *v[] = {vals[i]};
             memset(&res[i], 0, sizeof(res[i]));
             res[i].pending = &pending;
             res[i].base = t.base;
@@ -412,12 +412,12 @@ START_TEST(test_close_finishes_pending)
         for (int i = 0; i < N; i++) {
             char k[32];
             snprintf(k, sizeof(k), "close:%d", i);
-            const char *keys[] = { k, "close:other" };
+            const char *keys[] = {k, "close:other"};
             cm_storage_submit(t.st, h_op(CM_ST_GET, 1 + (size_t)(i % 2), keys, NULL, -1), h_done,
                               &res[i]);
         }
         if (variant == 1) {
-            rt_run_for(&t, 100);   /* written to the socket, no reply */
+            rt_run_for(&t, 100); /* written to the socket, no reply */
         }
         struct cm_st_redis_info in;
         rt_info(&t, &in);
@@ -437,12 +437,12 @@ END_TEST
 
 START_TEST(test_bad_urls)
 {
-    static const char *const bad[] = { "redis://", "http://127.0.0.1:6379", "redis://h:1/x",
-                                       "redis://h:1/-1" };
+    static const char *const bad[] = {"redis://", "http://127.0.0.1:6379", "redis://h:1/x",
+                                      "redis://h:1/-1"};
     for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
         struct event_base *base = event_base_new();
-        struct cm_conf_storage conf = { .name = "r", .url = (char *)bad[i],
-                                        .type = CM_ST_TYPE_REDIS, .pool_size = 1 };
+        struct cm_conf_storage conf = {
+            .name = "r", .url = (char *)bad[i], .type = CM_ST_TYPE_REDIS, .pool_size = 1};
         char err[256] = "";
         struct cm_storage *st = cm_storage_new(&conf, base, err, sizeof(err));
         ck_assert_msg(st == NULL, "%s accepted", bad[i]);
@@ -451,8 +451,11 @@ START_TEST(test_bad_urls)
     }
     /* A cluster has only db 0. */
     struct event_base *base = event_base_new();
-    struct cm_conf_storage conf = { .name = "r", .url = (char *)"redis://127.0.0.1:7000/2",
-                                    .type = CM_ST_TYPE_REDIS, .pool_size = 1, .cluster = true };
+    struct cm_conf_storage conf = {.name = "r",
+                                   .url = (char *)"redis://127.0.0.1:7000/2",
+                                   .type = CM_ST_TYPE_REDIS,
+                                   .pool_size = 1,
+                                   .cluster = true};
     char err[256] = "";
     ck_assert(cm_storage_new(&conf, base, err, sizeof(err)) == NULL);
     ck_assert_str_eq(err, "redis cluster has only db 0");

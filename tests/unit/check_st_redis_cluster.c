@@ -12,22 +12,22 @@
 START_TEST(test_crc16_and_slots)
 {
     ck_assert_uint_eq(cm_redis_crc16("123456789", 9), 0x31C3);
-    ck_assert_uint_eq(cm_redis_key_slot("foo", 3), 12182);   /* LAB.md: MOVED 12182 for foo */
+    ck_assert_uint_eq(cm_redis_key_slot("foo", 3), 12182); /* LAB.md: MOVED 12182 for foo */
     static const struct {
         const char *key, *same_as;
     } tags[] = {
-        { "{user1000}.following", "user1000" },
-        { "{user1000}.followers", "user1000" },
-        { "foo{}{bar}", "foo{}{bar}" },   /* empty tag: the whole key */
-        { "foo{{bar}}zap", "{bar" },      /* first '{' to the first '}' after it */
-        { "foo{bar}{zap}", "bar" },
-        { "{}", "{}" },
-        { "a{b", "a{b" },
-        { "}{x}", "x" },
+        {"{user1000}.following", "user1000"},
+        {"{user1000}.followers", "user1000"},
+        {"foo{}{bar}", "foo{}{bar}"}, /* empty tag: the whole key */
+        {"foo{{bar}}zap", "{bar"},    /* first '{' to the first '}' after it */
+        {"foo{bar}{zap}", "bar"},
+        {"{}", "{}"},
+        {"a{b", "a{b"},
+        {"}{x}", "x"},
     };
     for (size_t i = 0; i < CM_ARRAY_LEN(tags); i++) {
-        ck_assert_msg(cm_redis_key_slot(tags[i].key, strlen(tags[i].key))
-                          == cm_redis_key_slot(tags[i].same_as, strlen(tags[i].same_as)),
+        ck_assert_msg(cm_redis_key_slot(tags[i].key, strlen(tags[i].key)) ==
+                          cm_redis_key_slot(tags[i].same_as, strlen(tags[i].same_as)),
                       "%s", tags[i].key);
     }
     ck_assert_uint_eq(cm_redis_key_slot("", 0), 0);
@@ -51,13 +51,12 @@ START_TEST(test_parse_redirect)
     ck_assert_uint_eq(slot, 16383);
     ck_assert_str_eq(host, "::1");
     ck_assert_int_eq(port, 7002);
-    static const char *const bad[] = { "MOVED", "MOVED 16384 h:1", "MOVED 1 h", "MOVED 1 :1",
-                                       "MOVED 1 h:0", "MOVED 1 h:70000", "MOVED x h:1",
-                                       "ASK 1 h:1x", "ERR wrong", "MOVED  1 h:1", "TRYAGAIN" };
+    static const char *const bad[] = {"MOVED",       "MOVED 16384 h:1", "MOVED 1 h",   "MOVED 1 :1",
+                                      "MOVED 1 h:0", "MOVED 1 h:70000", "MOVED x h:1", "ASK 1 h:1x",
+                                      "ERR wrong",   "MOVED  1 h:1",    "TRYAGAIN"};
     for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
         ck_assert_msg(cm_redis_parse_redirect(bad[i], strlen(bad[i]), &slot, host, sizeof(host),
-                                              &port)
-                          == CM_REDIS_REDIR_NONE,
+                                              &port) == CM_REDIS_REDIR_NONE,
                       "%s", bad[i]);
     }
     /* A host longer than the buffer is refused, not truncated. */
@@ -103,7 +102,7 @@ static redisReply *node_cmd(const struct cnode *n, const char *fmt, ...)
 static void cluster_load(struct cluster *cl, unsigned slot, size_t *owner)
 {
     const char *seed = rt_env("CM_TEST_REDIS_CLUSTER_SEED");
-    struct cnode s = { .port = 0 };
+    struct cnode s = {.port = 0};
     url_host_port(seed, s.host, sizeof(s.host), &s.port);
     redisReply *r = node_cmd(&s, "CLUSTER SLOTS");
     ck_assert(r->type == REDIS_REPLY_ARRAY);
@@ -112,8 +111,8 @@ static void cluster_load(struct cluster *cl, unsigned slot, size_t *owner)
         redisReply *e = r->element[i], *m = e->element[2];
         size_t j;
         for (j = 0; j < cl->nn; j++) {
-            if (cl->n[j].port == (int)m->element[1]->integer
-                && strcmp(cl->n[j].host, m->element[0]->str) == 0) {
+            if (cl->n[j].port == (int)m->element[1]->integer &&
+                strcmp(cl->n[j].host, m->element[0]->str) == 0) {
                 break;
             }
         }
@@ -144,8 +143,8 @@ static void slot_wait_agreed(const struct cluster *cl, unsigned slot, const stru
             for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j < r->elements; j++) {
                 redisReply *e = r->element[j], *m = e->element[2];
                 if (slot >= e->element[0]->integer && slot <= e->element[1]->integer) {
-                    ok = m->element[1]->integer == owner->port
-                         && strcmp(m->element[0]->str, owner->host) == 0;
+                    ok = m->element[1]->integer == owner->port &&
+                         strcmp(m->element[0]->str, owner->host) == 0;
                 }
             }
             freeReplyObject(r);
@@ -177,7 +176,7 @@ static void slot_migrate(const struct cluster *cl, unsigned slot, size_t from, s
         size_t argl[110];
         char port[16];
         snprintf(port, sizeof(port), "%d", t->port);
-        const char *head[] = { "MIGRATE", t->host, port, "", "0", "5000", "KEYS" };
+        const char *head[] = {"MIGRATE", t->host, port, "", "0", "5000", "KEYS"};
         size_t argc = 0;
         for (; argc < 7; argc++) {
             argv[argc] = head[argc];
@@ -236,7 +235,7 @@ START_TEST(test_mget_200_keys_across_slots)
     char(*vals)[64] = cm_calloc(N, sizeof(*vals));
     char **kp = cm_calloc(N, sizeof(*kp)), **vp = cm_calloc(N, sizeof(*vp));
     size_t *kl = cm_calloc(N, sizeof(*kl)), *vl = cm_calloc(N, sizeof(*vl));
-    bool seen[CM_REDIS_NSLOTS] = { false };
+    bool seen[CM_REDIS_NSLOTS] = {false};
     size_t nslots = 0;
     for (int i = 0; i < N; i++) {
         snprintf(keys[i], sizeof(keys[i]), "cmtest:%d:c:%d", (int)getpid(), i);
@@ -321,8 +320,8 @@ START_TEST(test_moved_after_migration)
     size_t a;
     pick_key(&cl, "moved", k, sizeof(k), &slot, &a);
     size_t b = (a + 1) % cl.nn;
-    const char *keys[] = { k };
-    const char *vals[] = { "moving value" };
+    const char *keys[] = {k};
+    const char *vals[] = {"moving value"};
     ck_assert_int_eq(h_set(t.st, 1, keys, vals, 60000), CM_OK);
     node_name(&cl.n[a], owner_name, sizeof(owner_name));
     cm_st_redis_slot_owner(t.st, slot, got, sizeof(got));
@@ -332,7 +331,7 @@ START_TEST(test_moved_after_migration)
     struct cm_st_redis_info before, after;
     rt_info(&t, &before);
     struct h_result r;
-    h_get(t.st, 1, keys, &r);   /* the storage still sends it to a: MOVED to b */
+    h_get(t.st, 1, keys, &r); /* the storage still sends it to a: MOVED to b */
     ck_assert_msg(r.status == CM_OK, "%s", r.err);
     h_assert_val(&r, 0, "moving value");
     h_result_deinit(&r);
@@ -350,7 +349,7 @@ START_TEST(test_moved_after_migration)
     ck_assert_uint_gt(after.slot_updates, before.slot_updates);
     cm_st_redis_slot_owner(t.st, slot, got, sizeof(got));
     ck_assert_str_eq(got, owner_name);
-    h_get(t.st, 1, keys, &r);   /* straight to b now */
+    h_get(t.st, 1, keys, &r); /* straight to b now */
     h_assert_val(&r, 0, "moving value");
     h_result_deinit(&r);
     rt_info(&t, &before);
@@ -381,8 +380,8 @@ START_TEST(test_ask_during_migration)
     snprintf(stay, sizeof(stay), "cmtest:%d:{asktag}staying", (int)getpid());
     ck_assert_uint_eq(cm_redis_key_slot(stay, strlen(stay)), slot);
     size_t b = (a + 2) % cl.nn;
-    const char *keys[] = { k, stay };
-    const char *vals[] = { "asked value", "stays on the source" };
+    const char *keys[] = {k, stay};
+    const char *vals[] = {"asked value", "stays on the source"};
     ck_assert_int_eq(h_set(t.st, 2, keys, vals, 60000), CM_OK);
 
     /* Half-way: slot MIGRATING on a, IMPORTING on b, only k moved. */
@@ -393,11 +392,11 @@ START_TEST(test_ask_during_migration)
     struct cm_st_redis_info before, after;
     rt_info(&t, &before);
     struct h_result r;
-    h_get(t.st, 1, keys, &r);   /* a: ASK b; then ASKING + GET on b */
+    h_get(t.st, 1, keys, &r); /* a: ASK b; then ASKING + GET on b */
     ck_assert_msg(r.status == CM_OK, "%s", r.err);
     h_assert_val(&r, 0, "asked value");
     h_result_deinit(&r);
-    h_get(t.st, 1, keys + 1, &r);   /* still on a: answered there */
+    h_get(t.st, 1, keys + 1, &r); /* still on a: answered there */
     h_assert_val(&r, 0, "stays on the source");
     h_result_deinit(&r);
     rt_info(&t, &after);
@@ -406,18 +405,18 @@ START_TEST(test_ask_during_migration)
     char got[96], want[96];
     node_name(&cl.n[a], want, sizeof(want));
     cm_st_redis_slot_owner(t.st, slot, got, sizeof(got));
-    ck_assert_str_eq(got, want);   /* ASK is one-off: the map still says a */
+    ck_assert_str_eq(got, want); /* ASK is one-off: the map still says a */
 
     /* A write to the moved key follows the ASK too, and lands on b. */
-    const char *v2[] = { "asked again" };
+    const char *v2[] = {"asked again"};
     ck_assert_int_eq(h_set(t.st, 1, keys, v2, 60000), CM_OK);
     rt_info(&t, &after);
     ck_assert_uint_eq(after.ask, before.ask + 2);
     redisContext *c = sync_connect(cl.n[b].host, cl.n[b].port);
     freeReplyObject(redisCommand(c, "ASKING"));
     redisReply *rep = redisCommand(c, "GET %s", k);
-    ck_assert(rep != NULL && rep->type == REDIS_REPLY_STRING
-              && strcmp(rep->str, "asked again") == 0);
+    ck_assert(rep != NULL && rep->type == REDIS_REPLY_STRING &&
+              strcmp(rep->str, "asked again") == 0);
     freeReplyObject(rep);
     redisFree(c);
 
@@ -443,7 +442,7 @@ START_TEST(test_redirect_loop_is_bounded)
     pick_key(&cl, "loop", k, sizeof(k), &slot, &a);
     size_t b = (a + 1) % cl.nn;
     NODE_OK(&cl.n[a], "CLUSTER SETSLOT %u MIGRATING %s", slot, cl.n[b].id);
-    const char *keys[] = { k };
+    const char *keys[] = {k};
     struct h_result r;
     h_get(t.st, 1, keys, &r);
     NODE_OK(&cl.n[a], "CLUSTER SETSLOT %u STABLE", slot);
@@ -452,7 +451,7 @@ START_TEST(test_redirect_loop_is_bounded)
     h_result_deinit(&r);
     struct cm_st_redis_info in;
     rt_info(&t, &in);
-    ck_assert_uint_eq(in.ask + in.moved, 5);   /* the 6th is refused */
+    ck_assert_uint_eq(in.ask + in.moved, 5); /* the 6th is refused */
     ck_assert_uint_eq(in.pending, 0);
     /* Stable again: the same read works. */
     h_get(t.st, 1, keys, &r);
@@ -469,7 +468,7 @@ START_TEST(test_cluster_seed_down)
     struct rt t;
     rt_open(&t, url, 1, 2000, true);
     double t0 = h_now_ms();
-    const char *keys[] = { "a", "b", "c" };
+    const char *keys[] = {"a", "b", "c"};
     struct h_result r;
     h_get(t.st, 3, keys, &r);
     ck_assert_int_eq(r.status, CM_ERR);

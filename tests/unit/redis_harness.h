@@ -35,11 +35,13 @@ static inline const char *rt_env(const char *name)
 {
     const char *v = getenv(name);
     ck_assert_msg(v != NULL && v[0] != '\0',
-                  "%s is not set: run under the test runner, or start a server and export it", name);
+                  "%s is not set: run under the test runner, or start a server and export it",
+                  name);
     return v;
 }
 
-static inline void rt_open(struct rt *t, const char *url, int pool, int64_t timeout_ms, bool cluster)
+static inline void rt_open(struct rt *t, const char *url, int pool, int64_t timeout_ms,
+                           bool cluster)
 {
     char err[256] = "";
     memset(t, 0, sizeof(*t));
@@ -71,7 +73,7 @@ static inline void rt_info(const struct rt *t, struct cm_st_redis_info *in)
 /* Runs the loop for ms milliseconds. */
 static inline void rt_run_for(struct rt *t, int ms)
 {
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     event_base_loopexit(t->base, &tv);
     event_base_dispatch(t->base);
 }
@@ -119,7 +121,7 @@ static inline void big_done(struct cm_st_op *op, void *arg)
     for (size_t i = 0; i < op->nitems; i++) {
         r->hit[i] = op->items[i].result == CM_ST_HIT;
         if (r->hit[i]) {
-            r->val[i] = op->items[i].val;   /* stolen, as the contract allows */
+            r->val[i] = op->items[i].val; /* stolen, as the contract allows */
             r->vlen[i] = op->items[i].vlen;
             op->items[i].val = NULL;
         }
@@ -173,7 +175,7 @@ static inline void big_run(struct rt *t, struct cm_st_op *op, struct big_result 
 /* A sync hiredis context to host:port, asserted connected. */
 static inline redisContext *sync_connect(const char *host, int port)
 {
-    struct timeval tv = { 2, 0 };
+    struct timeval tv = {2, 0};
     redisContext *c = redisConnectWithTimeout(host, port, tv);
     ck_assert_msg(c != NULL && c->err == 0, "connect %s:%d: %s", host, port,
                   c != NULL ? c->errstr : "oom");
@@ -196,7 +198,7 @@ static inline void url_host_port(const char *url, char *host, size_t hostsz, int
 static inline int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof(a);
     ck_assert(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
     ck_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
@@ -210,8 +212,8 @@ static inline pid_t redis_spawn(int port, const char *const *extra)
 {
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
-    const char *argv[32] = { "redis-server", "--port", portstr, "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", "/tmp" };
+    const char *argv[32] = {"redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no",     "--dir", "/tmp"};
     size_t argc = 11;
     for (size_t i = 0; extra != NULL && extra[i] != NULL && argc < 31; i++) {
         argv[argc++] = extra[i];
@@ -228,7 +230,7 @@ static inline pid_t redis_spawn(int port, const char *const *extra)
         _exit(127);
     }
     for (int i = 0; i < 250; i++) {
-        struct timeval tv = { 0, 200000 };
+        struct timeval tv = {0, 200000};
         redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
         if (c != NULL && c->err == 0) {
             redisFree(c);
