@@ -11,9 +11,9 @@
 #include <string.h>
 #include <sys/types.h>
 
-#define BUF_MIN_CAP     1024                /* first allocation of the input buffer */
-#define BUF_KEEP_CAP    (1024 * 1024)       /* an empty buffer larger than this is released */
-#define ARGS_PREALLOC   1024                /* argv slots reserved up front, like redis */
+#define BUF_MIN_CAP 1024           /* first allocation of the input buffer */
+#define BUF_KEEP_CAP (1024 * 1024) /* an empty buffer larger than this is released */
+#define ARGS_PREALLOC 1024         /* argv slots reserved up front, like redis */
 
 /* Every error text a client can see; the caller sends "-ERR " + text. */
 enum resp_err {
@@ -45,35 +45,35 @@ static const char *const resp_errors[] = {
 };
 
 enum resp_state {
-    ST_IDLE,   /* between requests: the next byte decides multibulk or inline */
-    ST_MBULK,  /* "*N" read; reading N bulks */
+    ST_IDLE,  /* between requests: the next byte decides multibulk or inline */
+    ST_MBULK, /* "*N" read; reading N bulks */
 };
 
 /* One argument of the multibulk request being read, as a slice of the input buffer. */
 struct arg_ref {
-    size_t off;  /* from the request start (p->pos) */
+    size_t off; /* from the request start (p->pos) */
     size_t len;
 };
 
 /* Parser state for one client connection; owned by that connection. */
 struct cm_resp_parser {
-    char *data;             /* input buffer, owned */
-    size_t pos;             /* start of the current (unfinished) request */
-    size_t len;             /* end of the bytes read so far */
-    size_t cap;             /* allocated size of data */
-    uint64_t max_bulk;      /* bulk length limit */
-    size_t max_args;        /* argument count limit */
+    char *data;        /* input buffer, owned */
+    size_t pos;        /* start of the current (unfinished) request */
+    size_t len;        /* end of the bytes read so far */
+    size_t cap;        /* allocated size of data */
+    uint64_t max_bulk; /* bulk length limit */
+    size_t max_args;   /* argument count limit */
     enum resp_state state;
-    size_t cur;             /* parse position, relative to pos */
-    size_t scanned;         /* bytes after cur already searched for a line end, in vain */
-    size_t nexpect;         /* ST_MBULK: the N of "*N" */
-    long long bulklen;      /* ST_MBULK: length of the bulk being read; -1 while its header is */
-    struct arg_ref *args;   /* ST_MBULK: bulks read so far, owned */
-    size_t nargs;           /* used entries of args */
-    size_t args_cap;        /* allocated entries of args */
-    size_t argbytes;        /* sum of args[].len */
-    enum resp_err err;      /* sticky once set */
-    char errstr[64];        /* client text of err */
+    size_t cur;           /* parse position, relative to pos */
+    size_t scanned;       /* bytes after cur already searched for a line end, in vain */
+    size_t nexpect;       /* ST_MBULK: the N of "*N" */
+    long long bulklen;    /* ST_MBULK: length of the bulk being read; -1 while its header is */
+    struct arg_ref *args; /* ST_MBULK: bulks read so far, owned */
+    size_t nargs;         /* used entries of args */
+    size_t args_cap;      /* allocated entries of args */
+    size_t argbytes;      /* sum of args[].len */
+    enum resp_err err;    /* sticky once set */
+    char errstr[64];      /* client text of err */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -281,7 +281,8 @@ static int read_mbulk_header(struct cm_resp_parser *p)
     }
     long long n;
     const char *digits = p->data + p->pos + p->cur + 1;
-    if (!parse_ll(digits, (size_t)cr - 1, &n) || n > INT_MAX || (n > 0 && (size_t)n > p->max_args)) {
+    if (!parse_ll(digits, (size_t)cr - 1, &n) || n > INT_MAX ||
+        (n > 0 && (size_t)n > p->max_args)) {
         return fail(p, E_MBULK_LEN);
     }
     advance(p, (size_t)cr + 2);
@@ -407,7 +408,7 @@ static inline int hex_val(char c)
 
 /* Output of split_inline: NULL pointers for the counting pass. */
 struct split_out {
-    char *data;    /* next byte to write */
+    char *data; /* next byte to write */
     char **argv;
     size_t *lens;
 };
@@ -447,12 +448,24 @@ static bool split_inline(const char *s, size_t n, struct split_out *out, size_t 
                 } else if (*p == '\\' && e - p >= 2) {
                     p++;
                     switch (*p) {
-                    case 'n': c = '\n'; break;
-                    case 'r': c = '\r'; break;
-                    case 't': c = '\t'; break;
-                    case 'b': c = '\b'; break;
-                    case 'a': c = '\a'; break;
-                    default: c = *p; break;
+                    case 'n':
+                        c = '\n';
+                        break;
+                    case 'r':
+                        c = '\r';
+                        break;
+                    case 't':
+                        c = '\t';
+                        break;
+                    case 'b':
+                        c = '\b';
+                        break;
+                    case 'a':
+                        c = '\a';
+                        break;
+                    default:
+                        c = *p;
+                        break;
                     }
                     put = true;
                 } else if (*p == '"') {
@@ -551,7 +564,7 @@ static int read_inline(struct cm_resp_parser *p, struct cm_argv **out)
         return fail(p, E_BIG_INLINE);
     }
     size_t argc, bytes;
-    struct split_out none = { NULL, NULL, NULL };
+    struct split_out none = {NULL, NULL, NULL};
     if (!split_inline(line, n, &none, &argc, &bytes)) {
         return fail(p, E_QUOTES);
     }
@@ -624,12 +637,11 @@ int cm_resp_next(struct cm_resp_parser *p, struct cm_argv **out)
 /* ------------------------------------------------------------------------------------------ */
 /* Encoder */
 
-static const char digit_pairs[201] =
-    "0001020304050607080910111213141516171819"
-    "2021222324252627282930313233343536373839"
-    "4041424344454647484950515253545556575859"
-    "6061626364656667686970717273747576777879"
-    "8081828384858687888990919293949596979899";
+static const char digit_pairs[201] = "0001020304050607080910111213141516171819"
+                                     "2021222324252627282930313233343536373839"
+                                     "4041424344454647484950515253545556575859"
+                                     "6061626364656667686970717273747576777879"
+                                     "8081828384858687888990919293949596979899";
 
 /* Writes v in decimal at dst; returns the number of bytes (at most 20). */
 static size_t u64_to_str(char *dst, uint64_t v)

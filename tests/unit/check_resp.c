@@ -22,8 +22,14 @@ struct vec {
     const char *err;
 };
 
-#define OKV(n, i, w) { n, i, sizeof(i) - 1, w, sizeof(w) - 1, NULL }
-#define ERRV(n, i, w, e) { n, i, sizeof(i) - 1, w, sizeof(w) - 1, e }
+#define OKV(n, i, w)                                                                               \
+    {                                                                                              \
+        n, i, sizeof(i) - 1, w, sizeof(w) - 1, NULL                                                \
+    }
+#define ERRV(n, i, w, e)                                                                           \
+    {                                                                                              \
+        n, i, sizeof(i) - 1, w, sizeof(w) - 1, e                                                   \
+    }
 
 static const struct vec vecs[] = {
     /* multibulk */
@@ -32,7 +38,8 @@ static const struct vec vecs[] = {
         "[3:SET,1:k,6:a\0b\r\nc,]"),
     OKV("bulk_all_crlf", "*1\r\n$4\r\n\r\n\r\n\r\n", "[4:\r\n\r\n,]"),
     OKV("empty_bulk", "*2\r\n$3\r\nSET\r\n$0\r\n\r\n", "[3:SET,0:,]"),
-    OKV("pipeline", "*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n",
+    OKV("pipeline",
+        "*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n",
         "[4:PING,][3:GET,1:a,][3:GET,1:b,]"),
     OKV("mbulk_zero_skipped", "*0\r\n*1\r\n$4\r\nPING\r\n", "[4:PING,]"),
     OKV("mbulk_minus1_skipped", "*-1\r\nPING\r\n", "[4:PING,]"),
@@ -78,11 +85,13 @@ static const struct vec vecs[] = {
          "Protocol error: invalid bulk length"),
     ERRV("bulk_overflow", "*1\r\n$99999999999999999999\r\n", "",
          "Protocol error: invalid bulk length"),
-    ERRV("bulk_no_crlf", "*1\r\n$3\r\nGETX\r\n", "", "Protocol error: missing CRLF after bulk data"),
+    ERRV("bulk_no_crlf", "*1\r\n$3\r\nGETX\r\n", "",
+         "Protocol error: missing CRLF after bulk data"),
     ERRV("bulk_lf_lf", "*1\r\n$3\r\nGET\n\n", "", "Protocol error: missing CRLF after bulk data"),
     ERRV("unbalanced_redis", "set \"\"\"test-key\"\"\" test-value\r\nping\r\n", "",
          "Protocol error: unbalanced quotes in request"),
-    ERRV("unterminated_dquote", "SET \"foo\r\n", "", "Protocol error: unbalanced quotes in request"),
+    ERRV("unterminated_dquote", "SET \"foo\r\n", "",
+         "Protocol error: unbalanced quotes in request"),
     ERRV("unterminated_squote", "SET 'foo\r\n", "", "Protocol error: unbalanced quotes in request"),
     ERRV("dquote_then_text", "SET \"foo\"bar\r\n", "",
          "Protocol error: unbalanced quotes in request"),
@@ -177,8 +186,7 @@ static int run_pieces(struct cm_resp_parser *p, const char *in, size_t n, const 
 static void check_result(const struct vec *v, const char *how, int rc, struct cm_resp_parser *p,
                          struct cm_buf *out)
 {
-    ck_assert_msg(cm_buf_used(out) == v->wantlen && memcmp(start(out), v->want,
-                                                           v->wantlen) == 0,
+    ck_assert_msg(cm_buf_used(out) == v->wantlen && memcmp(start(out), v->want, v->wantlen) == 0,
                   "%s (%s): got %s want %s", v->name, how, esc(start(out), cm_buf_used(out)),
                   esc(v->want, v->wantlen));
     if (v->err == NULL) {
@@ -243,7 +251,7 @@ START_TEST(test_vec_splits)
     /* Every pair of cut points too (inputs are small). */
     for (size_t i = 1; i < v->inlen; i++) {
         for (size_t j = i + 1; j < v->inlen; j++) {
-            size_t cuts[2] = { i, j };
+            size_t cuts[2] = {i, j};
             snprintf(how, sizeof(how), "split at %zu,%zu", i, j);
             run_vec(v, cuts, 2, FEED_COPY, how);
         }
@@ -333,12 +341,11 @@ END_TEST
 START_TEST(test_default_limits_no_alloc)
 {
     struct cm_argv *a;
-    static const char *const bad[] = { "*2000000\r\n", "*1048577\r\n", "*1\r\n$600000000\r\n",
-                                       "*1\r\n$536870913\r\n" };
-    static const char *const why[] = { "Protocol error: invalid multibulk length",
-                                       "Protocol error: invalid multibulk length",
-                                       "Protocol error: invalid bulk length",
-                                       "Protocol error: invalid bulk length" };
+    static const char *const bad[] = {"*2000000\r\n", "*1048577\r\n", "*1\r\n$600000000\r\n",
+                                      "*1\r\n$536870913\r\n"};
+    static const char *const why[] = {
+        "Protocol error: invalid multibulk length", "Protocol error: invalid multibulk length",
+        "Protocol error: invalid bulk length", "Protocol error: invalid bulk length"};
     for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
         struct cm_resp_parser *p = cm_resp_parser_new(0, 0);
         cm_resp_feed(p, bad[i], strlen(bad[i]));
@@ -349,7 +356,7 @@ START_TEST(test_default_limits_no_alloc)
         cm_resp_parser_free(p);
     }
     /* Exactly at the limits: accepted, and still no memory committed up front. */
-    static const char *const good[] = { "*1048576\r\n", "*1\r\n$536870912\r\n" };
+    static const char *const good[] = {"*1048576\r\n", "*1\r\n$536870912\r\n"};
     for (size_t i = 0; i < CM_ARRAY_LEN(good); i++) {
         struct cm_resp_parser *p = cm_resp_parser_new(0, 0);
         cm_resp_feed(p, good[i], strlen(good[i]));
@@ -375,7 +382,7 @@ START_TEST(test_inline_limit)
     struct cm_argv *a;
     const size_t max = CM_RESP_MAX_INLINE;
     char *s = repeat('a', max + 2);
-    static const char *const ends[] = { "\r\n", "\n" };
+    static const char *const ends[] = {"\r\n", "\n"};
     for (size_t e = 0; e < 2; e++) {
         size_t elen = strlen(ends[e]);
         /* At the limit: fine whole and byte by byte. */
@@ -428,9 +435,9 @@ START_TEST(test_count_string_limits)
     struct cm_argv *a;
     const size_t max = CM_RESP_MAX_INLINE;
     char *s = repeat('1', max + 8);
-    static const char *const prefix[] = { "*", "*1\r\n$" };
-    static const char *const why[] = { "Protocol error: too big mbulk count string",
-                                       "Protocol error: too big bulk count string" };
+    static const char *const prefix[] = {"*", "*1\r\n$"};
+    static const char *const why[] = {"Protocol error: too big mbulk count string",
+                                      "Protocol error: too big bulk count string"};
     for (size_t i = 0; i < 2; i++) {
         size_t plen = strlen(prefix[i]);
         struct cm_resp_parser *p = cm_resp_parser_new(0, 0);
@@ -559,13 +566,12 @@ END_TEST
 /* ------------------------------------------------------------------------------------------ */
 /* Encoder */
 
-#define ENC_EQ(b, lit)                                                                          \
-    do {                                                                                        \
-        ck_assert_msg(cm_buf_used(b) == sizeof(lit) - 1 &&                                      \
-                          memcmp(start(b), lit, sizeof(lit) - 1) == 0,                            \
-                      "got %s want %s", esc(start(b), cm_buf_used(b)),                            \
-                      esc(lit, sizeof(lit) - 1));                                               \
-        cm_buf_reset(b);                                                                        \
+#define ENC_EQ(b, lit)                                                                             \
+    do {                                                                                           \
+        ck_assert_msg(cm_buf_used(b) == sizeof(lit) - 1 &&                                         \
+                          memcmp(start(b), lit, sizeof(lit) - 1) == 0,                             \
+                      "got %s want %s", esc(start(b), cm_buf_used(b)), esc(lit, sizeof(lit) - 1)); \
+        cm_buf_reset(b);                                                                           \
     } while (0)
 
 START_TEST(test_encoder_scalars)
@@ -655,7 +661,8 @@ START_TEST(test_encoder_aggregates)
         if (r3) {
             ENC_EQ(&b, "%1\r\n$5\r\nusers\r\n%2\r\n$4\r\nhits\r\n:42\r\n$5\r\nratio\r\n,0.5\r\n");
         } else {
-            ENC_EQ(&b, "*2\r\n$5\r\nusers\r\n*4\r\n$4\r\nhits\r\n:42\r\n$5\r\nratio\r\n$3\r\n0.5\r\n");
+            ENC_EQ(&b,
+                   "*2\r\n$5\r\nusers\r\n*4\r\n$4\r\nhits\r\n:42\r\n$5\r\nratio\r\n$3\r\n0.5\r\n");
         }
     }
     cm_buf_deinit(&b);
@@ -695,8 +702,9 @@ START_TEST(test_encoder_double)
     cm_resp_double(&b, INFINITY, false);
     ENC_EQ(&b, "$3\r\ninf\r\n");
     /* Round trip on awkward values. */
-    static const double vals[] = { 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
-                                   123456789.123456789, 0.1 * 3, 1e23 };
+    static const double vals[] = {
+        5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 123456789.123456789, 0.1 * 3,
+        1e23};
     for (size_t i = 0; i < CM_ARRAY_LEN(vals); i++) {
         cm_resp_double(&b, vals[i], true);
         char *s = cm_buf_steal(&b, NULL);
