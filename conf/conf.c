@@ -23,20 +23,20 @@
 #define MAX_TABLE_LEN 63
 #define MAX_WORD_LEN 128
 #define MSG_MAX 512
-#define CUR_NONE (-1)    /* no section header seen yet */
-#define CUR_IGNORE (-2)  /* inside a section already reported as bad: its keys are skipped */
+#define CUR_NONE (-1)   /* no section header seen yet */
+#define CUR_IGNORE (-2) /* inside a section already reported as bad: its keys are skipped */
 
 enum sec_kind { SEC_SERVER, SEC_STORAGE, SEC_NODE };
 
-static const char *const sec_kind_names[] = { "server", "storage", "node" };
+static const char *const sec_kind_names[] = {"server", "storage", "node"};
 
 /* How the reader classified the physical line inih is processing, mimicking inih's rules. */
 enum line_kind {
-    LK_BLANK,    /* empty or comment */
-    LK_SECTION,  /* [header] */
-    LK_KV,       /* name = value: the handler will be called */
-    LK_CONT,     /* indented line after a key: inih calls the handler as a continuation */
-    LK_BAD,      /* inih would reject it silently */
+    LK_BLANK,   /* empty or comment */
+    LK_SECTION, /* [header] */
+    LK_KV,      /* name = value: the handler will be called */
+    LK_CONT,    /* indented line after a key: inih calls the handler as a continuation */
+    LK_BAD,     /* inih would reject it silently */
 };
 
 /* One given key: value (owned) and its line. value NULL = not given. */
@@ -50,16 +50,16 @@ struct key_def;
 /* One section of the file, in file order. Owned by the loader. */
 struct section {
     enum sec_kind kind;
-    char *name;          /* NULL for [server] */
+    char *name; /* NULL for [server] */
     int line;
-    struct kv *keys;     /* indexed like key_defs[] */
+    struct kv *keys; /* indexed like key_defs[] */
 };
 
 /* One problem, printed at the end sorted by (line, seq). */
 struct conf_err {
     int line;
     size_t seq;
-    char *msg;   /* owned */
+    char *msg; /* owned */
 };
 
 /* The loader: reader state, the sections found, the errors, the config being built. */
@@ -67,25 +67,25 @@ struct loader {
     const char *file;
     const char *text;
     size_t len;
-    size_t off;              /* next byte the reader returns */
-    int line;                /* physical line of the chunk inih is processing */
-    int chunks;              /* chunks returned so far: inih's own line count */
-    int max_line;            /* longest line inih can take whole */
-    bool partial;            /* the last chunk ended before its line did */
-    bool skip;               /* current physical line is already reported */
-    bool ini_prev_name;      /* inih has a name a continuation line would extend */
-    enum line_kind kind;     /* of the current chunk */
-    int cur;                 /* index in secs of the current section, or CUR_* */
+    size_t off;          /* next byte the reader returns */
+    int line;            /* physical line of the chunk inih is processing */
+    int chunks;          /* chunks returned so far: inih's own line count */
+    int max_line;        /* longest line inih can take whole */
+    bool partial;        /* the last chunk ended before its line did */
+    bool skip;           /* current physical line is already reported */
+    bool ini_prev_name;  /* inih has a name a continuation line would extend */
+    enum line_kind kind; /* of the current chunk */
+    int cur;             /* index in secs of the current section, or CUR_* */
     struct section *secs;
     size_t nsecs;
-    struct kv *listens;      /* every listen = line, in order */
+    struct kv *listens; /* every listen = line, in order */
     size_t nlistens;
     struct conf_err *errs;
     size_t nerrs;
     struct cm_conf *conf;
     /* state of the section being built */
     struct section *sec;
-    bool st_type_known;      /* the storage url parsed, so conf type applies */
+    bool st_type_known; /* the storage url parsed, so conf type applies */
 };
 
 typedef const char *set_fn(struct loader *L, const struct key_def *k, void *obj, const char *v,
@@ -97,24 +97,25 @@ typedef const char *check_fn(struct loader *L, void *obj, const char *v, char *b
 struct key_def {
     enum sec_kind sec;
     const char *name;
-    set_fn *set;          /* NULL: handled outside the table (listen) */
-    check_fn *check;      /* string keys: value check, or NULL */
-    size_t off;           /* field offset in the section's struct */
-    int64_t min, max;     /* ints, durations (ms), sizes */
-    const char *def;      /* default; NULL = none (or type-dependent) */
-    unsigned types;       /* storage keys: mask of 1 << enum cm_st_type; 0 = every type */
+    set_fn *set;      /* NULL: handled outside the table (listen) */
+    check_fn *check;  /* string keys: value check, or NULL */
+    size_t off;       /* field offset in the section's struct */
+    int64_t min, max; /* ints, durations (ms), sizes */
+    const char *def;  /* default; NULL = none (or type-dependent) */
+    unsigned types;   /* storage keys: mask of 1 << enum cm_st_type; 0 = every type */
     bool required;
 };
 
 #define T(x) (1u << (x))
 #define T_LOCAL (T(CM_ST_TYPE_LRU) | T(CM_ST_TYPE_TLFU))
-#define T_REMOTE (T(CM_ST_TYPE_REDIS) | T(CM_ST_TYPE_PG) | T(CM_ST_TYPE_MYSQL) | \
-                  T(CM_ST_TYPE_SQLITE) | T(CM_ST_TYPE_MONGO))
+#define T_REMOTE                                                                                   \
+    (T(CM_ST_TYPE_REDIS) | T(CM_ST_TYPE_PG) | T(CM_ST_TYPE_MYSQL) | T(CM_ST_TYPE_SQLITE) |         \
+     T(CM_ST_TYPE_MONGO))
 #define T_SQL (T(CM_ST_TYPE_PG) | T(CM_ST_TYPE_MYSQL) | T(CM_ST_TYPE_SQLITE))
 #define T_ALL 0u
 
-static set_fn set_str, set_opt_str, set_int, set_u64, set_dur, set_size, set_bool,
-    set_log_level, set_caches, set_serializer, set_doorkeeper;
+static set_fn set_str, set_opt_str, set_int, set_u64, set_dur, set_size, set_bool, set_log_level,
+    set_caches, set_serializer, set_doorkeeper;
 static check_fn chk_word, chk_metrics, chk_url, chk_table, chk_mongo_name, chk_key, chk_loader,
     chk_socket;
 
@@ -124,66 +125,62 @@ static check_fn chk_word, chk_metrics, chk_url, chk_table, chk_mongo_name, chk_k
 
 static const struct key_def key_defs[] = {
     /* sec, name, set, check, off, min, max, def, types, required */
-    { SEC_SERVER, "listen", NULL, NULL, 0, 0, 0, NULL, T_ALL, false },
-    { SEC_SERVER, "prefix", set_str, chk_word, SRV(prefix), 0, 0, "cacheme", T_ALL, false },
-    { SEC_SERVER, "requirepass", set_opt_str, NULL, SRV(requirepass), 0, 0, NULL, T_ALL, false },
-    { SEC_SERVER, "max_clients", set_int, NULL, SRV(max_clients), 1, 1000000, "10000", T_ALL,
-      false },
-    { SEC_SERVER, "client_timeout", set_dur, NULL, SRV(client_timeout_ms), 0, INT64_MAX, "0",
-      T_ALL, false },
-    { SEC_SERVER, "shutdown_timeout", set_dur, NULL, SRV(shutdown_timeout_ms), 0, INT64_MAX, "5s",
-      T_ALL, false },
-    { SEC_SERVER, "log_level", set_log_level, NULL, SRV(log_level), 0, 0, "info", T_ALL, false },
-    { SEC_SERVER, "log_file", set_opt_str, NULL, SRV(log_file), 0, 0, NULL, T_ALL, false },
-    { SEC_SERVER, "metrics_listen", set_opt_str, chk_metrics, SRV(metrics_listen), 0, 0, NULL,
-      T_ALL, false },
-    { SEC_SERVER, "max_value_size", set_size, NULL, SRV(max_value_size), 1, 512LL * 1024 * 1024,
-      "64mb", T_ALL, false },
+    {SEC_SERVER, "listen", NULL, NULL, 0, 0, 0, NULL, T_ALL, false},
+    {SEC_SERVER, "prefix", set_str, chk_word, SRV(prefix), 0, 0, "cacheme", T_ALL, false},
+    {SEC_SERVER, "requirepass", set_opt_str, NULL, SRV(requirepass), 0, 0, NULL, T_ALL, false},
+    {SEC_SERVER, "max_clients", set_int, NULL, SRV(max_clients), 1, 1000000, "10000", T_ALL, false},
+    {SEC_SERVER, "client_timeout", set_dur, NULL, SRV(client_timeout_ms), 0, INT64_MAX, "0", T_ALL,
+     false},
+    {SEC_SERVER, "shutdown_timeout", set_dur, NULL, SRV(shutdown_timeout_ms), 0, INT64_MAX, "5s",
+     T_ALL, false},
+    {SEC_SERVER, "log_level", set_log_level, NULL, SRV(log_level), 0, 0, "info", T_ALL, false},
+    {SEC_SERVER, "log_file", set_opt_str, NULL, SRV(log_file), 0, 0, NULL, T_ALL, false},
+    {SEC_SERVER, "metrics_listen", set_opt_str, chk_metrics, SRV(metrics_listen), 0, 0, NULL, T_ALL,
+     false},
+    {SEC_SERVER, "max_value_size", set_size, NULL, SRV(max_value_size), 1, 512LL * 1024 * 1024,
+     "64mb", T_ALL, false},
 
-    { SEC_STORAGE, "url", set_str, chk_url, ST(url), 0, 0, NULL, T_ALL, true },
-    { SEC_STORAGE, "size", set_u64, NULL, ST(size), 1, 1LL << 40, "10000", T_LOCAL, false },
-    { SEC_STORAGE, "cluster", set_bool, NULL, ST(cluster), 0, 0, "no", T(CM_ST_TYPE_REDIS),
-      false },
-    { SEC_STORAGE, "pool_size", set_int, NULL, ST(pool_size), 1, 1024, NULL, T_REMOTE, false },
-    { SEC_STORAGE, "timeout", set_dur, NULL, ST(timeout_ms), 1, 3600000, "500ms", T_REMOTE,
-      false },
-    { SEC_STORAGE, "table", set_str, chk_table, ST(table), 0, 0, "cacheme_data", T_SQL, false },
-    { SEC_STORAGE, "create_table", set_bool, NULL, ST(create_table), 0, 0, "no", T_SQL, false },
-    { SEC_STORAGE, "database", set_str, chk_mongo_name, ST(database), 0, 0, "cache",
-      T(CM_ST_TYPE_MONGO), false },
-    { SEC_STORAGE, "collection", set_str, chk_mongo_name, ST(collection), 0, 0, "cacheme_data",
-      T(CM_ST_TYPE_MONGO), false },
-    { SEC_STORAGE, "create_indexes", set_bool, NULL, ST(create_indexes), 0, 0, "no",
-      T(CM_ST_TYPE_MONGO), false },
+    {SEC_STORAGE, "url", set_str, chk_url, ST(url), 0, 0, NULL, T_ALL, true},
+    {SEC_STORAGE, "size", set_u64, NULL, ST(size), 1, 1LL << 40, "10000", T_LOCAL, false},
+    {SEC_STORAGE, "cluster", set_bool, NULL, ST(cluster), 0, 0, "no", T(CM_ST_TYPE_REDIS), false},
+    {SEC_STORAGE, "pool_size", set_int, NULL, ST(pool_size), 1, 1024, NULL, T_REMOTE, false},
+    {SEC_STORAGE, "timeout", set_dur, NULL, ST(timeout_ms), 1, 3600000, "500ms", T_REMOTE, false},
+    {SEC_STORAGE, "table", set_str, chk_table, ST(table), 0, 0, "cacheme_data", T_SQL, false},
+    {SEC_STORAGE, "create_table", set_bool, NULL, ST(create_table), 0, 0, "no", T_SQL, false},
+    {SEC_STORAGE, "database", set_str, chk_mongo_name, ST(database), 0, 0, "cache",
+     T(CM_ST_TYPE_MONGO), false},
+    {SEC_STORAGE, "collection", set_str, chk_mongo_name, ST(collection), 0, 0, "cacheme_data",
+     T(CM_ST_TYPE_MONGO), false},
+    {SEC_STORAGE, "create_indexes", set_bool, NULL, ST(create_indexes), 0, 0, "no",
+     T(CM_ST_TYPE_MONGO), false},
 
-    { SEC_NODE, "key", set_str, chk_key, ND(key), 0, 0, NULL, T_ALL, true },
-    { SEC_NODE, "version", set_str, chk_word, ND(version), 0, 0, NULL, T_ALL, true },
-    { SEC_NODE, "caches", set_caches, NULL, 0, 0, 0, NULL, T_ALL, true },
-    { SEC_NODE, "serializer", set_serializer, NULL, ND(serializer), 0, 0, "raw", T_ALL, false },
-    { SEC_NODE, "doorkeeper", set_doorkeeper, NULL, 0, 0, 0, NULL, T_ALL, false },
-    { SEC_NODE, "loader", set_opt_str, chk_loader, ND(loader), 0, 0, NULL, T_ALL, false },
-    { SEC_NODE, "loader_socket", set_opt_str, chk_socket, ND(loader_socket), 0, 0, NULL, T_ALL,
-      false },
-    { SEC_NODE, "loader_timeout", set_dur, NULL, ND(loader_timeout_ms), 1, 3600000, "2s", T_ALL,
-      false },
-    { SEC_NODE, "invalidate_channel", set_opt_str, chk_word, ND(invalidate_channel), 0, 0, NULL,
-      T_ALL, false },
+    {SEC_NODE, "key", set_str, chk_key, ND(key), 0, 0, NULL, T_ALL, true},
+    {SEC_NODE, "version", set_str, chk_word, ND(version), 0, 0, NULL, T_ALL, true},
+    {SEC_NODE, "caches", set_caches, NULL, 0, 0, 0, NULL, T_ALL, true},
+    {SEC_NODE, "serializer", set_serializer, NULL, ND(serializer), 0, 0, "raw", T_ALL, false},
+    {SEC_NODE, "doorkeeper", set_doorkeeper, NULL, 0, 0, 0, NULL, T_ALL, false},
+    {SEC_NODE, "loader", set_opt_str, chk_loader, ND(loader), 0, 0, NULL, T_ALL, false},
+    {SEC_NODE, "loader_socket", set_opt_str, chk_socket, ND(loader_socket), 0, 0, NULL, T_ALL,
+     false},
+    {SEC_NODE, "loader_timeout", set_dur, NULL, ND(loader_timeout_ms), 1, 3600000, "2s", T_ALL,
+     false},
+    {SEC_NODE, "invalidate_channel", set_opt_str, chk_word, ND(invalidate_channel), 0, 0, NULL,
+     T_ALL, false},
 };
 
 #define NKEYS CM_ARRAY_LEN(key_defs)
-#define KEY_INDEX(k) ((size_t)((k) - key_defs))
+#define KEY_INDEX(k) ((size_t)((k)-key_defs))
 
-static const char *const ser_names[] = { "raw", "json", "msgpack", "compressed_json",
-                                         "compressed_msgpack" };
+static const char *const ser_names[] = {"raw", "json", "msgpack", "compressed_json",
+                                        "compressed_msgpack"};
 
 static const struct {
     const char *scheme;
     enum cm_st_type type;
 } schemes[] = {
-    { "redis", CM_ST_TYPE_REDIS },       { "postgresql", CM_ST_TYPE_PG },
-    { "postgres", CM_ST_TYPE_PG },       { "mysql", CM_ST_TYPE_MYSQL },
-    { "sqlite", CM_ST_TYPE_SQLITE },     { "mongodb", CM_ST_TYPE_MONGO },
-    { "mongodb+srv", CM_ST_TYPE_MONGO },
+    {"redis", CM_ST_TYPE_REDIS},       {"postgresql", CM_ST_TYPE_PG}, {"postgres", CM_ST_TYPE_PG},
+    {"mysql", CM_ST_TYPE_MYSQL},       {"sqlite", CM_ST_TYPE_SQLITE}, {"mongodb", CM_ST_TYPE_MONGO},
+    {"mongodb+srv", CM_ST_TYPE_MONGO},
 };
 
 const char *cm_ser_name(enum cm_ser ser)
@@ -233,8 +230,8 @@ static const char *sec_label(char *out, size_t outsz, const struct section *sec)
 }
 
 /* "[node x] key = "value": reason" at line. */
-static void key_err(struct loader *L, const struct section *sec, const char *key,
-                    const char *value, int line, const char *reason)
+static void key_err(struct loader *L, const struct section *sec, const char *key, const char *value,
+                    int line, const char *reason)
 {
     char label[320], k[256], v[1024];
     add_err(L, line, "%s %s = \"%s\": %s", sec_label(label, sizeof(label), sec),
@@ -315,7 +312,8 @@ static void open_section(struct loader *L, const char *s, size_t len)
             add_err(L, L->line, "[%s]: unknown section ([server] takes no name)", shown);
             return;
         }
-    } else if ((wlen == 7 && memcmp(s, "storage", 7) == 0) || (wlen == 4 && memcmp(s, "node", 4) == 0)) {
+    } else if ((wlen == 7 && memcmp(s, "storage", 7) == 0) ||
+               (wlen == 4 && memcmp(s, "node", 4) == 0)) {
         kind = wlen == 4 ? SEC_NODE : SEC_STORAGE;
         if (nlen == 0) {
             add_err(L, L->line, "[%s]: missing name (write [%s NAME])", shown,
@@ -328,14 +326,14 @@ static void open_section(struct loader *L, const char *s, size_t len)
             return;
         }
     } else {
-        add_err(L, L->line, "[%s]: unknown section (expected [server], [storage NAME] or [node NAME])",
-                shown);
+        add_err(L, L->line,
+                "[%s]: unknown section (expected [server], [storage NAME] or [node NAME])", shown);
         return;
     }
     for (size_t i = 0; i < L->nsecs; i++) {
         const struct section *o = &L->secs[i];
-        if (o->kind == kind && (kind == SEC_SERVER || (strlen(o->name) == nlen &&
-                                                        memcmp(o->name, name, nlen) == 0))) {
+        if (o->kind == kind &&
+            (kind == SEC_SERVER || (strlen(o->name) == nlen && memcmp(o->name, name, nlen) == 0))) {
             add_err(L, L->line, "[%s]: duplicate section (first at line %d)", shown, o->line);
             return;
         }
@@ -516,7 +514,8 @@ static int handler(void *arg, const char *section, const char *name, const char 
         return 1;
     }
     if (sec->keys[KEY_INDEX(k)].value != NULL) {
-        snprintf(why, sizeof(why), "duplicate key (first at line %d)", sec->keys[KEY_INDEX(k)].line);
+        snprintf(why, sizeof(why), "duplicate key (first at line %d)",
+                 sec->keys[KEY_INDEX(k)].line);
         key_err(L, sec, name, value, L->line, why);
         return 1;
     }
@@ -552,8 +551,8 @@ static const char *set_str(struct loader *L, const struct key_def *k, void *obj,
 }
 
 /* Like set_str, but empty = unset (NULL). */
-static const char *set_opt_str(struct loader *L, const struct key_def *k, void *obj,
-                               const char *v, char *buf, size_t bufsz)
+static const char *set_opt_str(struct loader *L, const struct key_def *k, void *obj, const char *v,
+                               char *buf, size_t bufsz)
 {
     if (v[0] == '\0') {
         replace_str(FIELD(obj, k, char *), NULL);
@@ -574,8 +573,7 @@ static const char *range_err(const struct key_def *k, char *buf, size_t bufsz)
     if (k->max == INT64_MAX) {
         snprintf(buf, bufsz, "must be at least %lld", (long long)k->min);
     } else {
-        snprintf(buf, bufsz, "must be between %lld and %lld", (long long)k->min,
-                 (long long)k->max);
+        snprintf(buf, bufsz, "must be between %lld and %lld", (long long)k->min, (long long)k->max);
     }
     return buf;
 }
@@ -674,8 +672,7 @@ static const char *set_log_level(struct loader *L, const struct key_def *k, void
     return NULL;
 }
 
-static const char *chk_metrics(struct loader *L, void *obj, const char *v, char *buf,
-                               size_t bufsz)
+static const char *chk_metrics(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
 {
     CM_UNUSED(L);
     CM_UNUSED(obj);
@@ -826,16 +823,14 @@ static const char *set_doorkeeper(struct loader *L, const struct key_def *k, voi
     return NULL;
 }
 
-static const char *chk_loader(struct loader *L, void *obj, const char *v, char *buf,
-                              size_t bufsz)
+static const char *chk_loader(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
 {
     const struct cm_conf_node *node = obj;
     CM_UNUSED(L);
     return cm_conf_check_loader(v, node->key, buf, bufsz);
 }
 
-static const char *chk_socket(struct loader *L, void *obj, const char *v, char *buf,
-                              size_t bufsz)
+static const char *chk_socket(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
 {
     const struct key_def *loader_key = find_key(SEC_NODE, "loader");
     const char *loader = L->sec->keys[KEY_INDEX(loader_key)].value;
@@ -856,7 +851,8 @@ static const char *chk_socket(struct loader *L, void *obj, const char *v, char *
 static struct cm_conf_storage *find_storage(struct cm_conf *conf, const char *name, size_t len)
 {
     for (size_t i = 0; i < conf->nstorages; i++) {
-        if (strlen(conf->storages[i].name) == len && memcmp(conf->storages[i].name, name, len) == 0) {
+        if (strlen(conf->storages[i].name) == len &&
+            memcmp(conf->storages[i].name, name, len) == 0) {
             return &conf->storages[i];
         }
     }
@@ -864,8 +860,8 @@ static struct cm_conf_storage *find_storage(struct cm_conf *conf, const char *na
 }
 
 /* "name[:ttl], name[:ttl], ..." resolved against the storages (all built before any node). */
-static const char *set_caches(struct loader *L, const struct key_def *k, void *obj,
-                              const char *v, char *buf, size_t bufsz)
+static const char *set_caches(struct loader *L, const struct key_def *k, void *obj, const char *v,
+                              char *buf, size_t bufsz)
 {
     struct cm_conf_node *node = obj;
     struct cm_conf_cache *caches = NULL;
@@ -907,8 +903,8 @@ static const char *set_caches(struct loader *L, const struct key_def *k, void *o
                 tlen--;
             }
             if (tlen == 0 || tlen >= sizeof(tmp)) {
-                snprintf(buf, bufsz, "missing or bad ttl after '%.*s:'",
-                         (int)(name_end - name), name);
+                snprintf(buf, bufsz, "missing or bad ttl after '%.*s:'", (int)(name_end - name),
+                         name);
                 why = buf;
                 break;
             }
@@ -1023,9 +1019,9 @@ static void finish_storage(struct loader *L, struct section *sec, struct cm_conf
     const struct kv *url = &sec->keys[KEY_INDEX(find_key(SEC_STORAGE, "url"))];
 
     if (st->pool_size == 0) {
-        st->pool_size = st->type == CM_ST_TYPE_REDIS ? 100
+        st->pool_size = st->type == CM_ST_TYPE_REDIS                                  ? 100
                         : (st->type == CM_ST_TYPE_PG || st->type == CM_ST_TYPE_MYSQL) ? 50
-                                                                                       : 8;
+                                                                                      : 8;
     }
     if (st->cluster && st->type == CM_ST_TYPE_REDIS && L->st_type_known) {
         struct cm_url u;
@@ -1075,7 +1071,7 @@ static void build_listens(struct loader *L)
 static void build(struct loader *L)
 {
     struct cm_conf *conf = L->conf;
-    struct section none = { SEC_SERVER, NULL, 0, NULL };
+    struct section none = {SEC_SERVER, NULL, 0, NULL};
     struct kv nokeys[NKEYS];
     bool have_server = false;
     size_t nst = 0, nnode = 0;

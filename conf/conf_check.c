@@ -187,8 +187,8 @@ const char *cm_conf_check_word(const char *s, size_t max, char *buf, size_t bufs
 struct tpl_param {
     const char *name;
     size_t len;
-    size_t start;   /* offset of '{' */
-    size_t end;     /* offset just after '}' */
+    size_t start; /* offset of '{' */
+    size_t end;   /* offset just after '}' */
 };
 
 /* Splits a template into its parameters; checks braces and names. Returns NULL or a reason. */
@@ -211,9 +211,10 @@ static const char *scan_template(const char *s, struct tpl_param *params, size_t
             return say(buf, bufsz, "unclosed '{' at offset %zu", i);
         }
         if (s[j] != '}') {
-            return say(buf, bufsz,
-                       "bad character '%c' in parameter name at offset %zu (allowed: A-Z a-z 0-9 _)",
-                       isprint((unsigned char)s[j]) ? s[j] : '?', j);
+            return say(
+                buf, bufsz,
+                "bad character '%c' in parameter name at offset %zu (allowed: A-Z a-z 0-9 _)",
+                isprint((unsigned char)s[j]) ? s[j] : '?', j);
         }
         if (j == i + 1) {
             return say(buf, bufsz, "empty parameter name '{}' at offset %zu", i);
@@ -259,8 +260,7 @@ const char *cm_conf_check_key_template(const char *s, char *buf, size_t bufsz)
         }
         for (size_t j = 0; j < i; j++) {
             if (p[j].len == p[i].len && memcmp(p[j].name, p[i].name, p[i].len) == 0) {
-                return say(buf, bufsz, "parameter {%.*s} appears twice", (int)p[i].len,
-                           p[i].name);
+                return say(buf, bufsz, "parameter {%.*s} appears twice", (int)p[i].len, p[i].name);
             }
         }
     }

@@ -196,9 +196,8 @@ static int parse_url(const char *s, struct cm_url *u, char *err, size_t errsz)
         if (decode_part("user", p, ulen, &u->user, err, errsz) != CM_OK) {
             return CM_ERR;
         }
-        if (colon != NULL &&
-            decode_part("password", colon + 1, (size_t)(at - colon - 1), &u->password, err,
-                        errsz) != CM_OK) {
+        if (colon != NULL && decode_part("password", colon + 1, (size_t)(at - colon - 1),
+                                         &u->password, err, errsz) != CM_OK) {
             return CM_ERR;
         }
         p = at + 1;

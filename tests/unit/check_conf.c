@@ -148,23 +148,24 @@ static const struct {
     enum cm_st_type type;
     int pool;
 } type_cases[] = {
-    { "local://lru", CM_ST_TYPE_LRU, 8 },
-    { "local://tlfu", CM_ST_TYPE_TLFU, 8 },
-    { "redis://127.0.0.1:6379/0", CM_ST_TYPE_REDIS, 100 },
-    { "redis://:pw@localhost:6379", CM_ST_TYPE_REDIS, 100 },
-    { "postgresql://u:p@127.0.0.1:5432/db", CM_ST_TYPE_PG, 50 },
-    { "postgres://u@db.example.com/db", CM_ST_TYPE_PG, 50 },
-    { "mysql://cache:cachepw@127.0.0.1:3306/cachetest", CM_ST_TYPE_MYSQL, 50 },
-    { "sqlite:///var/lib/cachemed/cache.db", CM_ST_TYPE_SQLITE, 8 },
-    { "sqlite://cache.db", CM_ST_TYPE_SQLITE, 8 },
-    { "mongodb://127.0.0.1:27017/?serverSelectionTimeoutMS=3000", CM_ST_TYPE_MONGO, 8 },
-    { "mongodb://h1:1,h2:2/?replicaSet=rs", CM_ST_TYPE_MONGO, 8 },
+    {"local://lru", CM_ST_TYPE_LRU, 8},
+    {"local://tlfu", CM_ST_TYPE_TLFU, 8},
+    {"redis://127.0.0.1:6379/0", CM_ST_TYPE_REDIS, 100},
+    {"redis://:pw@localhost:6379", CM_ST_TYPE_REDIS, 100},
+    {"postgresql://u:p@127.0.0.1:5432/db", CM_ST_TYPE_PG, 50},
+    {"postgres://u@db.example.com/db", CM_ST_TYPE_PG, 50},
+    {"mysql://cache:cachepw@127.0.0.1:3306/cachetest", CM_ST_TYPE_MYSQL, 50},
+    {"sqlite:///var/lib/cachemed/cache.db", CM_ST_TYPE_SQLITE, 8},
+    {"sqlite://cache.db", CM_ST_TYPE_SQLITE, 8},
+    {"mongodb://127.0.0.1:27017/?serverSelectionTimeoutMS=3000", CM_ST_TYPE_MONGO, 8},
+    {"mongodb://h1:1,h2:2/?replicaSet=rs", CM_ST_TYPE_MONGO, 8},
 };
 
 START_TEST(test_storage_types)
 {
     char text[512];
-    snprintf(text, sizeof(text), "[storage s]\nurl = %s\n[node n]\nkey = k\nversion = 1\ncaches = s\n",
+    snprintf(text, sizeof(text),
+             "[storage s]\nurl = %s\n[node n]\nkey = k\nversion = 1\ncaches = s\n",
              type_cases[_i].url);
     struct cm_conf *c = load_ok(text);
     ck_assert_int_eq(c->storages[0].type, type_cases[_i].type);
@@ -183,48 +184,47 @@ END_TEST
 
 START_TEST(test_every_key)
 {
-    struct cm_conf *c = load_ok(
-        "[server]\n"
-        "listen = 127.0.0.1:7000\n"
-        "listen = [::1]:7001\n"
-        "listen = unix:/tmp/cm.sock\n"
-        "listen = localhost:7002\n"
-        "prefix = app\n"
-        "requirepass = s3cret ; a comment\n"
-        "max_clients = 5\n"
-        "client_timeout = 90\n"
-        "shutdown_timeout = 250ms\n"
-        "log_level = debug\n"
-        "log_file = /tmp/cm.log\n"
-        "metrics_listen = 127.0.0.1:9180\n"
-        "max_value_size = 10kb\n"
-        "[storage r]\n"
-        "url = redis://127.0.0.1:7000\n"
-        "cluster = yes\n"
-        "pool_size = 4\n"
-        "timeout = 1s\n"
-        "[storage p]\n"
-        "url = postgresql://postgres@127.0.0.1:5432/cachetest\n"
-        "table = my_table_1\n"
-        "create_table = yes\n"
-        "[storage m]\n"
-        "url = mongodb://127.0.0.1:27017\n"
-        "database = db-1\n"
-        "collection = coll.x\n"
-        "create_indexes = true\n"
-        "[storage loc]\n"
-        "url = local://lru\n"
-        "size = 3\n"
-        "[node user]\n"
-        "key = user:{id}:{field}\n"
-        "version = v2\n"
-        "caches = loc : 5s ,r:10m,p, m:2h\n"
-        "serializer = compressed_msgpack\n"
-        "doorkeeper = 1000, 0.05\n"
-        "loader = http://origin:8000/u/{id}?f={field}&again={id}\n"
-        "loader_socket = /run/origin.sock\n"
-        "loader_timeout = 1500ms\n"
-        "invalidate_channel = inval\n");
+    struct cm_conf *c = load_ok("[server]\n"
+                                "listen = 127.0.0.1:7000\n"
+                                "listen = [::1]:7001\n"
+                                "listen = unix:/tmp/cm.sock\n"
+                                "listen = localhost:7002\n"
+                                "prefix = app\n"
+                                "requirepass = s3cret ; a comment\n"
+                                "max_clients = 5\n"
+                                "client_timeout = 90\n"
+                                "shutdown_timeout = 250ms\n"
+                                "log_level = debug\n"
+                                "log_file = /tmp/cm.log\n"
+                                "metrics_listen = 127.0.0.1:9180\n"
+                                "max_value_size = 10kb\n"
+                                "[storage r]\n"
+                                "url = redis://127.0.0.1:7000\n"
+                                "cluster = yes\n"
+                                "pool_size = 4\n"
+                                "timeout = 1s\n"
+                                "[storage p]\n"
+                                "url = postgresql://postgres@127.0.0.1:5432/cachetest\n"
+                                "table = my_table_1\n"
+                                "create_table = yes\n"
+                                "[storage m]\n"
+                                "url = mongodb://127.0.0.1:27017\n"
+                                "database = db-1\n"
+                                "collection = coll.x\n"
+                                "create_indexes = true\n"
+                                "[storage loc]\n"
+                                "url = local://lru\n"
+                                "size = 3\n"
+                                "[node user]\n"
+                                "key = user:{id}:{field}\n"
+                                "version = v2\n"
+                                "caches = loc : 5s ,r:10m,p, m:2h\n"
+                                "serializer = compressed_msgpack\n"
+                                "doorkeeper = 1000, 0.05\n"
+                                "loader = http://origin:8000/u/{id}?f={field}&again={id}\n"
+                                "loader_socket = /run/origin.sock\n"
+                                "loader_timeout = 1500ms\n"
+                                "invalidate_channel = inval\n");
     ck_assert_uint_eq(c->nlisten, 4);
     ck_assert_str_eq(c->listen[0], "127.0.0.1:7000");
     ck_assert_str_eq(c->listen[1], "[::1]:7001");
@@ -274,15 +274,14 @@ static const struct {
     const char *text;
     int64_t want;
 } dur_cases[] = {
-    { "500ms", 500 }, { "30s", 30000 }, { "10m", 600000 }, { "2h", 7200000 },
-    { "10d", 864000000 }, { "7", 7000 }, { "0", 0 },
+    {"500ms", 500},     {"30s", 30000}, {"10m", 600000}, {"2h", 7200000},
+    {"10d", 864000000}, {"7", 7000},    {"0", 0},
 };
 
 START_TEST(test_durations)
 {
     char text[256];
-    snprintf(text, sizeof(text), "[server]\nclient_timeout = %s\n" ST_L NODE_N,
-             dur_cases[_i].text);
+    snprintf(text, sizeof(text), "[server]\nclient_timeout = %s\n" ST_L NODE_N, dur_cases[_i].text);
     struct cm_conf *c = load_ok(text);
     ck_assert_int_eq(c->client_timeout_ms, dur_cases[_i].want);
     cm_conf_free(c);
@@ -300,8 +299,8 @@ static const struct {
     const char *text;
     uint64_t want;
 } size_cases[] = {
-    { "100b", 100 }, { "10kb", 10240 }, { "64mb", 64u << 20 }, { "512mb", 512u << 20 },
-    { "1000", 1000 }, { "1", 1 }, { "2MB", 2u << 20 },
+    {"100b", 100},  {"10kb", 10240}, {"64mb", 64u << 20}, {"512mb", 512u << 20},
+    {"1000", 1000}, {"1", 1},        {"2MB", 2u << 20},
 };
 
 START_TEST(test_sizes)
@@ -321,223 +320,222 @@ static const struct {
     const char *want;
 } bad_cases[] = {
     /* 0: the SPEC's example */
-    { ST_L "[node user]\nkey = user:{id}\nversion = v1\ncaches = redis2:10d\n",
-      "t.conf:6: [node user] caches = \"redis2:10d\": unknown storage 'redis2'\n" },
-    { "[server]\nbogus = 1\n" ST_L NODE_N, "t.conf:2: [server] bogus = \"1\": unknown key\n" },
-    { "[servre]\nlisten = 127.0.0.1:1\n" ST_L NODE_N,
-      "t.conf:1: [servre]: unknown section (expected [server], [storage NAME] or [node NAME])\n" },
-    { "[server]\nprefix = a\nprefix = b\n" ST_L NODE_N,
-      "t.conf:3: [server] prefix = \"b\": duplicate key (first at line 2)\n" },
-    { "[server]\n[server]\n" ST_L NODE_N,
-      "t.conf:2: [server]: duplicate section (first at line 1)\n" },
+    {ST_L "[node user]\nkey = user:{id}\nversion = v1\ncaches = redis2:10d\n",
+     "t.conf:6: [node user] caches = \"redis2:10d\": unknown storage 'redis2'\n"},
+    {"[server]\nbogus = 1\n" ST_L NODE_N, "t.conf:2: [server] bogus = \"1\": unknown key\n"},
+    {"[servre]\nlisten = 127.0.0.1:1\n" ST_L NODE_N,
+     "t.conf:1: [servre]: unknown section (expected [server], [storage NAME] or [node NAME])\n"},
+    {"[server]\nprefix = a\nprefix = b\n" ST_L NODE_N,
+     "t.conf:3: [server] prefix = \"b\": duplicate key (first at line 2)\n"},
+    {"[server]\n[server]\n" ST_L NODE_N,
+     "t.conf:2: [server]: duplicate section (first at line 1)\n"},
     /* 5 */
-    { ST_L ST_L NODE_N, "t.conf:3: [storage l]: duplicate section (first at line 1)\n" },
-    { ST_L NODE_N NODE_N, "t.conf:7: [node n]: duplicate section (first at line 3)\n" },
-    { "[storage]\nurl = local://lru\n" NODE_N,
-      "t.conf:1: [storage]: missing name (write [storage NAME])\n"
-      "t.conf:6: [node n] caches = \"l\": unknown storage 'l'\n" },
-    { "[node a/b]\nkey = k\n",
-      "t.conf:1: [node a/b]: bad character in name (allowed: A-Z a-z 0-9 _ . -)\n" },
-    { "[server x]\n", "t.conf:1: [server x]: unknown section ([server] takes no name)\n" },
+    {ST_L ST_L NODE_N, "t.conf:3: [storage l]: duplicate section (first at line 1)\n"},
+    {ST_L NODE_N NODE_N, "t.conf:7: [node n]: duplicate section (first at line 3)\n"},
+    {"[storage]\nurl = local://lru\n" NODE_N,
+     "t.conf:1: [storage]: missing name (write [storage NAME])\n"
+     "t.conf:6: [node n] caches = \"l\": unknown storage 'l'\n"},
+    {"[node a/b]\nkey = k\n",
+     "t.conf:1: [node a/b]: bad character in name (allowed: A-Z a-z 0-9 _ . -)\n"},
+    {"[server x]\n", "t.conf:1: [server x]: unknown section ([server] takes no name)\n"},
     /* 10 */
-    { "prefix = x\n" ST_L NODE_N, "t.conf:1: prefix = \"x\": key outside of any section\n" },
-    { ST_L "[node n]\nversion = v1\n",
-      "t.conf:3: [node n]: missing required key 'key'\n"
-      "t.conf:3: [node n]: missing required key 'caches'\n" },
-    { ST_L "[node n]\nkey = k\ncaches = l\n",
-      "t.conf:3: [node n]: missing required key 'version'\n" },
-    { "[storage l]\nsize = 5\n" NODE_N, "t.conf:1: [storage l]: missing required key 'url'\n" },
-    { ST_L "[node n]\nkey = k\nversion = v1\ncaches =\n",
-      "t.conf:6: [node n] caches = \"\": must list at least one storage\n" },
+    {"prefix = x\n" ST_L NODE_N, "t.conf:1: prefix = \"x\": key outside of any section\n"},
+    {ST_L "[node n]\nversion = v1\n", "t.conf:3: [node n]: missing required key 'key'\n"
+                                      "t.conf:3: [node n]: missing required key 'caches'\n"},
+    {ST_L "[node n]\nkey = k\ncaches = l\n",
+     "t.conf:3: [node n]: missing required key 'version'\n"},
+    {"[storage l]\nsize = 5\n" NODE_N, "t.conf:1: [storage l]: missing required key 'url'\n"},
+    {ST_L "[node n]\nkey = k\nversion = v1\ncaches =\n",
+     "t.conf:6: [node n] caches = \"\": must list at least one storage\n"},
     /* 15 */
-    { ST_L "[node n]\nkey = k\nversion = v1\ncaches = l, l:5s\n",
-      "t.conf:6: [node n] caches = \"l, l:5s\": storage 'l' is listed twice\n" },
-    { ST_L "[node n]\nkey = k\nversion = v1\ncaches = l:\n",
-      "t.conf:6: [node n] caches = \"l:\": missing or bad ttl after 'l:'\n" },
-    { ST_L "[node n]\nkey = k\nversion = v1\ncaches = l:5x\n",
-      "t.conf:6: [node n] caches = \"l:5x\": bad ttl '5x' for 'l' (e.g. 30s, 10m, 10d)\n" },
-    { ST_L "[node n]\nkey = k\nversion = v1\ncaches = l,,\n",
-      "t.conf:6: [node n] caches = \"l,,\": empty entry in the list\n" },
-    { ST_L "[node n]\nkey = k\nversion = v1\ncaches = l:0\n",
-      "t.conf:6: [node n] caches = \"l:0\": ttl of 'l' is 0 (omit the ttl for no expiry)\n" },
+    {ST_L "[node n]\nkey = k\nversion = v1\ncaches = l, l:5s\n",
+     "t.conf:6: [node n] caches = \"l, l:5s\": storage 'l' is listed twice\n"},
+    {ST_L "[node n]\nkey = k\nversion = v1\ncaches = l:\n",
+     "t.conf:6: [node n] caches = \"l:\": missing or bad ttl after 'l:'\n"},
+    {ST_L "[node n]\nkey = k\nversion = v1\ncaches = l:5x\n",
+     "t.conf:6: [node n] caches = \"l:5x\": bad ttl '5x' for 'l' (e.g. 30s, 10m, 10d)\n"},
+    {ST_L "[node n]\nkey = k\nversion = v1\ncaches = l,,\n",
+     "t.conf:6: [node n] caches = \"l,,\": empty entry in the list\n"},
+    {ST_L "[node n]\nkey = k\nversion = v1\ncaches = l:0\n",
+     "t.conf:6: [node n] caches = \"l:0\": ttl of 'l' is 0 (omit the ttl for no expiry)\n"},
     /* 20: key templates */
-    { ST_L "[node n]\nkey = a:{x}{y}\nversion = 1\ncaches = l\n",
-      "t.conf:4: [node n] key = \"a:{x}{y}\": parameters {x} and {y} are adjacent: separate them "
-      "with literal text\n" },
-    { ST_L "[node n]\nkey = a:{}\nversion = 1\ncaches = l\n",
-      "t.conf:4: [node n] key = \"a:{}\": empty parameter name '{}' at offset 2\n" },
-    { ST_L "[node n]\nkey = a:{x\nversion = 1\ncaches = l\n",
-      "t.conf:4: [node n] key = \"a:{x\": unclosed '{' at offset 2\n" },
-    { ST_L "[node n]\nkey = a:x}\nversion = 1\ncaches = l\n",
-      "t.conf:4: [node n] key = \"a:x}\": unmatched '}' at offset 3\n" },
-    { ST_L "[node n]\nkey = a:{x-y}\nversion = 1\ncaches = l\n",
-      "t.conf:4: [node n] key = \"a:{x-y}\": bad character '-' in parameter name at offset 4 "
-      "(allowed: A-Z a-z 0-9 _)\n" },
+    {ST_L "[node n]\nkey = a:{x}{y}\nversion = 1\ncaches = l\n",
+     "t.conf:4: [node n] key = \"a:{x}{y}\": parameters {x} and {y} are adjacent: separate them "
+     "with literal text\n"},
+    {ST_L "[node n]\nkey = a:{}\nversion = 1\ncaches = l\n",
+     "t.conf:4: [node n] key = \"a:{}\": empty parameter name '{}' at offset 2\n"},
+    {ST_L "[node n]\nkey = a:{x\nversion = 1\ncaches = l\n",
+     "t.conf:4: [node n] key = \"a:{x\": unclosed '{' at offset 2\n"},
+    {ST_L "[node n]\nkey = a:x}\nversion = 1\ncaches = l\n",
+     "t.conf:4: [node n] key = \"a:x}\": unmatched '}' at offset 3\n"},
+    {ST_L "[node n]\nkey = a:{x-y}\nversion = 1\ncaches = l\n",
+     "t.conf:4: [node n] key = \"a:{x-y}\": bad character '-' in parameter name at offset 4 "
+     "(allowed: A-Z a-z 0-9 _)\n"},
     /* 25 */
-    { ST_L "[node n]\nkey = {a}:{a}\nversion = 1\ncaches = l\n",
-      "t.conf:4: [node n] key = \"{a}:{a}\": parameter {a} appears twice\n" },
-    { ST_L "[node n]\nkey = a:{{x}}\nversion = 1\ncaches = l\n",
-      "t.conf:4: [node n] key = \"a:{{x}}\": bad character '{' in parameter name at offset 3 "
-      "(allowed: A-Z a-z 0-9 _)\n" },
+    {ST_L "[node n]\nkey = {a}:{a}\nversion = 1\ncaches = l\n",
+     "t.conf:4: [node n] key = \"{a}:{a}\": parameter {a} appears twice\n"},
+    {ST_L "[node n]\nkey = a:{{x}}\nversion = 1\ncaches = l\n",
+     "t.conf:4: [node n] key = \"a:{{x}}\": bad character '{' in parameter name at offset 3 "
+     "(allowed: A-Z a-z 0-9 _)\n"},
     /* loaders */
-    { ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = http://o/{uid}\n",
-      "t.conf:7: [node n] loader = \"http://o/{uid}\": parameter {uid} is not in the key "
-      "template 'u:{id}'\n" },
-    { ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = https://o/{id}\n",
-      "t.conf:7: [node n] loader = \"https://o/{id}\": https:// is not supported: use http:// "
-      "(or loader_socket)\n" },
-    { ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = ftp://o/{id}\n",
-      "t.conf:7: [node n] loader = \"ftp://o/{id}\": must start with http://\n" },
+    {ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = http://o/{uid}\n",
+     "t.conf:7: [node n] loader = \"http://o/{uid}\": parameter {uid} is not in the key "
+     "template 'u:{id}'\n"},
+    {ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = https://o/{id}\n",
+     "t.conf:7: [node n] loader = \"https://o/{id}\": https:// is not supported: use http:// "
+     "(or loader_socket)\n"},
+    {ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = ftp://o/{id}\n",
+     "t.conf:7: [node n] loader = \"ftp://o/{id}\": must start with http://\n"},
     /* 30 */
-    { ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = http://{id}/x\n",
-      "t.conf:7: [node n] loader = \"http://{id}/x\": parameters are not allowed in the host "
-      "part\n" },
-    { ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = http:///x\n",
-      "t.conf:7: [node n] loader = \"http:///x\": missing host after http://\n" },
-    { ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader_socket = /run/o.sock\n",
-      "t.conf:7: [node n] loader_socket = \"/run/o.sock\": loader_socket needs a loader URL (its "
-      "path and Host header are used)\n" },
-    { ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\nloader = http://o/\nloader_socket = o.sock\n",
-      "t.conf:8: [node n] loader_socket = \"o.sock\": must be an absolute path\n" },
-    { ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\nloader_timeout = 0\n",
-      "t.conf:7: [node n] loader_timeout = \"0\": must be between 1ms and 3600000ms\n" },
+    {ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = http://{id}/x\n",
+     "t.conf:7: [node n] loader = \"http://{id}/x\": parameters are not allowed in the host "
+     "part\n"},
+    {ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader = http:///x\n",
+     "t.conf:7: [node n] loader = \"http:///x\": missing host after http://\n"},
+    {ST_L "[node n]\nkey = u:{id}\nversion = 1\ncaches = l\nloader_socket = /run/o.sock\n",
+     "t.conf:7: [node n] loader_socket = \"/run/o.sock\": loader_socket needs a loader URL (its "
+     "path and Host header are used)\n"},
+    {ST_L
+     "[node n]\nkey = u\nversion = 1\ncaches = l\nloader = http://o/\nloader_socket = o.sock\n",
+     "t.conf:8: [node n] loader_socket = \"o.sock\": must be an absolute path\n"},
+    {ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\nloader_timeout = 0\n",
+     "t.conf:7: [node n] loader_timeout = \"0\": must be between 1ms and 3600000ms\n"},
     /* 35: doorkeeper, serializer */
-    { ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 0, 0.01\n",
-      "t.conf:7: [node n] doorkeeper = \"0, 0.01\": bad capacity '0' (expected an integer >= 1)\n" },
-    { ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 100, 1\n",
-      "t.conf:7: [node n] doorkeeper = \"100, 1\": bad false-positive rate '1' (expected 0 < rate "
-      "< 1)\n" },
-    { ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 100, 0\n",
-      "t.conf:7: [node n] doorkeeper = \"100, 0\": bad false-positive rate '0' (expected 0 < rate "
-      "< 1)\n" },
-    { ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 100\n",
-      "t.conf:7: [node n] doorkeeper = \"100\": expected \"capacity, false-positive rate\", e.g. "
-      "100000, 0.01\n" },
-    { ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 100, nan\n",
-      "t.conf:7: [node n] doorkeeper = \"100, nan\": bad false-positive rate 'nan' (expected 0 < "
-      "rate < 1)\n" },
+    {ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 0, 0.01\n",
+     "t.conf:7: [node n] doorkeeper = \"0, 0.01\": bad capacity '0' (expected an integer >= 1)\n"},
+    {ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 100, 1\n",
+     "t.conf:7: [node n] doorkeeper = \"100, 1\": bad false-positive rate '1' (expected 0 < rate "
+     "< 1)\n"},
+    {ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 100, 0\n",
+     "t.conf:7: [node n] doorkeeper = \"100, 0\": bad false-positive rate '0' (expected 0 < rate "
+     "< 1)\n"},
+    {ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 100\n",
+     "t.conf:7: [node n] doorkeeper = \"100\": expected \"capacity, false-positive rate\", e.g. "
+     "100000, 0.01\n"},
+    {ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\ndoorkeeper = 100, nan\n",
+     "t.conf:7: [node n] doorkeeper = \"100, nan\": bad false-positive rate 'nan' (expected 0 < "
+     "rate < 1)\n"},
     /* 40 */
-    { ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\nserializer = pickle\n",
-      "t.conf:7: [node n] serializer = \"pickle\": unknown serializer (expected raw, json, "
-      "msgpack, compressed_json or compressed_msgpack)\n" },
-    { ST_L "[node n]\nkey = u\nversion = a b\ncaches = l\n",
-      "t.conf:5: [node n] version = \"a b\": spaces and control characters are not allowed\n" },
+    {ST_L "[node n]\nkey = u\nversion = 1\ncaches = l\nserializer = pickle\n",
+     "t.conf:7: [node n] serializer = \"pickle\": unknown serializer (expected raw, json, "
+     "msgpack, compressed_json or compressed_msgpack)\n"},
+    {ST_L "[node n]\nkey = u\nversion = a b\ncaches = l\n",
+     "t.conf:5: [node n] version = \"a b\": spaces and control characters are not allowed\n"},
     /* storages */
-    { "[storage s]\nurl = memcached://h:1\n" NODE_N,
-      "t.conf:2: [storage s] url = \"memcached://h:1\": unknown scheme (expected local, redis, "
-      "postgresql, mysql, sqlite or mongodb)\n"
-      "t.conf:6: [node n] caches = \"l\": unknown storage 'l'\n" },
-    { "[storage l]\nurl = local://fifo\n" NODE_N,
-      "t.conf:2: [storage l] url = \"local://fifo\": a local storage is local://lru or "
-      "local://tlfu\n" },
-    { "[storage l]\nurl = redis://h:70000\n" NODE_N,
-      "t.conf:2: [storage l] url = \"redis://h:70000\": bad URL: port 70000 out of range "
-      "1..65535\n" },
+    {"[storage s]\nurl = memcached://h:1\n" NODE_N,
+     "t.conf:2: [storage s] url = \"memcached://h:1\": unknown scheme (expected local, redis, "
+     "postgresql, mysql, sqlite or mongodb)\n"
+     "t.conf:6: [node n] caches = \"l\": unknown storage 'l'\n"},
+    {"[storage l]\nurl = local://fifo\n" NODE_N,
+     "t.conf:2: [storage l] url = \"local://fifo\": a local storage is local://lru or "
+     "local://tlfu\n"},
+    {"[storage l]\nurl = redis://h:70000\n" NODE_N,
+     "t.conf:2: [storage l] url = \"redis://h:70000\": bad URL: port 70000 out of range "
+     "1..65535\n"},
     /* 45 */
-    { "[storage l]\nurl = redis://h:1/x\n" NODE_N,
-      "t.conf:2: [storage l] url = \"redis://h:1/x\": the path must be a database number "
-      "(redis://host:port/0)\n" },
-    { "[storage l]\nurl = redis://h:1/2\ncluster = yes\n" NODE_N,
-      "t.conf:2: [storage l] url = \"redis://h:1/2\": a Redis Cluster has only database 0 "
-      "(cluster = yes)\n" },
-    { "[storage l]\nurl = mysql://u:p@h:3306\n" NODE_N,
-      "t.conf:2: [storage l] url = \"mysql://u:p@h:3306\": missing database name "
-      "(scheme://user:password@host:port/database)\n" },
-    { "[storage l]\nurl = sqlite://\n" NODE_N,
-      "t.conf:2: [storage l] url = \"sqlite://\": missing file path (sqlite:///absolute/path.db "
-      "or sqlite://relative/path.db)\n" },
-    { "[storage l]\nurl = local://lru\ntable = t\ncluster = no\ncreate_indexes = no\n" NODE_N,
-      "t.conf:3: [storage l] table = \"t\": applies only to postgresql, mysql and sqlite "
-      "storages\n"
-      "t.conf:4: [storage l] cluster = \"no\": applies only to redis storages\n"
-      "t.conf:5: [storage l] create_indexes = \"no\": applies only to mongodb storages\n" },
+    {"[storage l]\nurl = redis://h:1/x\n" NODE_N,
+     "t.conf:2: [storage l] url = \"redis://h:1/x\": the path must be a database number "
+     "(redis://host:port/0)\n"},
+    {"[storage l]\nurl = redis://h:1/2\ncluster = yes\n" NODE_N,
+     "t.conf:2: [storage l] url = \"redis://h:1/2\": a Redis Cluster has only database 0 "
+     "(cluster = yes)\n"},
+    {"[storage l]\nurl = mysql://u:p@h:3306\n" NODE_N,
+     "t.conf:2: [storage l] url = \"mysql://u:p@h:3306\": missing database name "
+     "(scheme://user:password@host:port/database)\n"},
+    {"[storage l]\nurl = sqlite://\n" NODE_N,
+     "t.conf:2: [storage l] url = \"sqlite://\": missing file path (sqlite:///absolute/path.db "
+     "or sqlite://relative/path.db)\n"},
+    {"[storage l]\nurl = local://lru\ntable = t\ncluster = no\ncreate_indexes = no\n" NODE_N,
+     "t.conf:3: [storage l] table = \"t\": applies only to postgresql, mysql and sqlite "
+     "storages\n"
+     "t.conf:4: [storage l] cluster = \"no\": applies only to redis storages\n"
+     "t.conf:5: [storage l] create_indexes = \"no\": applies only to mongodb storages\n"},
     /* 50 */
-    { "[storage l]\nurl = redis://h:1\nsize = 5\ncreate_table = yes\n" NODE_N,
-      "t.conf:3: [storage l] size = \"5\": applies only to local storages\n"
-      "t.conf:4: [storage l] create_table = \"yes\": applies only to postgresql, mysql and "
-      "sqlite storages\n" },
-    { "[storage l]\nurl = local://lru\npool_size = 2\ntimeout = 1s\n" NODE_N,
-      "t.conf:3: [storage l] pool_size = \"2\": does not apply to local storages\n"
-      "t.conf:4: [storage l] timeout = \"1s\": does not apply to local storages\n" },
-    { "[storage l]\nurl = postgres://u@h/d\ntable = cache-data\n" NODE_N,
-      "t.conf:3: [storage l] table = \"cache-data\": only A-Z a-z 0-9 _ are allowed\n" },
-    { "[storage l]\nurl = postgres://u@h/d\ntable = "
-      "t234567890123456789012345678901234567890123456789012345678901234\n" NODE_N,
-      "t.conf:3: [storage l] table = "
-      "\"t234567890123456789012345678901234567890123456789012345678901234\": longer than 63 "
-      "characters\n" },
-    { "[storage l]\nurl = postgres://u@h/d\npool_size = 0\n" NODE_N,
-      "t.conf:3: [storage l] pool_size = \"0\": must be between 1 and 1024\n" },
+    {"[storage l]\nurl = redis://h:1\nsize = 5\ncreate_table = yes\n" NODE_N,
+     "t.conf:3: [storage l] size = \"5\": applies only to local storages\n"
+     "t.conf:4: [storage l] create_table = \"yes\": applies only to postgresql, mysql and "
+     "sqlite storages\n"},
+    {"[storage l]\nurl = local://lru\npool_size = 2\ntimeout = 1s\n" NODE_N,
+     "t.conf:3: [storage l] pool_size = \"2\": does not apply to local storages\n"
+     "t.conf:4: [storage l] timeout = \"1s\": does not apply to local storages\n"},
+    {"[storage l]\nurl = postgres://u@h/d\ntable = cache-data\n" NODE_N,
+     "t.conf:3: [storage l] table = \"cache-data\": only A-Z a-z 0-9 _ are allowed\n"},
+    {"[storage l]\nurl = postgres://u@h/d\ntable = "
+     "t234567890123456789012345678901234567890123456789012345678901234\n" NODE_N,
+     "t.conf:3: [storage l] table = "
+     "\"t234567890123456789012345678901234567890123456789012345678901234\": longer than 63 "
+     "characters\n"},
+    {"[storage l]\nurl = postgres://u@h/d\npool_size = 0\n" NODE_N,
+     "t.conf:3: [storage l] pool_size = \"0\": must be between 1 and 1024\n"},
     /* 55 */
-    { "[storage l]\nurl = postgres://u@h/d\npool_size = 1025\n" NODE_N,
-      "t.conf:3: [storage l] pool_size = \"1025\": must be between 1 and 1024\n" },
-    { "[storage l]\nurl = local://lru\nsize = 0\n" NODE_N,
-      "t.conf:3: [storage l] size = \"0\": must be between 1 and 1099511627776\n" },
-    { "[storage l]\nurl = redis://h:1\ncluster = maybe\n" NODE_N,
-      "t.conf:3: [storage l] cluster = \"maybe\": not a boolean (yes/no, true/false, on/off, "
-      "1/0)\n" },
-    { "[storage l]\nurl = mongodb://h\ncollection = a$b\n" NODE_N,
-      "t.conf:3: [storage l] collection = \"a$b\": only A-Z a-z 0-9 _ and these: -. are "
-      "allowed\n" },
+    {"[storage l]\nurl = postgres://u@h/d\npool_size = 1025\n" NODE_N,
+     "t.conf:3: [storage l] pool_size = \"1025\": must be between 1 and 1024\n"},
+    {"[storage l]\nurl = local://lru\nsize = 0\n" NODE_N,
+     "t.conf:3: [storage l] size = \"0\": must be between 1 and 1099511627776\n"},
+    {"[storage l]\nurl = redis://h:1\ncluster = maybe\n" NODE_N,
+     "t.conf:3: [storage l] cluster = \"maybe\": not a boolean (yes/no, true/false, on/off, "
+     "1/0)\n"},
+    {"[storage l]\nurl = mongodb://h\ncollection = a$b\n" NODE_N,
+     "t.conf:3: [storage l] collection = \"a$b\": only A-Z a-z 0-9 _ and these: -. are "
+     "allowed\n"},
     /* server values */
-    { "[server]\nlisten = 127.0.0.1:0\n" ST_L NODE_N,
-      "t.conf:2: [server] listen = \"127.0.0.1:0\": bad port '0' (expected 1..65535)\n" },
+    {"[server]\nlisten = 127.0.0.1:0\n" ST_L NODE_N,
+     "t.conf:2: [server] listen = \"127.0.0.1:0\": bad port '0' (expected 1..65535)\n"},
     /* 60 */
-    { "[server]\nlisten = ::1:6380\n" ST_L NODE_N,
-      "t.conf:2: [server] listen = \"::1:6380\": an IPv6 address must be in brackets: "
-      "[address]:port\n" },
-    { "[server]\nlisten = 300.1.1.1:6380\n" ST_L NODE_N,
-      "t.conf:2: [server] listen = \"300.1.1.1:6380\": bad IPv4 address '300.1.1.1'\n" },
-    { "[server]\nlisten = [fe80::zz]:6380\n" ST_L NODE_N,
-      "t.conf:2: [server] listen = \"[fe80::zz]:6380\": bad IPv6 address 'fe80::zz'\n" },
-    { "[server]\nlisten = 6380\n" ST_L NODE_N,
-      "t.conf:2: [server] listen = \"6380\": expected host:port or unix:/path\n" },
-    { "[server]\nlisten = unix:cm.sock\n" ST_L NODE_N,
-      "t.conf:2: [server] listen = \"unix:cm.sock\": unix: needs an absolute path, e.g. "
-      "unix:/run/cachemed.sock\n" },
+    {"[server]\nlisten = ::1:6380\n" ST_L NODE_N,
+     "t.conf:2: [server] listen = \"::1:6380\": an IPv6 address must be in brackets: "
+     "[address]:port\n"},
+    {"[server]\nlisten = 300.1.1.1:6380\n" ST_L NODE_N,
+     "t.conf:2: [server] listen = \"300.1.1.1:6380\": bad IPv4 address '300.1.1.1'\n"},
+    {"[server]\nlisten = [fe80::zz]:6380\n" ST_L NODE_N,
+     "t.conf:2: [server] listen = \"[fe80::zz]:6380\": bad IPv6 address 'fe80::zz'\n"},
+    {"[server]\nlisten = 6380\n" ST_L NODE_N,
+     "t.conf:2: [server] listen = \"6380\": expected host:port or unix:/path\n"},
+    {"[server]\nlisten = unix:cm.sock\n" ST_L NODE_N,
+     "t.conf:2: [server] listen = \"unix:cm.sock\": unix: needs an absolute path, e.g. "
+     "unix:/run/cachemed.sock\n"},
     /* 65 */
-    { "[server]\nlisten = a:1\nlisten = a:1\n" ST_L NODE_N,
-      "t.conf:3: [server] listen = \"a:1\": listed twice (first at line 2)\n" },
-    { "[server]\nlisten = :6380\n" ST_L NODE_N,
-      "t.conf:2: [server] listen = \":6380\": missing host (use 0.0.0.0 or [::] for every "
-      "address)\n" },
-    { "[server]\nmetrics_listen = unix:/x.sock\n" ST_L NODE_N,
-      "t.conf:2: [server] metrics_listen = \"unix:/x.sock\": a Unix socket is not allowed here: "
-      "use host:port\n" },
-    { "[server]\nmax_clients = 0\n" ST_L NODE_N,
-      "t.conf:2: [server] max_clients = \"0\": must be between 1 and 1000000\n" },
-    { "[server]\nmax_clients = ten\n" ST_L NODE_N,
-      "t.conf:2: [server] max_clients = \"ten\": not an integer\n" },
+    {"[server]\nlisten = a:1\nlisten = a:1\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"a:1\": listed twice (first at line 2)\n"},
+    {"[server]\nlisten = :6380\n" ST_L NODE_N,
+     "t.conf:2: [server] listen = \":6380\": missing host (use 0.0.0.0 or [::] for every "
+     "address)\n"},
+    {"[server]\nmetrics_listen = unix:/x.sock\n" ST_L NODE_N,
+     "t.conf:2: [server] metrics_listen = \"unix:/x.sock\": a Unix socket is not allowed here: "
+     "use host:port\n"},
+    {"[server]\nmax_clients = 0\n" ST_L NODE_N,
+     "t.conf:2: [server] max_clients = \"0\": must be between 1 and 1000000\n"},
+    {"[server]\nmax_clients = ten\n" ST_L NODE_N,
+     "t.conf:2: [server] max_clients = \"ten\": not an integer\n"},
     /* 70 */
-    { "[server]\nlog_level = loud\n" ST_L NODE_N,
-      "t.conf:2: [server] log_level = \"loud\": unknown level (expected debug, info, warning or "
-      "error)\n" },
-    { "[server]\nshutdown_timeout = 5 s\n" ST_L NODE_N,
-      "t.conf:2: [server] shutdown_timeout = \"5 s\": not a duration (e.g. 500ms, 30s, 10m, 2h, "
-      "10d; a bare number is seconds)\n" },
-    { "[server]\nclient_timeout = -1\n" ST_L NODE_N,
-      "t.conf:2: [server] client_timeout = \"-1\": not a duration (e.g. 500ms, 30s, 10m, 2h, "
-      "10d; a bare number is seconds)\n" },
-    { "[server]\nmax_value_size = 1gb\n" ST_L NODE_N,
-      "t.conf:2: [server] max_value_size = \"1gb\": must be between 1 and 536870912 bytes\n" },
-    { "[server]\nmax_value_size = 12tb\n" ST_L NODE_N,
-      "t.conf:2: [server] max_value_size = \"12tb\": not a size (e.g. 100b, 10kb, 64mb, 1gb; a "
-      "bare number is bytes)\n" },
+    {"[server]\nlog_level = loud\n" ST_L NODE_N,
+     "t.conf:2: [server] log_level = \"loud\": unknown level (expected debug, info, warning or "
+     "error)\n"},
+    {"[server]\nshutdown_timeout = 5 s\n" ST_L NODE_N,
+     "t.conf:2: [server] shutdown_timeout = \"5 s\": not a duration (e.g. 500ms, 30s, 10m, 2h, "
+     "10d; a bare number is seconds)\n"},
+    {"[server]\nclient_timeout = -1\n" ST_L NODE_N,
+     "t.conf:2: [server] client_timeout = \"-1\": not a duration (e.g. 500ms, 30s, 10m, 2h, "
+     "10d; a bare number is seconds)\n"},
+    {"[server]\nmax_value_size = 1gb\n" ST_L NODE_N,
+     "t.conf:2: [server] max_value_size = \"1gb\": must be between 1 and 536870912 bytes\n"},
+    {"[server]\nmax_value_size = 12tb\n" ST_L NODE_N,
+     "t.conf:2: [server] max_value_size = \"12tb\": not a size (e.g. 100b, 10kb, 64mb, 1gb; a "
+     "bare number is bytes)\n"},
     /* 75 */
-    { "[server]\nprefix =\n" ST_L NODE_N,
-      "t.conf:2: [server] prefix = \"\": must not be empty\n" },
+    {"[server]\nprefix =\n" ST_L NODE_N, "t.conf:2: [server] prefix = \"\": must not be empty\n"},
     /* syntax */
-    { "[server\n" ST_L NODE_N, "t.conf:1: unterminated section header: missing ']'\n" },
-    { "[server] x\n" ST_L NODE_N, "t.conf:1: text after ']' in section header\n" },
-    { "[server]\nlisten\n" ST_L NODE_N,
-      "t.conf:2: expected \"key = value\", \"[section]\" or a ; comment\n" },
-    { "[server]\nprefix = a\n  max_clients = 5\n" ST_L NODE_N,
-      "t.conf:3: unexpected indented line (continuation lines are not supported)\n" },
+    {"[server\n" ST_L NODE_N, "t.conf:1: unterminated section header: missing ']'\n"},
+    {"[server] x\n" ST_L NODE_N, "t.conf:1: text after ']' in section header\n"},
+    {"[server]\nlisten\n" ST_L NODE_N,
+     "t.conf:2: expected \"key = value\", \"[section]\" or a ; comment\n"},
+    {"[server]\nprefix = a\n  max_clients = 5\n" ST_L NODE_N,
+     "t.conf:3: unexpected indented line (continuation lines are not supported)\n"},
     /* 80 */
-    { "[server]\nprefix = a\x01\n" ST_L NODE_N,
-      "t.conf:2: [server] prefix = \"a\\x01\": spaces and control characters are not allowed\n" },
-    { "[server]\nbogus = \"a\\b\"\n" ST_L NODE_N,
-      "t.conf:2: [server] bogus = \"\"a\\x5cb\"\": unknown key\n" },
+    {"[server]\nprefix = a\x01\n" ST_L NODE_N,
+     "t.conf:2: [server] prefix = \"a\\x01\": spaces and control characters are not allowed\n"},
+    {"[server]\nbogus = \"a\\b\"\n" ST_L NODE_N,
+     "t.conf:2: [server] bogus = \"\"a\\x5cb\"\": unknown key\n"},
 };
 
 START_TEST(test_bad_configs)
@@ -549,17 +547,17 @@ END_TEST
 START_TEST(test_all_errors_reported)
 {
     /* Errors of every pass (syntax, keys, values, cross-section), printed in line order. */
-    load_bad("[server]\n"                         /* 1 */
-             "listen = 127.0.0.1:99999\n"         /* 2 */
-             "bogus = 1\n"                        /* 3 */
-             "[storage s]\n"                      /* 4 */
-             "url = redis://h:1\n"                /* 5 */
-             "table = t\n"                        /* 6 */
-             "no equals\n"                        /* 7 */
-             "[node n]\n"                         /* 8 */
-             "key = k:{a}{b}\n"                   /* 9 */
-             "caches = s:1d, nope\n"              /* 10 */
-             "[node n]\n",                        /* 11 */
+    load_bad("[server]\n"                 /* 1 */
+             "listen = 127.0.0.1:99999\n" /* 2 */
+             "bogus = 1\n"                /* 3 */
+             "[storage s]\n"              /* 4 */
+             "url = redis://h:1\n"        /* 5 */
+             "table = t\n"                /* 6 */
+             "no equals\n"                /* 7 */
+             "[node n]\n"                 /* 8 */
+             "key = k:{a}{b}\n"           /* 9 */
+             "caches = s:1d, nope\n"      /* 10 */
+             "[node n]\n",                /* 11 */
              "t.conf:2: [server] listen = \"127.0.0.1:99999\": bad port '99999' (expected "
              "1..65535)\n"
              "t.conf:3: [server] bogus = \"1\": unknown key\n"
@@ -662,7 +660,8 @@ START_TEST(test_nul_byte)
     int rc = cm_conf_load_string("t.conf", text, sizeof(text) - 1, &c, f);
     fclose(f);
     ck_assert_int_eq(rc, CM_ERR);
-    ck_assert_str_eq(buf, "t.conf:2: NUL byte in line\nt.conf:3: [server] bogus = \"1\": unknown key\n");
+    ck_assert_str_eq(buf,
+                     "t.conf:2: NUL byte in line\nt.conf:3: [server] bogus = \"1\": unknown key\n");
     free(buf);
 }
 END_TEST
@@ -695,8 +694,8 @@ START_TEST(test_file_errors)
     f = open_memstream(&buf, &len);
     ck_assert_int_eq(cm_conf_load(path, &c, f), CM_ERR);
     fclose(f);
-    snprintf(want, sizeof(want), "%s:2: [server] max_clients = \"0\": must be between 1 and 1000000\n",
-             path);
+    snprintf(want, sizeof(want),
+             "%s:2: [server] max_clients = \"0\": must be between 1 and 1000000\n", path);
     ck_assert_str_eq(buf, want);
     free(buf);
     unlink(path);
@@ -717,8 +716,8 @@ START_TEST(test_no_leak_on_errors)
     size_t used = cm_alloc_used();
     for (size_t i = 0; i < CM_ARRAY_LEN(bad_cases); i++) {
         struct cm_conf *c;
-        int rc = cm_conf_load_string("t.conf", bad_cases[i].text, strlen(bad_cases[i].text), &c,
-                                     NULL);
+        int rc =
+            cm_conf_load_string("t.conf", bad_cases[i].text, strlen(bad_cases[i].text), &c, NULL);
         ck_assert_int_eq(rc, CM_ERR);
         ck_assert_ptr_null(c);
     }
