@@ -67,7 +67,9 @@ void cm_st_op_set_key(struct cm_st_op *op, size_t i, const char *key, size_t kle
 {
     cm_assert(i < op->nitems);
     cm_free(op->items[i].key);
-    op->items[i].key = cm_strndup(key, klen);
+    op->items[i].key = cm_malloc(klen + 1);   /* keys are binary: they may hold NUL bytes */
+    memcpy(op->items[i].key, key, klen);
+    op->items[i].key[klen] = '\0';
     op->items[i].klen = klen;
 }
 
