@@ -148,6 +148,59 @@ const char *cm_resp_errstr(const struct cm_resp_parser *p)
     return p->errstr;
 }
 
+void cm_resp_err_sample(const struct cm_resp_parser *p, char *out, size_t outsz)
+{
+    if (outsz == 0) {
+        return;
+    }
+    size_t k = 0;
+    if (p->data != NULL) {
+        const unsigned char *s = (const unsigned char *)p->data + p->pos + p->cur;
+        size_t avail = p->len - p->pos - p->cur;
+        size_t n = avail < 64 ? avail : 64;
+        for (size_t i = 0; i < n; i++) {
+            char e[5];
+            size_t el = 2;
+            switch (s[i]) {
+            case '\r':
+                memcpy(e, "\\r", 2);
+                break;
+            case '\n':
+                memcpy(e, "\\n", 2);
+                break;
+            case '\t':
+                memcpy(e, "\\t", 2);
+                break;
+            case '"':
+                memcpy(e, "\\\"", 2);
+                break;
+            case '\\':
+                memcpy(e, "\\\\", 2);
+                break;
+            default:
+                if (s[i] >= 0x20 && s[i] < 0x7f) {
+                    e[0] = (char)s[i];
+                    el = 1;
+                } else {
+                    snprintf(e, sizeof(e), "\\x%02x", s[i]);
+                    el = 4;
+                }
+                break;
+            }
+            if (k + el >= outsz) {
+                break;
+            }
+            memcpy(out + k, e, el);
+            k += el;
+        }
+        if (n < avail && k + 3 < outsz) {
+            memcpy(out + k, "...", 3);
+            k += 3;
+        }
+    }
+    out[k] = '\0';
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Parser */
 

@@ -38,6 +38,10 @@ void cm_resp_feed(struct cm_resp_parser *p, const char *buf, size_t len);
  * client text, e.g. "Protocol error: invalid multibulk length". */
 int cm_resp_next(struct cm_resp_parser *p, struct cm_argv **out) CM_MUSTCHECK;
 const char *cm_resp_errstr(const struct cm_resp_parser *p);
+/* For the log after CM_ERR: up to 64 input bytes from where the error was found, escaped
+ * like redis sdscatrepr (\r \n \t \" \\, other non-printables as \xNN), then "..." if
+ * more bytes follow. Always NUL-terminates out (outsz > 0); truncates to fit. */
+void cm_resp_err_sample(const struct cm_resp_parser *p, char *out, size_t outsz);
 /* Bytes buffered but not yet parsed into a request. */
 size_t cm_resp_pending(const struct cm_resp_parser *p);
 

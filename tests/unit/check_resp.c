@@ -291,6 +291,43 @@ START_TEST(test_all_pipelined)
 }
 END_TEST
 
+/* The log sample starts where the error was found and escapes what it shows. */
+START_TEST(test_err_sample)
+{
+    static const struct {
+        const char *in, *sample;
+    } cases[] = {
+        {"*1\r\nfoo\r\n", "foo\\r\\n"},
+        {"PING\r\n*abc\r\n", "*abc\\r\\n"},
+        {"*1\r\n$3\r\nab\x01\"\\x\r\n", "ab\\x01\\\"\\\\x\\r\\n"},
+        {"SET \"a\tb\r\n", "SET \\\"a\\tb\\r\\n"},
+        {"*1\r\n$0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
+         "$012345678901234567890123456789012345678901234567890123456789012..."},
+    };
+    char out[256];
+    struct cm_argv *a;
+    for (size_t i = 0; i < CM_ARRAY_LEN(cases); i++) {
+        struct cm_resp_parser *p = cm_resp_parser_new(0, 0);
+        cm_resp_feed(p, cases[i].in, strlen(cases[i].in));
+        while (cm_resp_next(p, &a) == CM_OK) {
+            cm_argv_free(a);
+        }
+        ck_assert_msg(cm_resp_next(p, &a) == CM_ERR, "case %zu", i);
+        cm_resp_err_sample(p, out, sizeof(out));
+        ck_assert_str_eq(out, cases[i].sample);
+        /* Truncated to fit, never cutting an escape in half. */
+        cm_resp_err_sample(p, out, 5);
+        ck_assert_uint_le(strlen(out), 4);
+        ck_assert(strncmp(out, cases[i].sample, strlen(out)) == 0);
+        cm_resp_parser_free(p);
+    }
+    struct cm_resp_parser *p = cm_resp_parser_new(0, 0);
+    cm_resp_err_sample(p, out, sizeof(out));
+    ck_assert_str_eq(out, "");
+    cm_resp_parser_free(p);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------------------------ */
 /* Limits */
 
@@ -744,6 +781,7 @@ static Suite *resp_suite(void)
     tcase_add_loop_test(tc, test_vec_bytewise, 0, n);
     tcase_add_loop_test(tc, test_vec_splits, 0, n);
     tcase_add_test(tc, test_all_pipelined);
+    tcase_add_test(tc, test_err_sample);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("limits");
