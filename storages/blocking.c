@@ -219,8 +219,12 @@ int cm_parse_iso8601_us(const char *s, size_t len, int64_t *out)
     if (p != len) {
         return CM_ERR;
     }
-    struct tm tm = { .tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d,
-                     .tm_hour = h, .tm_min = mi, .tm_sec = se };
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = se};
     int64_t secs = (int64_t)timegm(&tm) - off_s;
     *out = secs * 1000000 + usec;
     return CM_OK;

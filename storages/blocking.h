@@ -14,23 +14,23 @@
 /* One key's result, written by the worker. */
 struct cm_bres {
     bool hit;
-    char *val;      /* cm_malloc'd copy of the stored bytes on a hit */
+    char *val; /* cm_malloc'd copy of the stored bytes on a hit */
     size_t vlen;
 };
 
 /* One op on its way through a worker. Created on the loop by cm_bjob_new, handed to the
  * worker, then finished and freed on the loop by cm_bjob_complete. */
 struct cm_bjob {
-    struct cm_st_op *op;      /* the worker reads only kind, nitems and the keys (stable until
-                               * cm_st_op_finish; the timer never touches them) */
-    void *backend;            /* the storage's private state, borrowed */
-    char **wval;              /* SET: copies of the values (the submitter's may go away on timeout) */
+    struct cm_st_op *op; /* the worker reads only kind, nitems and the keys (stable until
+                          * cm_st_op_finish; the timer never touches them) */
+    void *backend;       /* the storage's private state, borrowed */
+    char **wval;         /* SET: copies of the values (the submitter's may go away on timeout) */
     size_t *wlen;
-    int64_t expire_us;        /* SET: wall-clock expiry in microseconds, -1 = never */
-    int64_t now_us;           /* wall clock at submit: GET treats expire <= now_us as a miss */
-    struct cm_bres *res;      /* nitems entries */
-    size_t *order;            /* item indexes sorted by key, built on first cm_bjob_hit */
-    int status;               /* CM_OK or CM_ERR */
+    int64_t expire_us;   /* SET: wall-clock expiry in microseconds, -1 = never */
+    int64_t now_us;      /* wall clock at submit: GET treats expire <= now_us as a miss */
+    struct cm_bres *res; /* nitems entries */
+    size_t *order;       /* item indexes sorted by key, built on first cm_bjob_hit */
+    int status;          /* CM_OK or CM_ERR */
     char err[160];
 };
 

@@ -18,27 +18,27 @@
 #include <stdio.h>
 #include <string.h>
 
-#define MG_CHUNK 1000                 /* keys per $in (keeps each command far below 16 MB) */
+#define MG_CHUNK 1000 /* keys per $in (keeps each command far below 16 MB) */
 #define MG_MAX_THREADS 64
-#define MG_DEFAULT_TIMEOUT_MS 2000    /* serverSelection/connect when the URL does not say */
+#define MG_DEFAULT_TIMEOUT_MS 2000 /* serverSelection/connect when the URL does not say */
 #define MG_INDEX_RETRY_US (5 * 1000000LL)
 #define MG_MAX_BACKOFF_US (5 * 1000000LL)
 
 /* The storage's private state (st->priv). */
 struct mg {
     mongoc_uri_t *uri;
-    mongoc_client_pool_t *pool;       /* thread-safe; one client per running job */
+    mongoc_client_pool_t *pool; /* thread-safe; one client per running job */
     char *db;
     char *coll;
     struct cm_workers *workers;
-    atomic_bool closing;              /* queued jobs fail at once */
+    atomic_bool closing; /* queued jobs fail at once */
     bool create_indexes;
-    pthread_mutex_t mu;               /* guards the fields below */
+    pthread_mutex_t mu; /* guards the fields below */
     bool indexes_done;
-    bool indexes_running;             /* a thread is creating them right now */
-    int64_t index_tried_us;           /* last attempt (wall clock), to retry at most every 5 s */
-    int64_t down_until_us;            /* server unreachable: jobs fail at once until then */
-    int64_t backoff_us;               /* 0 while the server answers */
+    bool indexes_running;   /* a thread is creating them right now */
+    int64_t index_tried_us; /* last attempt (wall clock), to retry at most every 5 s */
+    int64_t down_until_us;  /* server unreachable: jobs fail at once until then */
+    int64_t backoff_us;     /* 0 while the server answers */
     char down_reason[160];
 };
 
@@ -48,10 +48,10 @@ static pthread_once_t mg_init_once = PTHREAD_ONCE_INIT;
 static void mg_log(mongoc_log_level_t level, const char *domain, const char *message, void *data)
 {
     CM_UNUSED(data);
-    int lvl = level <= MONGOC_LOG_LEVEL_ERROR      ? CM_LOG_ERR
-              : level == MONGOC_LOG_LEVEL_WARNING  ? CM_LOG_WARN
-              : level <= MONGOC_LOG_LEVEL_INFO     ? CM_LOG_INFO
-                                                   : CM_LOG_TRACE;
+    int lvl = level <= MONGOC_LOG_LEVEL_ERROR     ? CM_LOG_ERR
+              : level == MONGOC_LOG_LEVEL_WARNING ? CM_LOG_WARN
+              : level <= MONGOC_LOG_LEVEL_INFO    ? CM_LOG_INFO
+                                                  : CM_LOG_TRACE;
     cm_log(lvl, "mongoc %s: %s", domain, message);
 }
 
@@ -106,8 +106,8 @@ static void ensure_indexes(struct mg *m, mongoc_client_t *client)
     }
     pthread_mutex_lock(&m->mu);
     int64_t now = cm_wall_us();
-    bool mine = !m->indexes_done && !m->indexes_running &&
-                now - m->index_tried_us >= MG_INDEX_RETRY_US;
+    bool mine =
+        !m->indexes_done && !m->indexes_running && now - m->index_tried_us >= MG_INDEX_RETRY_US;
     if (mine) {
         m->indexes_running = true;
         m->index_tried_us = now;
@@ -195,9 +195,12 @@ static bool doc_live(const bson_t *doc, int64_t now_us)
     }
     switch (bson_iter_type(&it)) {
     case BSON_TYPE_NULL:
-    case BSON_TYPE_UNDEFINED: return true;
-    case BSON_TYPE_DATE_TIME: return bson_iter_date_time(&it) * 1000 > now_us;
-    default: return false; /* unreadable expiry: never serve a value that may be stale */
+    case BSON_TYPE_UNDEFINED:
+        return true;
+    case BSON_TYPE_DATE_TIME:
+        return bson_iter_date_time(&it) * 1000 > now_us;
+    default:
+        return false; /* unreadable expiry: never serve a value that may be stale */
     }
 }
 
@@ -326,9 +329,15 @@ static void mg_work(void *arg)
         mongoc_collection_t *coll = coll_get(m, client);
         bool down = false;
         switch (j->op->kind) {
-        case CM_ST_GET: do_get(coll, j, &down); break;
-        case CM_ST_SET: do_set(coll, j, &down); break;
-        case CM_ST_DEL: do_del(coll, j, &down); break;
+        case CM_ST_GET:
+            do_get(coll, j, &down);
+            break;
+        case CM_ST_SET:
+            do_set(coll, j, &down);
+            break;
+        case CM_ST_DEL:
+            do_del(coll, j, &down);
+            break;
         }
         mongoc_collection_destroy(coll);
         server_state(m, j, down);
@@ -389,7 +398,7 @@ static int mg_open(struct cm_storage *st, char *err, size_t errsz)
     atomic_init(&m->closing, false);
     m->db = cm_strdup(conf->database != NULL && conf->database[0] ? conf->database : "cache");
     m->coll = cm_strdup(conf->collection != NULL && conf->collection[0] ? conf->collection
-                                                                          : "cacheme_data");
+                                                                        : "cacheme_data");
     m->create_indexes = conf->create_indexes;
     m->index_tried_us = cm_wall_us() - MG_INDEX_RETRY_US;
     int n = conf->pool_size > 0 ? conf->pool_size : 4;

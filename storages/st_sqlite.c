@@ -21,14 +21,14 @@
 #include <stdio.h>
 #include <string.h>
 
-#define SQ_CHUNK 32          /* keys per IN (...) statement; statements for 1..32 are cached */
+#define SQ_CHUNK 32 /* keys per IN (...) statement; statements for 1..32 are cached */
 #define SQ_MAX_THREADS 64
 
 /* One worker thread's connection and its prepared statements. Owned by struct sq; used only
  * by the thread whose index it sits at (SQLITE_OPEN_NOMUTEX). */
 struct sq_conn {
     sqlite3 *db;
-    sqlite3_stmt *get[SQ_CHUNK + 1];   /* by number of keys */
+    sqlite3_stmt *get[SQ_CHUNK + 1]; /* by number of keys */
     sqlite3_stmt *del[SQ_CHUNK + 1];
     sqlite3_stmt *set;
     sqlite3_stmt *begin, *commit, *rollback;
@@ -36,15 +36,15 @@ struct sq_conn {
 
 /* The storage's private state (st->priv). */
 struct sq {
-    char *path;                   /* database file */
-    char *table;                  /* quoted identifier, e.g. "cacheme_data" with the quotes */
-    char *index;                  /* quoted name of the expire index */
+    char *path;  /* database file */
+    char *table; /* quoted identifier, e.g. "cacheme_data" with the quotes */
+    char *index; /* quoted name of the expire index */
     bool create_table;
     struct cm_workers *workers;
     int nthreads;
-    struct sq_conn *conns;        /* nthreads entries, opened lazily by their thread */
-    atomic_bool closing;          /* queued jobs fail at once */
-    pthread_mutex_t schema_mu;    /* guards schema_done */
+    struct sq_conn *conns;     /* nthreads entries, opened lazily by their thread */
+    atomic_bool closing;       /* queued jobs fail at once */
+    pthread_mutex_t schema_mu; /* guards schema_done */
     bool schema_done;
 };
 
@@ -128,9 +128,9 @@ static struct sq_conn *conn_get(struct sq *s, struct cm_bjob *j)
     }
     struct sq_conn *c = &s->conns[idx];
     if (c->db == NULL) {
-        int rc = sqlite3_open_v2(s->path, &c->db,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                                 NULL);
+        int rc =
+            sqlite3_open_v2(s->path, &c->db,
+                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
         if (rc != SQLITE_OK) {
             cm_bjob_fail(j, "open %s: %s", s->path,
                          c->db != NULL ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
@@ -167,8 +167,8 @@ static sqlite3_stmt *stmt(struct sq_conn *c, sqlite3_stmt **slot, const char *sq
 }
 
 /* "VERB <table> WHERE "key" IN (?,?,...?)" for n keys, prepared once per connection. */
-static sqlite3_stmt *in_stmt(struct sq *s, struct sq_conn *c, sqlite3_stmt **slot,
-                             const char *verb, size_t n, struct cm_bjob *j)
+static sqlite3_stmt *in_stmt(struct sq *s, struct sq_conn *c, sqlite3_stmt **slot, const char *verb,
+                             size_t n, struct cm_bjob *j)
 {
     if (*slot != NULL) {
         return *slot;
@@ -225,8 +225,7 @@ static void do_get(struct sq *s, struct sq_conn *c, struct cm_bjob *j)
     const struct cm_st_op *op = j->op;
     for (size_t from = 0; from < op->nitems; from += SQ_CHUNK) {
         size_t n = op->nitems - from < SQ_CHUNK ? op->nitems - from : SQ_CHUNK;
-        sqlite3_stmt *st = in_stmt(s, c, &c->get[n],
-                                   "SELECT \"key\", value, expire FROM", n, j);
+        sqlite3_stmt *st = in_stmt(s, c, &c->get[n], "SELECT \"key\", value, expire FROM", n, j);
         if (st == NULL) {
             return;
         }
@@ -277,7 +276,7 @@ static void txn_end(struct sq_conn *c, bool multi, struct cm_bjob *j)
         }
     }
     if (!sqlite3_get_autocommit(c->db)) {
-        struct cm_bjob scratch = { .op = j->op };
+        struct cm_bjob scratch = {.op = j->op};
         sqlite3_stmt *st = stmt(c, &c->rollback, "ROLLBACK", &scratch);
         if (st != NULL) {
             step_done(c, st, &scratch);
@@ -329,8 +328,7 @@ static void do_del(struct sq *s, struct sq_conn *c, struct cm_bjob *j)
     }
     for (size_t from = 0; from < op->nitems && j->status == CM_OK; from += SQ_CHUNK) {
         size_t n = op->nitems - from < SQ_CHUNK ? op->nitems - from : SQ_CHUNK;
-        sqlite3_stmt *st =
-            in_stmt(s, c, &c->del[n], "DELETE FROM", n, j);
+        sqlite3_stmt *st = in_stmt(s, c, &c->del[n], "DELETE FROM", n, j);
         if (st == NULL) {
             break;
         }
@@ -353,9 +351,15 @@ static void sq_work(void *arg)
         return;
     }
     switch (j->op->kind) {
-    case CM_ST_GET: do_get(s, c, j); break;
-    case CM_ST_SET: do_set(s, c, j); break;
-    case CM_ST_DEL: do_del(s, c, j); break;
+    case CM_ST_GET:
+        do_get(s, c, j);
+        break;
+    case CM_ST_SET:
+        do_set(s, c, j);
+        break;
+    case CM_ST_DEL:
+        do_del(s, c, j);
+        break;
     }
 }
 

@@ -33,16 +33,16 @@ struct job_list {
 /* The pool. Owned by whoever created it (a storage); freed by cm_workers_free. */
 struct cm_workers {
     struct event_base *base;
-    char name[16];              /* thread name prefix (Linux allows 15 characters) */
+    char name[16]; /* thread name prefix (Linux allows 15 characters) */
     int nthreads;
-    pthread_t *threads;         /* nthreads entries */
-    pthread_mutex_t mu;         /* guards jobs, completed, stopping */
-    pthread_cond_t cond;        /* signalled when jobs gets an entry or stopping is set */
-    struct job_list jobs;       /* waiting for a thread */
-    struct job_list completed;  /* work done, waiting for done() on the loop */
-    bool stopping;              /* threads exit once jobs is empty */
-    int efd;                    /* eventfd: threads write 1 per completion, the loop reads */
-    struct event *ev;           /* persistent read event on efd */
+    pthread_t *threads;        /* nthreads entries */
+    pthread_mutex_t mu;        /* guards jobs, completed, stopping */
+    pthread_cond_t cond;       /* signalled when jobs gets an entry or stopping is set */
+    struct job_list jobs;      /* waiting for a thread */
+    struct job_list completed; /* work done, waiting for done() on the loop */
+    bool stopping;             /* threads exit once jobs is empty */
+    int efd;                   /* eventfd: threads write 1 per completion, the loop reads */
+    struct event *ev;          /* persistent read event on efd */
 };
 
 /* The index of the calling worker thread in its pool, -1 elsewhere. */

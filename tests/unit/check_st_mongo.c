@@ -121,8 +121,8 @@ START_TEST(test_set_get_mget_del)
 {
     struct fx f;
     fx_open_url(&f, mongo_url(), false, 3, 5000);
-    const char *k1[] = { "cacheme:user:1:info:v1" };
-    const char *v1[] = { "{\"name\":\"ann\"}" };
+    const char *k1[] = {"cacheme:user:1:info:v1"};
+    const char *v1[] = {"{\"name\":\"ann\"}"};
     ck_assert_int_eq(h_set(f.st, 1, k1, v1, -1), CM_OK);
     struct h_result r;
     h_get(f.st, 1, k1, &r);
@@ -131,14 +131,14 @@ START_TEST(test_set_get_mget_del)
     h_result_deinit(&r);
 
     /* overwrite is an upsert on key: still one document */
-    const char *v1b[] = { "second" };
+    const char *v1b[] = {"second"};
     ck_assert_int_eq(h_set(f.st, 1, k1, v1b, -1), CM_OK);
     ck_assert_int_eq(raw_count(&f, k1[0]), 1);
-    const char *k23[] = { "k2", "k3" };
-    const char *v23[] = { "two", "three" };
+    const char *k23[] = {"k2", "k3"};
+    const char *v23[] = {"two", "three"};
     ck_assert_int_eq(h_set(f.st, 2, k23, v23, 60000), CM_OK);
 
-    const char *mk[] = { "cacheme:user:1:info:v1", "k2", "nope", "k3", "k2" };
+    const char *mk[] = {"cacheme:user:1:info:v1", "k2", "nope", "k3", "k2"};
     h_get(f.st, 5, mk, &r);
     ck_assert_int_eq(r.status, CM_OK);
     h_assert_val(&r, 0, "second");
@@ -148,7 +148,7 @@ START_TEST(test_set_get_mget_del)
     h_assert_val(&r, 4, "two");
     h_result_deinit(&r);
 
-    const char *dk[] = { "cacheme:user:1:info:v1", "k2", "never-there" };
+    const char *dk[] = {"cacheme:user:1:info:v1", "k2", "never-there"};
     ck_assert_int_eq(h_del(f.st, 3, dk), CM_OK);
     h_get(f.st, 5, mk, &r);
     h_assert_val(&r, 0, NULL);
@@ -158,7 +158,7 @@ START_TEST(test_set_get_mget_del)
     ck_assert_int_eq(raw_count(&f, "k2"), 0);
 
     /* hostile keys are plain strings, never operators or patterns */
-    const char *hk[] = { "$where", "a.b", "it's \"q\" \\ % ;", "ключ🙂", "{\"$gt\":\"\"}" };
+    const char *hk[] = {"$where", "a.b", "it's \"q\" \\ % ;", "ключ🙂", "{\"$gt\":\"\"}"};
     ck_assert_int_eq(h_set(f.st, 5, hk, hk, -1), CM_OK);
     h_get(f.st, 5, hk, &r);
     for (size_t i = 0; i < 5; i++) {
@@ -179,7 +179,7 @@ START_TEST(test_expired_doc_is_miss)
     raw_insert(&f, "new", "new", now_ms + 3600 * 1000, false);
     raw_insert(&f, "null", "null", 0, true);
     raw_insert(&f, "missing", "missing", 0, false);
-    const char *keys[] = { "old", "new", "null", "missing" };
+    const char *keys[] = {"old", "new", "null", "missing"};
     struct h_result r;
     h_get(f.st, 4, keys, &r);
     ck_assert_msg(r.status == CM_OK, "%s", r.err);
@@ -190,7 +190,7 @@ START_TEST(test_expired_doc_is_miss)
     h_result_deinit(&r);
 
     /* our own short ttl */
-    const char *ks[] = { "short" };
+    const char *ks[] = {"short"};
     ck_assert_int_eq(h_set(f.st, 1, ks, ks, 100), CM_OK);
     h_get(f.st, 1, ks, &r);
     h_assert_val(&r, 0, "short");
@@ -211,7 +211,7 @@ START_TEST(test_cacheme_format_interop)
     struct cm_st_op *op = cm_st_op_new(CM_ST_SET, 2);
     op->ttl_ms = 3600 * 1000;
     cm_st_op_set_key(op, 0, "cacheme:user:7:info:v1", 22);
-    static const char bin[] = { (char)0x81, (char)0xa4, 'n', 'a', 'm', 'e', 0, (char)0xff };
+    static const char bin[] = {(char)0x81, (char)0xa4, 'n', 'a', 'm', 'e', 0, (char)0xff};
     op->items[0].wval = bin;
     op->items[0].wlen = sizeof(bin);
     cm_st_op_set_key(op, 1, "other", 5);
@@ -222,7 +222,7 @@ START_TEST(test_cacheme_format_interop)
     h_run(f.st, op, &r);
     ck_assert_msg(r.status == CM_OK, "%s", r.err);
     h_result_deinit(&r);
-    const char *k[] = { "cacheme:user:7:info:v1" };
+    const char *k[] = {"cacheme:user:7:info:v1"};
     h_get(f.st, 1, k, &r);
     ck_assert(r.hit[0] && r.vlen[0] == sizeof(bin) && memcmp(r.val[0], bin, sizeof(bin)) == 0);
     h_result_deinit(&r);
@@ -249,12 +249,12 @@ START_TEST(test_cacheme_format_interop)
     /* expire = now + 1 h, to the millisecond a BSON Date holds */
     char want[40];
     cm_fmt_iso8601(want, sizeof(want), (before_ms + 3600 * 1000) * 1000, 'T');
-    ck_assert_msg(strstr(out, "\"expire\":\"") && strncmp(strstr(out, "\"expire\":\"") + 10,
-                                                          want, 15) == 0,
+    ck_assert_msg(strstr(out, "\"expire\":\"") &&
+                      strncmp(strstr(out, "\"expire\":\"") + 10, want, 15) == 0,
                   "%s (want about %s)", out, want);
 
     /* ttl -1 writes expire: null */
-    const char *kn[] = { "forever" };
+    const char *kn[] = {"forever"};
     ck_assert_int_eq(h_set(f.st, 1, kn, kn, -1), CM_OK);
     snprintf(cmd, sizeof(cmd), "node %s '%s' %s cacheme_data forever 2>&1", script, mongo_url(),
              f.db);
@@ -272,7 +272,7 @@ START_TEST(test_create_indexes)
 {
     struct fx f;
     fx_open_url(&f, mongo_url(), true, 2, 5000);
-    const char *k[] = { "a" };
+    const char *k[] = {"a"};
     ck_assert_int_eq(h_set(f.st, 1, k, k, -1), CM_OK);
     mongoc_client_t *c = raw_client();
     mongoc_collection_t *coll = mongoc_client_get_collection(c, f.db, "cacheme_data");
@@ -282,8 +282,8 @@ START_TEST(test_create_indexes)
         const bson_t *doc;
         while (mongoc_cursor_next(cur, &doc)) {
             bson_iter_t it;
-            const char *name = bson_iter_init_find(&it, doc, "name") ? bson_iter_utf8(&it, NULL)
-                                                                    : "";
+            const char *name =
+                bson_iter_init_find(&it, doc, "name") ? bson_iter_utf8(&it, NULL) : "";
             bool uniq = bson_iter_init_find(&it, doc, "unique") && bson_iter_as_bool(&it);
             key_unique |= strcmp(name, "key_1") == 0 && uniq;
             expire |= strcmp(name, "expire_1") == 0 && !uniq;
@@ -304,7 +304,7 @@ END_TEST
 static int closed_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
     socklen_t len = sizeof(a);
     getsockname(fd, (struct sockaddr *)&a, &len);
@@ -321,7 +321,7 @@ START_TEST(test_server_down)
     fx_open_url(&f, url, true, 2, 10000);
     struct h_ticker t;
     h_ticker_start(&t, f.base);
-    const char *k[] = { "a", "b" };
+    const char *k[] = {"a", "b"};
     struct h_result r;
     double t0 = h_now_ms();
     h_get(f.st, 2, k, &r);
@@ -350,8 +350,8 @@ START_TEST(test_server_down)
     fx_close(&f);
 
     /* a malformed url is refused at open */
-    struct cm_conf_storage conf = { .name = "bad", .url = "mongodb://", .type = CM_ST_TYPE_MONGO,
-                                    .pool_size = 1 };
+    struct cm_conf_storage conf = {
+        .name = "bad", .url = "mongodb://", .type = CM_ST_TYPE_MONGO, .pool_size = 1};
     struct event_base *base = event_base_new();
     char err[256];
     ck_assert_ptr_null(cm_storage_new(&conf, base, err, sizeof(err)));
@@ -373,25 +373,24 @@ static pid_t start_forwarder(int port)
     char *colon = strrchr(target, ':');
     ck_assert_ptr_nonnull(colon);
     *colon = '\0';
-    static const char prog[] =
-        "import asyncio, sys\n"
-        "H, T, P = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
-        "async def pipe(r, w):\n"
-        "    try:\n"
-        "        while True:\n"
-        "            d = await r.read(65536)\n"
-        "            if not d: break\n"
-        "            w.write(d); await w.drain()\n"
-        "    except Exception: pass\n"
-        "    finally: w.close()\n"
-        "async def handle(r, w):\n"
-        "    try: r2, w2 = await asyncio.open_connection(H, T)\n"
-        "    except Exception: w.close(); return\n"
-        "    await asyncio.gather(pipe(r, w2), pipe(r2, w))\n"
-        "async def main():\n"
-        "    s = await asyncio.start_server(handle, '127.0.0.1', P)\n"
-        "    await s.serve_forever()\n"
-        "asyncio.run(main())\n";
+    static const char prog[] = "import asyncio, sys\n"
+                               "H, T, P = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+                               "async def pipe(r, w):\n"
+                               "    try:\n"
+                               "        while True:\n"
+                               "            d = await r.read(65536)\n"
+                               "            if not d: break\n"
+                               "            w.write(d); await w.drain()\n"
+                               "    except Exception: pass\n"
+                               "    finally: w.close()\n"
+                               "async def handle(r, w):\n"
+                               "    try: r2, w2 = await asyncio.open_connection(H, T)\n"
+                               "    except Exception: w.close(); return\n"
+                               "    await asyncio.gather(pipe(r, w2), pipe(r2, w))\n"
+                               "async def main():\n"
+                               "    s = await asyncio.start_server(handle, '127.0.0.1', P)\n"
+                               "    await s.serve_forever()\n"
+                               "asyncio.run(main())\n";
     char tport[16], lport[16];
     snprintf(tport, sizeof(tport), "%s", colon + 1);
     snprintf(lport, sizeof(lport), "%d", port);
@@ -403,8 +402,9 @@ static pid_t start_forwarder(int port)
     }
     for (int i = 0; i < 200; i++) { /* wait until it accepts */
         int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         int rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
         close(fd);
         if (rc == 0) {
@@ -432,7 +432,7 @@ START_TEST(test_server_comes_back)
     pid_t fwd = start_forwarder(port);
     struct fx f;
     fx_open_url(&f, url, false, 2, 5000);
-    const char *k[] = { "back" };
+    const char *k[] = {"back"};
     ck_assert_int_eq(h_set(f.st, 1, k, k, -1), CM_OK);
     stop_forwarder(fwd);
     struct h_result r;

@@ -86,8 +86,8 @@ START_TEST(test_set_get_mget_del)
 {
     struct fx f;
     fx_open(&f, "cacheme_data", true, 3, 5000);
-    const char *k1[] = { "cacheme:user:1:info:v1" };
-    const char *v1[] = { "{\"name\":\"ann\"}" };
+    const char *k1[] = {"cacheme:user:1:info:v1"};
+    const char *v1[] = {"{\"name\":\"ann\"}"};
     ck_assert_int_eq(h_set(f.st, 1, k1, v1, -1), CM_OK);
     struct h_result r;
     h_get(f.st, 1, k1, &r);
@@ -96,14 +96,14 @@ START_TEST(test_set_get_mget_del)
     h_result_deinit(&r);
 
     /* overwrite, then a batch SET with ttl */
-    const char *v1b[] = { "second" };
+    const char *v1b[] = {"second"};
     ck_assert_int_eq(h_set(f.st, 1, k1, v1b, -1), CM_OK);
-    const char *k23[] = { "k2", "k3" };
-    const char *v23[] = { "two", "three" };
+    const char *k23[] = {"k2", "k3"};
+    const char *v23[] = {"two", "three"};
     ck_assert_int_eq(h_set(f.st, 2, k23, v23, 60000), CM_OK);
 
     /* MGET: hits, a miss, a duplicate key answered in place */
-    const char *mk[] = { "cacheme:user:1:info:v1", "k2", "nope", "k3", "k2" };
+    const char *mk[] = {"cacheme:user:1:info:v1", "k2", "nope", "k3", "k2"};
     h_get(f.st, 5, mk, &r);
     ck_assert_int_eq(r.status, CM_OK);
     h_assert_val(&r, 0, "second");
@@ -113,7 +113,7 @@ START_TEST(test_set_get_mget_del)
     h_assert_val(&r, 4, "two");
     h_result_deinit(&r);
 
-    const char *dk[] = { "cacheme:user:1:info:v1", "k2", "never-there" };
+    const char *dk[] = {"cacheme:user:1:info:v1", "k2", "never-there"};
     ck_assert_int_eq(h_del(f.st, 3, dk), CM_OK);
     h_get(f.st, 5, mk, &r);
     h_assert_val(&r, 0, NULL);
@@ -163,8 +163,8 @@ START_TEST(test_expired_row_is_miss)
 {
     struct fx f;
     fx_open(&f, "cacheme_data", true, 2, 5000);
-    const char *k[] = { "warm" };
-    const char *v[] = { "x" };
+    const char *k[] = {"warm"};
+    const char *v[] = {"x"};
     ck_assert_int_eq(h_set(f.st, 1, k, v, -1), CM_OK); /* table exists now */
     char past[40], future[40], sql[1024];
     cm_fmt_iso8601(past, sizeof(past), cm_wall_us() - 1000000, ' ');
@@ -180,7 +180,7 @@ START_TEST(test_expired_row_is_miss)
              "('nullval', NULL, NULL)",
              past, future, future, future, future + 11);
     sql_exec(f.path, sql);
-    const char *keys[] = { "old", "new", "new_nofrac", "old_nofrac", "new_T", "junk", "nullval" };
+    const char *keys[] = {"old", "new", "new_nofrac", "old_nofrac", "new_T", "junk", "nullval"};
     struct h_result r;
     h_get(f.st, 7, keys, &r);
     ck_assert_int_eq(r.status, CM_OK);
@@ -194,7 +194,7 @@ START_TEST(test_expired_row_is_miss)
     h_result_deinit(&r);
 
     /* our own short ttl expires at read time */
-    const char *ks[] = { "short" };
+    const char *ks[] = {"short"};
     ck_assert_int_eq(h_set(f.st, 1, ks, v, 50), CM_OK);
     h_get(f.st, 1, ks, &r);
     h_assert_val(&r, 0, "x");
@@ -212,8 +212,15 @@ START_TEST(test_hostile_keys_and_values)
     struct fx f;
     fx_open(&f, "cacheme_data", true, 2, 5000);
     const char *keys[] = {
-        "it's", "say \"hi\"", "back\\slash", "100%", "a;b", "'); DROP TABLE cacheme_data; --",
-        "ключ:日本語:🙂", "_", "%_%",
+        "it's",
+        "say \"hi\"",
+        "back\\slash",
+        "100%",
+        "a;b",
+        "'); DROP TABLE cacheme_data; --",
+        "ключ:日本語:🙂",
+        "_",
+        "%_%",
     };
     const size_t n = CM_ARRAY_LEN(keys);
     const char *vals[CM_ARRAY_LEN(keys)];
@@ -230,7 +237,7 @@ START_TEST(test_hostile_keys_and_values)
     }
     h_result_deinit(&r);
     /* LIKE-style wildcards are not wildcards: '%' did not match "100%" etc. */
-    const char *wild[] = { "%", "10%" };
+    const char *wild[] = {"%", "10%"};
     h_get(f.st, 2, wild, &r);
     h_assert_val(&r, 0, NULL);
     h_assert_val(&r, 1, NULL);
@@ -240,7 +247,7 @@ START_TEST(test_hostile_keys_and_values)
     struct cm_st_op *op = cm_st_op_new(CM_ST_SET, 2);
     cm_st_op_set_key(op, 0, "bin", 3);
     cm_st_op_set_key(op, 1, "empty", 5);
-    static const char bin[] = { 'a', 0, (char)0xff, 'b' };
+    static const char bin[] = {'a', 0, (char)0xff, 'b'};
     op->items[0].wval = bin;
     op->items[0].wlen = sizeof(bin);
     op->items[1].wval = "";
@@ -248,13 +255,13 @@ START_TEST(test_hostile_keys_and_values)
     h_run(f.st, op, &r);
     ck_assert_int_eq(r.status, CM_OK);
     h_result_deinit(&r);
-    const char *bk[] = { "bin", "empty" };
+    const char *bk[] = {"bin", "empty"};
     h_get(f.st, 2, bk, &r);
     ck_assert(r.hit[0] && r.vlen[0] == sizeof(bin) && memcmp(r.val[0], bin, sizeof(bin)) == 0);
     ck_assert(r.hit[1] && r.vlen[1] == 0);
     h_result_deinit(&r);
 
-    const char *dk[] = { "it's", "'); DROP TABLE cacheme_data; --" };
+    const char *dk[] = {"it's", "'); DROP TABLE cacheme_data; --"};
     ck_assert_int_eq(h_del(f.st, 2, dk), CM_OK);
     h_get(f.st, n, keys, &r);
     for (size_t i = 0; i < n; i++) {
@@ -271,8 +278,10 @@ START_TEST(test_cacheme_format_interop)
 {
     struct fx f;
     fx_open(&f, "cacheme_data", true, 2, 5000);
-    const char *k[] = { "cacheme:user:7:info:v1", "cacheme:forever:v1" };
-    const char *v[] = { "\x81\xa4name\xa3""bob", "plain" };
+    const char *k[] = {"cacheme:user:7:info:v1", "cacheme:forever:v1"};
+    const char *v[] = {"\x81\xa4name\xa3"
+                       "bob",
+                       "plain"};
     int64_t before = cm_wall_us();
     ck_assert_int_eq(h_set(f.st, 1, k, v, 3600 * 1000), CM_OK);
     ck_assert_int_eq(h_set(f.st, 1, k + 1, v + 1, -1), CM_OK);
@@ -304,7 +313,7 @@ START_TEST(test_cacheme_format_interop)
     interop(args);
     snprintf(args, sizeof(args), "write %s cacheme_data py:forever 666f72 none", f.path);
     interop(args);
-    const char *pk[] = { "py:live", "py:dead", "py:forever" };
+    const char *pk[] = {"py:live", "py:dead", "py:forever"};
     struct h_result r;
     h_get(f.st, 3, pk, &r);
     h_assert_val(&r, 0, "live");
@@ -346,7 +355,7 @@ START_TEST(test_schema_matches_script)
 {
     struct fx f;
     fx_open(&f, "cacheme_data", true, 2, 5000);
-    const char *k[] = { "a" };
+    const char *k[] = {"a"};
     ck_assert_int_eq(h_del(f.st, 1, k), CM_OK); /* runs after the schema */
     char script[512], ref[256], cmd[1024];
     snprintf(ref, sizeof(ref), "%s/ref.db", f.dir);
@@ -358,14 +367,13 @@ START_TEST(test_schema_matches_script)
     table_shape(f.path, "cacheme_data", b, sizeof(b));
     ck_assert_str_eq(a, b);
     ck_assert_msg(strstr(a, "key:VARCHAR(512)") && strstr(a, "expire:DATETIME") &&
-                      strstr(a, "id:INTEGER:1::1") && strstr(a, "1:key") &&
-                      strstr(a, "0:expire"),
+                      strstr(a, "id:INTEGER:1::1") && strstr(a, "1:key") && strstr(a, "0:expire"),
                   "%s", a);
     fx_close(&f);
 
     /* another table name: created and used, index named after it */
     fx_open(&f, "my_cache", true, 1, 5000);
-    const char *v[] = { "1" };
+    const char *v[] = {"1"};
     ck_assert_int_eq(h_set(f.st, 1, k, v, -1), CM_OK);
     table_shape(f.path, "my_cache", b, sizeof(b));
     ck_assert_str_eq(a, b);
@@ -379,7 +387,7 @@ START_TEST(test_errors_are_reported)
 {
     struct fx f;
     fx_open(&f, "cacheme_data", false, 1, 5000);
-    const char *k[] = { "a" };
+    const char *k[] = {"a"};
     struct h_result r;
     h_get(f.st, 1, k, &r);
     ck_assert_int_eq(r.status, CM_ERR);
@@ -390,9 +398,12 @@ START_TEST(test_errors_are_reported)
     fx_close(&f);
 
     /* a file that cannot be opened */
-    struct cm_conf_storage conf = { .name = "bad", .url = "sqlite:///nonexistent-dir/x/cache.db",
-                                    .type = CM_ST_TYPE_SQLITE, .pool_size = 1,
-                                    .timeout_ms = 5000, .table = "cacheme_data" };
+    struct cm_conf_storage conf = {.name = "bad",
+                                   .url = "sqlite:///nonexistent-dir/x/cache.db",
+                                   .type = CM_ST_TYPE_SQLITE,
+                                   .pool_size = 1,
+                                   .timeout_ms = 5000,
+                                   .table = "cacheme_data"};
     struct event_base *base = event_base_new();
     char err[256];
     struct cm_storage *st = cm_storage_new(&conf, base, err, sizeof(err));
@@ -461,8 +472,8 @@ START_TEST(test_timeout_while_locked)
 {
     struct fx f;
     fx_open(&f, "cacheme_data", true, 1, 200);
-    const char *k[] = { "a" };
-    const char *v[] = { "1" };
+    const char *k[] = {"a"};
+    const char *v[] = {"1"};
     ck_assert_int_eq(h_set(f.st, 1, k, v, -1), CM_OK);
     sqlite3 *locker;
     ck_assert_int_eq(sqlite3_open(f.path, &locker), SQLITE_OK);

@@ -2,6 +2,7 @@
  * loop thread, and the loop keeps running while jobs block. */
 #include "daemon/alloc.h"
 #include "storages/workers.h"
+#include "tests/unit/st_harness.h"
 
 #include <check.h>
 #include <event2/event.h>
@@ -9,7 +10,6 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
-#include <time.h>
 #include <unistd.h>
 
 #define NJOBS 1000
@@ -18,13 +18,13 @@
 struct run {
     struct event_base *base;
     pthread_t loop_thread;
-    atomic_int worked;          /* work() calls */
-    int done_total;             /* done() calls */
-    int done_on_loop;           /* done() calls that ran on the loop thread */
-    int bad_index;              /* work() calls where cm_workers_self was out of range */
+    atomic_int worked; /* work() calls */
+    int done_total;    /* done() calls */
+    int done_on_loop;  /* done() calls that ran on the loop thread */
+    int bad_index;     /* work() calls where cm_workers_self was out of range */
     int nthreads;
-    int *done_count;            /* per job */
-    int *work_count;            /* per job, written by workers (distinct slots) */
+    int *done_count; /* per job */
+    int *work_count; /* per job, written by workers (distinct slots) */
 };
 
 /* One job's argument. */
@@ -32,7 +32,7 @@ struct job {
     struct run *r;
     int id;
     int usleep_us;
-    pthread_t worker;           /* who ran work() */
+    pthread_t worker; /* who ran work() */
 };
 
 static void job_work(void *arg)
@@ -99,12 +99,12 @@ START_TEST(test_thousand_jobs_complete_once_on_loop)
     ck_assert_ptr_nonnull(w);
     struct job *jobs = cm_calloc(NJOBS, sizeof(*jobs));
     for (int i = 0; i < NJOBS; i++) {
-        jobs[i] = (struct job){ .r = &r, .id = i, .usleep_us = i % 50 == 0 ? 200 : 0 };
+        jobs[i] = (struct job){.r = &r, .id = i, .usleep_us = i % 50 == 0 ? 200 : 0};
         cm_workers_submit(w, job_work, job_done, &jobs[i]);
     }
     ck_assert_int_eq(cm_workers_self(), -1);
     struct event *safety = evtimer_new(r.base, on_safety, r.base);
-    struct timeval tv = { 10, 0 };
+    struct timeval tv = {10, 0};
     evtimer_add(safety, &tv);
     event_base_dispatch(r.base);
     event_free(safety);
@@ -132,7 +132,7 @@ START_TEST(test_free_drains_and_completes)
     ck_assert_ptr_nonnull(w);
     struct job *jobs = cm_calloc(NJOBS, sizeof(*jobs));
     for (int i = 0; i < 100; i++) {
-        jobs[i] = (struct job){ .r = &r, .id = i, .usleep_us = 1000 };
+        jobs[i] = (struct job){.r = &r, .id = i, .usleep_us = 1000};
         cm_workers_submit(w, job_work, job_done, &jobs[i]);
     }
     /* No loop iteration at all: free must still run every completion, on this thread. */
@@ -147,32 +147,19 @@ START_TEST(test_free_drains_and_completes)
 }
 END_TEST
 
-/* Ticks of a 10 ms timer while jobs sleep 300 ms each on every thread. */
-struct tick {
-    struct event *ev;
-    int ticks;
-    int pending_jobs;
-};
-
-static void on_tick(evutil_socket_t fd, short what, void *arg)
-{
-    struct tick *t = arg;
-    (void)fd;
-    (void)what;
-    t->ticks++;
-}
-
+/* A 10 ms timer keeps firing while jobs sleep 300 ms each on every thread. */
 static void slow_work(void *arg)
 {
     (void)arg;
     usleep(300 * 1000);
 }
 
+static int slow_pending;
+
 static void slow_done(void *arg)
 {
-    struct tick *t = arg;
-    if (--t->pending_jobs == 0) {
-        event_base_loopbreak(event_get_base(t->ev));
+    if (--slow_pending == 0) {
+        event_base_loopbreak(arg);
     }
 }
 
@@ -180,23 +167,21 @@ START_TEST(test_loop_not_blocked_by_jobs)
 {
     struct event_base *base = event_base_new();
     struct cm_workers *w = cm_workers_new(base, 2, "t-slow");
-    struct tick t = { .ticks = 0, .pending_jobs = 4 };
-    t.ev = event_new(base, -1, EV_PERSIST, on_tick, &t);
-    struct timeval tv = { 0, 10 * 1000 };
-    event_add(t.ev, &tv);
+    struct h_ticker t;
+    h_ticker_start(&t, base);
+    slow_pending = 4;
     for (int i = 0; i < 4; i++) {
-        cm_workers_submit(w, slow_work, slow_done, &t);
+        cm_workers_submit(w, slow_work, slow_done, base);
     }
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
+    double t0 = h_now_ms();
     event_base_dispatch(base);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    double ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
-    /* 4 jobs of 300 ms on 2 threads: about 600 ms, during which the 10 ms timer keeps firing. */
+    double ms = h_now_ms() - t0;
+    /* 4 jobs of 300 ms on 2 threads: about 600 ms, during which the loop never stalls */
     ck_assert_double_ge(ms, 550);
     ck_assert_double_lt(ms, 2000);
     ck_assert_int_ge(t.ticks, 40);
-    event_free(t.ev);
+    ck_assert_double_lt(t.max_gap_ms, 100);
+    h_ticker_stop(&t);
     cm_workers_free(w);
     event_base_free(base);
 }

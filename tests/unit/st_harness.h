@@ -19,14 +19,14 @@
 
 /* What one op's done() saw; the op itself is freed by the framework right after. */
 struct h_result {
-    int calls;                   /* done() calls: must end at exactly 1 */
+    int calls; /* done() calls: must end at exactly 1 */
     int status;
     char err[160];
     size_t n;
     bool hit[H_MAX_ITEMS];
-    char *val[H_MAX_ITEMS];      /* stolen from the op, NUL-terminated copy */
+    char *val[H_MAX_ITEMS]; /* stolen from the op, NUL-terminated copy */
     size_t vlen[H_MAX_ITEMS];
-    int *pending;                /* decremented on done; loop breaks at 0 */
+    int *pending; /* decremented on done; loop breaks at 0 */
     struct event_base *base;
 };
 
@@ -95,7 +95,7 @@ static inline void h_wait(struct event_base *base, int *pending, int secs)
         return;
     }
     struct event *safety = evtimer_new(base, h_on_safety, base);
-    struct timeval tv = { secs, 0 };
+    struct timeval tv = {secs, 0};
     evtimer_add(safety, &tv);
     event_base_dispatch(base);
     event_free(safety);
@@ -177,7 +177,7 @@ static inline void h_ticker_start(struct h_ticker *t, struct event_base *base)
 {
     memset(t, 0, sizeof(*t));
     t->ev = event_new(base, -1, EV_PERSIST, h_on_tick, t);
-    struct timeval tv = { 0, 10 * 1000 };
+    struct timeval tv = {0, 10 * 1000};
     event_add(t->ev, &tv);
 }
 
@@ -192,7 +192,7 @@ static inline void h_ticker_stop(struct h_ticker *t)
 static inline void h_close_with_pending(struct cm_storage *st, int n)
 {
     struct h_result *res = cm_calloc((size_t)n, sizeof(*res));
-    const char *k[] = { "p" };
+    const char *k[] = {"p"};
     for (int i = 0; i < n; i++) {
         cm_storage_submit(st, h_op(CM_ST_SET, 1, k, k, -1), h_done, &res[i]);
     }
@@ -211,8 +211,7 @@ static inline const char *h_src_path(const char *rel, char *out, size_t outsz)
     if (access(out, R_OK) == 0) {
         return out;
     }
-    snprintf(out, outsz, "%.*s/../../%s", (int)(strrchr(__FILE__, '/') - __FILE__), __FILE__,
-             rel);
+    snprintf(out, outsz, "%.*s/../../%s", (int)(strrchr(__FILE__, '/') - __FILE__), __FILE__, rel);
     ck_assert_msg(access(out, R_OK) == 0, "cannot find %s", rel);
     return out;
 }
