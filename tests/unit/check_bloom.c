@@ -53,24 +53,29 @@ START_TEST(test_clears_at_capacity)
 {
     struct cm_bloom *b = cm_bloom_new(100, 0.01);
     char k[32];
-    for (int i = 0; i < 100; i++) {
-        snprintf(k, sizeof(k), "k%d", i);
-        ck_assert(!cm_bloom_add_if_absent(b, k, strlen(k)));
+    int i = 0, fps = 0;
+    /* the hash seed is random per process: a rare false positive is not counted as added */
+    while (cm_bloom_count(b) < 100) {
+        snprintf(k, sizeof(k), "k%d", i++);
+        fps += cm_bloom_add_if_absent(b, k, strlen(k));
     }
-    ck_assert_uint_eq(cm_bloom_count(b), 100);
+    ck_assert_int_le(fps, 5);
     ck_assert_uint_eq(cm_bloom_clears(b), 0);
     ck_assert(cm_bloom_contains(b, "k0", 2));
-    /* the 101st key finds the filter at capacity: it is cleared, then the key is added */
-    ck_assert(!cm_bloom_add_if_absent(b, "new", 3));
+    /* the next new key finds the filter at capacity: it is cleared, then the key is added */
+    int j = 0;
+    do {
+        snprintf(k, sizeof(k), "new%d", j++);
+    } while (cm_bloom_add_if_absent(b, k, strlen(k)));
     ck_assert_uint_eq(cm_bloom_clears(b), 1);
     ck_assert_uint_eq(cm_bloom_count(b), 1);
-    ck_assert(cm_bloom_contains(b, "new", 3));
+    ck_assert(cm_bloom_contains(b, k, strlen(k)));
     int survivors = 0;
-    for (int i = 0; i < 100; i++) {
-        snprintf(k, sizeof(k), "k%d", i);
+    for (int n = 0; n < i; n++) {
+        snprintf(k, sizeof(k), "k%d", n);
         survivors += cm_bloom_contains(b, k, strlen(k));
     }
-    ck_assert_int_le(survivors, 2);   /* only false positives against one key */
+    ck_assert_int_le(survivors, 3);   /* only false positives against one key */
     cm_bloom_free(b);
 }
 END_TEST
