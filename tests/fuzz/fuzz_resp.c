@@ -76,6 +76,11 @@ static void drain(struct cm_resp_parser *p, struct outcome *o, bool roundtrip)
     }
     if (o->rc == CM_ERR) {
         snprintf(o->err, sizeof(o->err), "%s", cm_resp_errstr(p));
+        char sample[300];
+        cm_resp_err_sample(p, sample, 1 + o->hash % sizeof(sample));
+        if (strlen(sample) >= sizeof(sample)) {
+            abort();
+        }
     }
 }
 
