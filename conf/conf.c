@@ -75,6 +75,7 @@ struct loader {
     bool skip;           /* current physical line is already reported */
     bool ini_prev_name;  /* inih has a name a continuation line would extend */
     enum line_kind kind; /* of the current chunk */
+    bool kv_pending;     /* an LK_KV chunk whose handler call has not come yet */
     int cur;             /* index in secs of the current section, or CUR_* */
     struct section *secs;
     size_t nsecs;
@@ -378,12 +379,13 @@ static void classify(struct loader *L, const char *str, bool overlong, bool has_
         }
     } else {
         const char *sep = ini_find(start, end, "=:");
-        if (sep < end) {
+        if (sep < end && (*sep == '=' || *sep == ':')) {
             const char *ne = sep;
             while (ne > start && isspace((unsigned char)ne[-1])) {
                 ne--;
             }
             L->kind = LK_KV;
+            L->kv_pending = true;
             L->ini_prev_name = ne > start;
         } else {
             L->kind = LK_BAD;
@@ -430,6 +432,17 @@ static void classify(struct loader *L, const char *str, bool overlong, bool has_
     }
 }
 
+/* Our reading of a line and inih's must agree: a line we took for "key = value" gets exactly
+ * one handler call before the next line is read. A different inih build (other comment or
+ * continuation rules) would show up here as an error instead of a silently dropped key. */
+static void check_kv_handled(struct loader *L)
+{
+    if (L->kv_pending && !L->skip) {
+        add_err(L, L->line, "could not parse this line (INI parser disagreement)");
+    }
+    L->kv_pending = false;
+}
+
 /* ini_reader over the in-memory text. Returns at most num-1 bytes of one line; a longer line
  * comes back in several chunks, all flagged overlong, and counted as one physical line. */
 static char *reader(char *str, int num, void *arg)
@@ -441,6 +454,7 @@ static char *reader(char *str, int num, void *arg)
     size_t content, take, consumed;
     bool was_partial = L->partial;
 
+    check_kv_handled(L);
     if (L->off >= L->len || num < 2) {
         return NULL;
     }
@@ -489,9 +503,15 @@ static int handler(void *arg, const char *section, const char *name, const char 
     char n[256], v[1024], why[64];
 
     CM_UNUSED(section);
-    if (L->skip || L->kind != LK_KV) {
+    if (L->skip || L->kind == LK_CONT) {
         return 1;
     }
+    if (L->kind != LK_KV || !L->kv_pending) {
+        add_err(L, L->line, "unexpected value for '%s' (INI parser disagreement)",
+                esc(n, sizeof(n), name));
+        return 1;
+    }
+    L->kv_pending = false;
     if (L->cur == CUR_IGNORE) {
         return 1;
     }
@@ -1150,6 +1170,7 @@ int cm_conf_load_string(const char *name, const char *text, size_t len, struct c
     L.conf->file = cm_strdup(name);
 
     rc = ini_parse_stream(reader, &L, handler, &L);
+    check_kv_handled(&L);
     if (rc < 0) {
         add_err(&L, L.line, "INI parser failed (%d)", rc);
     }

@@ -536,6 +536,10 @@ static const struct {
      "t.conf:2: [server] prefix = \"a\\x01\": spaces and control characters are not allowed\n"},
     {"[server]\nbogus = \"a\\b\"\n" ST_L NODE_N,
      "t.conf:2: [server] bogus = \"\"a\\x5cb\"\": unknown key\n"},
+    /* Found by fuzz_conf: an inline comment before the '=' makes the whole line a syntax error
+     * for inih, so it must be reported, not taken as "key = value". */
+    {"[server]\nprefix ; = x\n" ST_L NODE_N,
+     "t.conf:2: expected \"key = value\", \"[section]\" or a ; comment\n"},
 };
 
 START_TEST(test_bad_configs)
