@@ -10,6 +10,7 @@
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
 #include <time.h>
@@ -204,16 +205,31 @@ static inline void h_close_with_pending(struct cm_storage *st, int n)
     cm_free(res);
 }
 
-/* Path of a file of the source tree, from the cwd (repo root) or from the test's location. */
+/* Path of a file of the source tree: from $CM_SRC_DIR, the cwd, or the directories above the
+ * test binary (build/tests/check_x, build/asan/tests/check_x). */
 static inline const char *h_src_path(const char *rel, char *out, size_t outsz)
 {
-    snprintf(out, outsz, "%s", rel);
+    const char *env = getenv("CM_SRC_DIR");
+    snprintf(out, outsz, "%s%s%s", env ? env : "", env ? "/" : "", rel);
     if (access(out, R_OK) == 0) {
         return out;
     }
-    snprintf(out, outsz, "%.*s/../../%s", (int)(strrchr(__FILE__, '/') - __FILE__), __FILE__, rel);
-    ck_assert_msg(access(out, R_OK) == 0, "cannot find %s", rel);
-    return out;
+    char dir[512];
+    ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
+    dir[n > 0 ? n : 0] = '\0';
+    for (int up = 0; up < 5; up++) {
+        char *slash = strrchr(dir, '/');
+        if (slash == NULL) {
+            break;
+        }
+        *slash = '\0';
+        int w = snprintf(out, outsz, "%s/%s", dir, rel);
+        if (w > 0 && (size_t)w < outsz && access(out, R_OK) == 0) {
+            return out;
+        }
+    }
+    ck_abort_msg("cannot find %s (set CM_SRC_DIR to the source tree)", rel);
+    return NULL;
 }
 
 #endif
