@@ -192,7 +192,7 @@ static void cmd_set(struct cm_req *req)
 {
     int64_t ttl_ms = -1;
     char err[160];
-    for (int i = 3; i < ARGC(req); i++) {
+    for (int i = 3; i < ARGC(req); i += 2) {
         int64_t v;
         bool ex = arg_is(req, i, "EX"), px = arg_is(req, i, "PX");
         if ((!ex && !px) || i + 1 >= ARGC(req) || ttl_ms != -1) {
@@ -208,7 +208,6 @@ static void cmd_set(struct cm_req *req)
             return;
         }
         ttl_ms = ex ? v * 1000 : v;
-        i++;
     }
     struct cm_node *node = node_or_reply(req, ARG(req, 1), ARGLEN(req, 1));
     if (node == NULL) {
