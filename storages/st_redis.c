@@ -52,6 +52,7 @@ struct rconn {
     int64_t backoff_ms;    /* next reconnect delay */
     size_t npending;       /* our callbacks hiredis holds on ac */
     int64_t progress_ns;   /* last reply, or the send that made npending non-zero */
+    bool is_sub;           /* rstore.sub: SUBSCRIBEd, not in its node's pool */
 };
 
 /* One server: the standalone server, or one cluster master. Owned by rstore.nodes. */
@@ -87,7 +88,19 @@ struct rstore {
     struct event *tick;
     size_t npending; /* sum of every rconn.npending */
     bool closing;
+    struct rconn *sub;   /* pub/sub connection, created by the first subscribe */
+    struct rchan *chans; /* nchans subscriptions, in call order (names may repeat) */
+    size_t nchans;
+    size_t sub_rr;                    /* cluster: next node the subscriber connects to */
     struct cm_st_redis_info counters; /* the uint64_t counters only */
+};
+
+/* A channel subscription (cm_st_redis_subscribe). */
+struct rchan {
+    char *name;
+    size_t len;
+    cm_st_redis_msg_fn *fn;
+    void *arg;
 };
 
 /* Backend state of one op (op->bpriv). */
@@ -282,10 +295,17 @@ static void on_asking(redisAsyncContext *ac, void *reply, void *priv)
     conn_replied(priv, reply);
 }
 
+static void sub_send(struct rconn *c, size_t i);
+
 static void conn_connect(struct rconn *c)
 {
+    struct rstore *rs = c->node->rs;
+    if (c->is_sub) {
+        /* Cluster pub/sub reaches every node: after a failure, try the next one. */
+        c->node = rs->nodes[rs->sub_rr++ % rs->nnodes];
+        rs->counters.subscribed = 0;
+    }
     struct rnode *n = c->node;
-    struct rstore *rs = n->rs;
     redisAsyncContext *ac = redisAsyncConnect(n->host, n->port);
     if (ac == NULL || ac->err) {
         node_warn(n, "connect failed: %s", ac != NULL ? ac_err(ac) : "out of memory");
@@ -321,6 +341,9 @@ static void conn_connect(struct rconn *c)
     if (rs->db != 0 && redisAsyncCommand(ac, on_handshake, c, "SELECT %d", rs->db) == REDIS_OK) {
         c->hs_left++;
         conn_sent(c);
+    }
+    for (size_t i = 0; c->is_sub && i < rs->nchans; i++) {
+        sub_send(c, i);
     }
     struct timeval tv = {.tv_sec = rs->connect_timeout_ms / 1000,
                          .tv_usec = (rs->connect_timeout_ms % 1000) * 1000};
@@ -360,6 +383,24 @@ static struct rconn *node_pick(struct rnode *n, unsigned route)
     return connecting;
 }
 
+static void conn_deinit(struct rconn *c)
+{
+    redisAsyncContext *ac = c->ac;
+    if (ac != NULL) {
+        ac->data = NULL;
+        c->ac = NULL;
+        redisAsyncFree(ac); /* runs c's pending callbacks: their ops fail */
+    }
+    event_free(c->timer);
+}
+
+static void conn_init(struct rconn *c, struct rnode *n)
+{
+    c->node = n;
+    c->backoff_ms = BACKOFF_MIN_MS;
+    c->timer = evtimer_new(n->rs->st->base, on_conn_timer, c);
+}
+
 static struct rnode *node_add(struct rstore *rs, const char *host, size_t hostlen, int port)
 {
     struct rnode *n = cm_calloc(1, sizeof(*n));
@@ -370,9 +411,7 @@ static struct rnode *node_add(struct rstore *rs, const char *host, size_t hostle
     n->nconns = rs->pool;
     n->conns = cm_calloc(n->nconns, sizeof(*n->conns));
     for (size_t i = 0; i < n->nconns; i++) {
-        n->conns[i].node = n;
-        n->conns[i].backoff_ms = BACKOFF_MIN_MS;
-        n->conns[i].timer = evtimer_new(rs->st->base, on_conn_timer, &n->conns[i]);
+        conn_init(&n->conns[i], n);
     }
     rs->nodes = cm_realloc(rs->nodes, (rs->nnodes + 1) * sizeof(*rs->nodes));
     rs->nodes[rs->nnodes++] = n;
@@ -395,14 +434,7 @@ static size_t node_find_or_add(struct rstore *rs, const char *host, size_t hostl
 static void node_free(struct rnode *n)
 {
     for (size_t i = 0; i < n->nconns; i++) {
-        struct rconn *c = &n->conns[i];
-        redisAsyncContext *ac = c->ac;
-        if (ac != NULL) {
-            ac->data = NULL;
-            c->ac = NULL;
-            redisAsyncFree(ac); /* runs c's pending callbacks: their ops fail */
-        }
-        event_free(c->timer);
+        conn_deinit(&n->conns[i]);
     }
     cm_free(n->conns);
     cm_free(n->host);
@@ -817,6 +849,114 @@ static void redis_submit(struct cm_storage *st, struct cm_st_op *op)
     op_unref(op, true);
 }
 
+/* ---- pub/sub ------------------------------------------------------------------------------ */
+
+static bool chan_is(const struct rchan *ch, const char *name, size_t len)
+{
+    return ch->len == len && memcmp(ch->name, name, len) == 0;
+}
+
+/* Every SUBSCRIBE callback hiredis holds runs once more, with NULL, when the context is freed;
+ * messages and confirmations in between are not counted as pending. */
+static void on_message(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rconn *c = priv;
+    struct rstore *rs = c->node->rs;
+    const redisReply *r = reply;
+    CM_UNUSED(ac);
+    if (r == NULL) {
+        conn_replied(c, NULL);
+        return;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
+        return;
+    }
+    const redisReply *kind = r->element[0], *chan = r->element[1], *msg = r->element[2];
+    if (strcmp(kind->str, "subscribe") == 0) {
+        rs->counters.subscribed++;
+        return;
+    }
+    if (strcmp(kind->str, "message") != 0 || msg->type != REDIS_REPLY_STRING) {
+        return;
+    }
+    rs->counters.messages++;
+    for (size_t i = 0; i < rs->nchans; i++) {
+        if (chan_is(&rs->chans[i], chan->str, chan->len)) {
+            rs->chans[i].fn(rs->chans[i].arg, msg->str, msg->len);
+        }
+    }
+}
+
+/* Sends SUBSCRIBE for rs->chans[i] on c, unless an earlier entry has the same name (hiredis keeps
+ * one callback per channel name). */
+static void sub_send(struct rconn *c, size_t i)
+{
+    struct rstore *rs = c->node->rs;
+    const struct rchan *ch = &rs->chans[i];
+    for (size_t j = 0; j < i; j++) {
+        if (chan_is(&rs->chans[j], ch->name, ch->len)) {
+            return;
+        }
+    }
+    if (redisAsyncCommand(c->ac, on_message, c, "SUBSCRIBE %b", ch->name, ch->len) == REDIS_OK) {
+        conn_sent(c);
+    }
+}
+
+int cm_st_redis_subscribe(struct cm_storage *st, const char *channel, cm_st_redis_msg_fn *fn,
+                          void *arg)
+{
+    struct rstore *rs = st->priv;
+    if (rs->closing) {
+        return CM_ERR;
+    }
+    rs->chans = cm_realloc(rs->chans, (rs->nchans + 1) * sizeof(*rs->chans));
+    struct rchan *ch = &rs->chans[rs->nchans++];
+    ch->len = strlen(channel);
+    ch->name = cm_strndup(channel, ch->len);
+    ch->fn = fn;
+    ch->arg = arg;
+    if (rs->sub == NULL) {
+        rs->sub = cm_calloc(1, sizeof(*rs->sub));
+        conn_init(rs->sub, rs->nodes[0]);
+        rs->sub->is_sub = true;
+        conn_connect(rs->sub);
+    } else if (conn_usable(rs->sub)) {
+        sub_send(rs->sub, rs->nchans - 1);
+    }
+    return CM_OK;
+}
+
+static void on_published(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rconn *c = priv;
+    const redisReply *r = reply;
+    CM_UNUSED(ac);
+    conn_replied(c, r);
+    if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        node_warn(c->node, "PUBLISH failed: %s", r->str);
+    }
+}
+
+int cm_st_redis_publish(struct cm_storage *st, const char *channel, const char *msg, size_t len)
+{
+    struct rstore *rs = st->priv;
+    size_t clen = strlen(channel);
+    if (rs->closing) {
+        return CM_ERR;
+    }
+    struct rnode *n = rs->cluster ? slot_node(rs, cm_redis_key_slot(channel, clen)) : rs->nodes[0];
+    struct rconn *c = node_pick(n, (unsigned)cm_hash(channel, clen));
+    if (c == NULL || redisAsyncCommand(c->ac, on_published, c, "PUBLISH %b %b", channel, clen, msg,
+                                       len) != REDIS_OK) {
+        return CM_ERR;
+    }
+    conn_sent(c);
+    rs->counters.published++;
+    return CM_OK;
+}
+
 /* ---- open / close ------------------------------------------------------------------------ */
 
 static void rstore_free(struct rstore *rs)
@@ -825,12 +965,20 @@ static void rstore_free(struct rstore *rs)
     if (rs->tick != NULL) {
         event_free(rs->tick);
     }
+    if (rs->sub != NULL) {
+        conn_deinit(rs->sub);
+        cm_free(rs->sub);
+    }
     for (size_t i = 0; i < rs->nnodes; i++) {
         node_free(rs->nodes[i]);
         rs->nodes[i] = NULL;
     }
     /* hiredis ran every callback it held: anything left would be a leaked op. */
     cm_assert(rs->npending == 0);
+    for (size_t i = 0; i < rs->nchans; i++) {
+        cm_free(rs->chans[i].name);
+    }
+    cm_free(rs->chans);
     cm_free(rs->nodes);
     cm_free(rs->slots);
     cm_free(rs->user);
@@ -933,6 +1081,7 @@ void cm_st_redis_get_info(const struct cm_storage *st, struct cm_st_redis_info *
     out->nodes = rs->nnodes;
     out->pending = rs->npending;
     out->conns = out->conns_ready = 0;
+    out->channels = rs->nchans;
     for (size_t i = 0; i < rs->nnodes; i++) {
         for (size_t j = 0; j < rs->nodes[i]->nconns; j++) {
             out->conns += rs->nodes[i]->conns[j].ac != NULL;

@@ -33,8 +33,7 @@ START_TEST(test_roundtrip_binary)
     char k0[96], k1[96], k2[96], k3[96];
     key(k0, sizeof(k0), "bin:a");
     size_t k1len = strlen(key(k1, sizeof(k1), "bin:b")) + 3;
-    /* CRLF and high bytes in a key (not NUL: cm_st_op_set_key copies with strndup). */
-    memcpy(k1 + k1len - 3, "\r\n\xff", 3);
+    memcpy(k1 + k1len - 3, "\0\r\n", 3); /* NUL and CRLF in a key */
     key(k2, sizeof(k2), "bin:big");
     key(k3, sizeof(k3), "bin:absent");
     const char v0[] = "\x00\x01\r\n\xff\x80 value";
@@ -463,6 +462,113 @@ START_TEST(test_bad_urls)
 }
 END_TEST
 
+/* What a subscriber callback saw. */
+struct inbox {
+    int n;
+    char last[64];
+    size_t last_len;
+};
+
+static void on_msg(void *arg, const char *msg, size_t len)
+{
+    struct inbox *in = arg;
+    in->n++;
+    in->last_len = len < sizeof(in->last) ? len : sizeof(in->last);
+    memcpy(in->last, msg, in->last_len);
+}
+
+/* Runs the loop until cond_n(*n >= want) or ms pass. */
+static bool wait_count(struct rt *t, const int *n, int want, int ms)
+{
+    double end = h_now_ms() + ms;
+    while (*n < want && h_now_ms() < end) {
+        rt_run_for(t, 10);
+    }
+    return *n >= want;
+}
+
+static bool wait_subscribed(struct rt *t, uint64_t want, int ms)
+{
+    double end = h_now_ms() + ms;
+    struct cm_st_redis_info in;
+    for (rt_info(t, &in); in.subscribed < want && h_now_ms() < end; rt_info(t, &in)) {
+        rt_run_for(t, 10);
+    }
+    return in.subscribed >= want;
+}
+
+START_TEST(test_pubsub_roundtrip)
+{
+    const char *url = rt_env("CM_TEST_REDIS_URL");
+    struct rt t;
+    rt_open(&t, url, 2, 2000, false);
+    char inv[96], other[96];
+    key(inv, sizeof(inv), "inv");
+    key(other, sizeof(other), "other");
+    struct inbox a = {0}, b = {0}, c = {0};
+    ck_assert_int_eq(cm_st_redis_subscribe(t.st, inv, on_msg, &a), CM_OK);
+    ck_assert_int_eq(cm_st_redis_subscribe(t.st, inv, on_msg, &b), CM_OK);
+    ck_assert(wait_subscribed(&t, 1, 3000));
+    /* A channel added while the subscriber is up is subscribed at once. */
+    ck_assert_int_eq(cm_st_redis_subscribe(t.st, other, on_msg, &c), CM_OK);
+    ck_assert(wait_subscribed(&t, 2, 3000));
+
+    ck_assert_int_eq(cm_st_redis_publish(t.st, inv, "user:\0:1", 8), CM_OK);
+    ck_assert(wait_count(&t, &b.n, 1, 3000));
+    ck_assert_int_eq(a.n, 1);
+    ck_assert_uint_eq(a.last_len, 8);
+    ck_assert(memcmp(a.last, "user:\0:1", 8) == 0);
+    ck_assert_int_eq(c.n, 0);
+
+    redisContext *sc = sync_for_url(url);
+    redisReply *rep = redisCommand(sc, "PUBLISH %s from-outside", other);
+    ck_assert(rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1);
+    freeReplyObject(rep);
+    redisFree(sc);
+    ck_assert(wait_count(&t, &c.n, 1, 3000));
+    ck_assert_int_eq(c.last_len, strlen("from-outside"));
+    ck_assert_int_eq(a.n, 1);
+    struct cm_st_redis_info in;
+    rt_info(&t, &in);
+    ck_assert_uint_eq(in.messages, 2);
+    ck_assert_uint_eq(in.published, 1);
+    ck_assert_uint_eq(in.channels, 3);
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_pubsub_resubscribes_after_restart)
+{
+    int port = free_port();
+    const char *extra[] = {"--requirepass", "pw", NULL};
+    pid_t pid = redis_spawn(port, extra);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://:pw@127.0.0.1:%d/2", port);
+    struct rt t;
+    rt_open(&t, url, 1, 500, false);
+    struct inbox a = {0};
+    ck_assert_int_eq(cm_st_redis_subscribe(t.st, "inval", on_msg, &a), CM_OK);
+    ck_assert(wait_subscribed(&t, 1, 3000));
+    redis_kill(pid);
+    rt_run_for(&t, 300);
+    struct cm_st_redis_info in;
+    rt_info(&t, &in);
+    ck_assert_uint_eq(in.subscribed, 0);
+    pid = redis_spawn(port, extra);
+    ck_assert_msg(wait_subscribed(&t, 1, 6500), "not subscribed again within 6.5 s");
+    redisContext *sc = sync_connect("127.0.0.1", port);
+    freeReplyObject(redisCommand(sc, "AUTH pw"));
+    redisReply *rep = redisCommand(sc, "PUBLISH inval again");
+    ck_assert(rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1);
+    freeReplyObject(rep);
+    redisFree(sc);
+    ck_assert(wait_count(&t, &a.n, 1, 3000));
+    ck_assert(a.last_len == 5 && memcmp(a.last, "again", 5) == 0);
+    rt_close(&t);
+    redis_kill(pid);
+}
+END_TEST
+
 static Suite *st_redis_suite(void)
 {
     Suite *s = suite_create("st_redis");
@@ -477,6 +583,8 @@ static Suite *st_redis_suite(void)
     tcase_add_test(tc, test_many_concurrent_ops);
     tcase_add_test(tc, test_close_finishes_pending);
     tcase_add_test(tc, test_bad_urls);
+    tcase_add_test(tc, test_pubsub_roundtrip);
+    tcase_add_test(tc, test_pubsub_resubscribes_after_restart);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -478,6 +478,40 @@ START_TEST(test_cluster_seed_down)
 }
 END_TEST
 
+static void on_msg(void *arg, const char *msg, size_t len)
+{
+    int *n = arg;
+    *n += len == 5 && memcmp(msg, "k:1:1", 5) == 0;
+}
+
+/* Published through one master, received on a subscriber connected to another (or the same):
+ * cluster pub/sub is broadcast. */
+START_TEST(test_cluster_pubsub)
+{
+    struct rt t;
+    open_cluster(&t, 1);
+    char chan[64];
+    snprintf(chan, sizeof(chan), "cmtest:%d:inv", (int)getpid());
+    int got = 0;
+    ck_assert_int_eq(cm_st_redis_subscribe(t.st, chan, on_msg, &got), CM_OK);
+    struct cm_st_redis_info in;
+    double end = h_now_ms() + 3000;
+    for (rt_info(&t, &in); in.subscribed == 0 && h_now_ms() < end; rt_info(&t, &in)) {
+        rt_run_for(&t, 10);
+    }
+    ck_assert_uint_eq(in.subscribed, 1);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(cm_st_redis_publish(t.st, chan, "k:1:1", 5), CM_OK);
+    }
+    end = h_now_ms() + 3000;
+    while (got < 3 && h_now_ms() < end) {
+        rt_run_for(&t, 10);
+    }
+    ck_assert_int_eq(got, 3);
+    rt_close(&t);
+}
+END_TEST
+
 static Suite *st_redis_cluster_suite(void)
 {
     Suite *s = suite_create("st_redis_cluster");
@@ -492,6 +526,7 @@ static Suite *st_redis_cluster_suite(void)
     tcase_add_test(tc, test_ask_during_migration);
     tcase_add_test(tc, test_redirect_loop_is_bounded);
     tcase_add_test(tc, test_cluster_seed_down);
+    tcase_add_test(tc, test_cluster_pubsub);
     suite_add_tcase(s, tc);
     return s;
 }
