@@ -282,13 +282,21 @@ START_TEST(test_sigstop_timeout_then_recover)
 }
 END_TEST
 
+/* A private redis-server with requirepass pw, and the URL for it with db. */
+static pid_t spawn_with_password(const char *pw, int db, int *port, char *url, size_t urlsz)
+{
+    *port = free_port();
+    const char *extra[] = {"--requirepass", pw, NULL};
+    pid_t pid = redis_spawn(*port, extra);
+    snprintf(url, urlsz, "redis://:%s@127.0.0.1:%d/%d", pw, *port, db);
+    return pid;
+}
+
 START_TEST(test_auth_and_db_from_url)
 {
-    int port = free_port();
-    const char *extra[] = {"--requirepass", "s3cret", NULL};
-    pid_t pid = redis_spawn(port, extra);
+    int port;
     char url[96];
-    snprintf(url, sizeof(url), "redis://:s3cret@127.0.0.1:%d/3", port);
+    pid_t pid = spawn_with_password("s3cret", 3, &port, url, sizeof(url));
     struct rt t;
     rt_open(&t, url, 3, 1000, false);
     ck_assert(rt_wait_ready(&t, 5));
@@ -539,11 +547,9 @@ END_TEST
 
 START_TEST(test_pubsub_resubscribes_after_restart)
 {
-    int port = free_port();
-    const char *extra[] = {"--requirepass", "pw", NULL};
-    pid_t pid = redis_spawn(port, extra);
-    char url[64];
-    snprintf(url, sizeof(url), "redis://:pw@127.0.0.1:%d/2", port);
+    int port;
+    char url[96];
+    pid_t pid = spawn_with_password("pw", 2, &port, url, sizeof(url));
     struct rt t;
     rt_open(&t, url, 1, 500, false);
     struct inbox a = {0};
@@ -554,6 +560,7 @@ START_TEST(test_pubsub_resubscribes_after_restart)
     struct cm_st_redis_info in;
     rt_info(&t, &in);
     ck_assert_uint_eq(in.subscribed, 0);
+    const char *extra[] = {"--requirepass", "pw", NULL};
     pid = redis_spawn(port, extra);
     ck_assert_msg(wait_subscribed(&t, 1, 6500), "not subscribed again within 6.5 s");
     redisContext *sc = sync_connect("127.0.0.1", port);
