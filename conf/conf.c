@@ -1214,8 +1214,8 @@ int cm_conf_load(const char *path, struct cm_conf **out, FILE *errs)
     }
     if (ferror(f) || len > MAX_FILE_SIZE) {
         if (errs != NULL) {
-            fprintf(errs, "%s: %s\n", path,
-                    ferror(f) ? "read error" : "file too large (more than 16 MiB)");
+            fprintf(errs, "%s: %s%s\n", path, ferror(f) ? "cannot read: " : "",
+                    ferror(f) ? strerror(errno) : "file too large (more than 16 MiB)");
         }
         fclose(f);
         cm_free(text);

@@ -711,6 +711,13 @@ START_TEST(test_file_errors)
     ck_assert_ptr_null(c);
     ck_assert_str_eq(buf, "/nonexistent/cachemed.conf: cannot open: No such file or directory\n");
     free(buf);
+
+    buf = NULL;
+    f = open_memstream(&buf, &len);
+    ck_assert_int_eq(cm_conf_load("/tmp", &c, f), CM_ERR);
+    fclose(f);
+    ck_assert_str_eq(buf, "/tmp: cannot read: Is a directory\n");
+    free(buf);
 }
 END_TEST
 
