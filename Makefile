@@ -34,19 +34,25 @@ cachemed: $(BUILD)/cachemed
 	@if [ "$(BUILD)" = build ]; then cp $< $@; fi
 
 $(BUILD)/cachemed: $(BUILD)/daemon/main.o $(LIB_OBJS)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	@$(if $(V),,echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+Q := $(if $(V),,@)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	@$(if $(V),,echo "  CC    $@")
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(PKG_LIBS) $(CHECK_FLAGS)
+	@$(if $(V),,echo "  TEST  $@")
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(PKG_LIBS) $(CHECK_FLAGS)
 
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(PKG_LIBS)
+	@$(if $(V),,echo "  BENCH $@")
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(PKG_LIBS)
 
 unit-bins: $(UNIT_BINS)
 bench-bins: $(BENCH_BINS)
@@ -81,10 +87,13 @@ fuzz:
 	@for f in $(FUZZ_SRCS); do n=$$(basename $$f .c); \
 	    clang -std=gnu11 -g -O1 -I. -D_GNU_SOURCE $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
 	      -o build/fuzz/$$n $$f $(LIB_OBJS:$(BUILD)/%=build/fuzz/%) $(PKG_LIBS) || exit 1; \
-	    mkdir -p tests/fuzz/corpus/$${n#fuzz_}; \
-	    echo "== $$n ($(FUZZ_SECS)s)"; \
-	    build/fuzz/$$n -max_total_time=$(FUZZ_SECS) -print_final_stats=1 \
-	      tests/fuzz/corpus/$${n#fuzz_} 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY' || exit 1; \
+	    c=build/fuzz/corpus/$${n#fuzz_}; rm -rf $$c; mkdir -p $$c; \
+	    cp tests/fuzz/corpus/$${n#fuzz_}/* $$c/ 2>/dev/null; \
+	    echo "== $$n ($(FUZZ_SECS)s, corpus copy in $$c)"; \
+	    build/fuzz/$$n -max_total_time=$(FUZZ_SECS) -print_final_stats=1 -artifact_prefix=build/fuzz/ \
+	      $$c > build/fuzz/$$n.log 2>&1; rc=$$?; \
+	    grep -E 'stat::number_of_executed_units|ERROR|SUMMARY' build/fuzz/$$n.log; \
+	    [ $$rc -eq 0 ] || { tail -30 build/fuzz/$$n.log; exit 1; }; \
 	done
 
 bench: all bench-bins

@@ -28,6 +28,9 @@ void cm_buf_reset(struct cm_buf *b);
 char *cm_buf_steal(struct cm_buf *b, size_t *len);
 
 static inline size_t cm_buf_used(const struct cm_buf *b) { return b->len - b->pos; }
-static inline char *cm_buf_start(const struct cm_buf *b) { return b->data + b->pos; }
+static inline char *cm_buf_start(const struct cm_buf *b)
+{
+    return b->data != NULL ? b->data + b->pos : (char *)"";   /* never NULL + 0 (UBSan) */
+}
 
 #endif
