@@ -1,0 +1,141 @@
+/* The reply queue: out-of-order completion keeps request order; orphaned requests are freed by
+ * their last holder. Drives a real connection over a socketpair. */
+#include "conf/conf.h"
+#include "daemon/alloc.h"
+#include "daemon/conn.h"
+#include "daemon/req.h"
+#include "daemon/resp.h"
+#include "daemon/server.h"
+
+#include <check.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static struct cm_server srv;
+static struct cm_conf conf;
+static int peer;
+static struct cm_conn *conn;
+
+static void setup(void)
+{
+    int sv[2];
+    memset(&srv, 0, sizeof(srv));
+    memset(&conf, 0, sizeof(conf));
+    conf.max_clients = 10;
+    srv.conf = &conf;
+    srv.base = event_base_new();
+    TAILQ_INIT(&srv.conns);
+    TAILQ_INIT(&srv.to_free);
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    fcntl(sv[0], F_SETFL, O_NONBLOCK);
+    fcntl(sv[1], F_SETFL, O_NONBLOCK);
+    peer = sv[1];
+    conn = cm_conn_new(&srv, sv[0], "test", true);
+    ck_assert_ptr_nonnull(conn);
+}
+
+static void teardown(void)
+{
+    struct cm_conn *c;
+    if (conn->state == CM_CONN_ACTIVE) {
+        cm_conn_close(conn, "test over");
+    }
+    while ((c = TAILQ_FIRST(&srv.to_free)) != NULL) {
+        TAILQ_REMOVE(&srv.to_free, c, link);
+        cm_conn_free(c);
+    }
+    close(peer);
+    event_base_free(srv.base);
+}
+
+/* Queues a request the way the connection does after parsing. */
+static struct cm_req *queue_req(void)
+{
+    struct cm_req *r = cm_req_new(conn, NULL);
+    TAILQ_INSERT_TAIL(&conn->reqs, r, link);
+    conn->nreqs++;
+    return r;
+}
+
+static void complete(struct cm_req *r, const char *reply)
+{
+    cm_buf_append_str(&r->reply, reply);
+    cm_req_done(r);
+}
+
+static const char *drain(void)
+{
+    static char buf[256];
+    ssize_t n = read(peer, buf, sizeof(buf) - 1);
+    buf[n > 0 ? n : 0] = '\0';
+    return buf;
+}
+
+START_TEST(test_out_of_order_completion_keeps_order)
+{
+    struct cm_req *a = queue_req(), *b = queue_req(), *c = queue_req();
+    complete(c, "+c\r\n");
+    ck_assert_str_eq(drain(), "");              /* A and B pending: C must wait */
+    complete(a, "+a\r\n");
+    ck_assert_str_eq(drain(), "+a\r\n");        /* B still pending */
+    complete(b, "+b\r\n");
+    ck_assert_str_eq(drain(), "+b\r\n+c\r\n");
+    ck_assert_int_eq((int)conn->nreqs, 0);
+}
+END_TEST
+
+START_TEST(test_slots_complete_in_any_order)
+{
+    struct cm_req *r = queue_req();
+    r->slots = cm_calloc(3, sizeof(*r->slots));
+    r->nslots = 3;
+    r->pending = 3;
+    cm_req_fill_slot(r, 2, cm_strdup(":2\r\n"), 4);
+    cm_req_fill_slot(r, 0, cm_strdup(":0\r\n"), 4);
+    ck_assert_int_eq(r->state, CM_REQ_WAITING);
+    cm_req_fill_slot(r, 1, cm_strdup(":1\r\n"), 4);
+    ck_assert_int_eq(r->state, CM_REQ_DONE);
+}
+END_TEST
+
+START_TEST(test_orphaned_request_freed_by_last_holder)
+{
+    struct cm_req *done = queue_req(), *waiting = queue_req();
+    waiting->refs = 1;                /* a flight holds it */
+    waiting->slots = cm_calloc(1, sizeof(*waiting->slots));
+    waiting->nslots = 1;
+    waiting->pending = 1;
+    complete(done, "+ok\r\n");
+    ck_assert_str_eq(drain(), "+ok\r\n");
+    cm_conn_close(conn, "client gone");
+    ck_assert_ptr_null(waiting->conn);
+    /* The flight finishes later: filling and unref must not touch the freed connection. */
+    cm_req_fill_slot(waiting, 0, cm_strdup("$1\r\nx\r\n"), 7);
+    cm_req_unref(waiting);            /* frees it (ASan checks) */
+}
+END_TEST
+
+static Suite *conn_suite(void)
+{
+    Suite *s = suite_create("conn");
+    TCase *tc = tcase_create("queue");
+    tcase_set_timeout(tc, 10);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_out_of_order_completion_keeps_order);
+    tcase_add_test(tc, test_slots_complete_in_any_order);
+    tcase_add_test(tc, test_orphaned_request_freed_by_last_holder);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(conn_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}

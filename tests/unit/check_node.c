@@ -1,0 +1,154 @@
+/* Key templates: parsing, leftmost-shortest matching, storage keys, loader URLs. */
+#include "conf/conf.h"
+#include "daemon/alloc.h"
+#include "daemon/buf.h"
+#include "daemon/node.h"
+
+#include <check.h>
+#include <string.h>
+
+struct match_case {
+    const char *tpl;
+    const char *key;
+    bool match;
+    const char *params;   /* "name=value;name=value" */
+};
+
+static const struct match_case cases[] = {
+    { "user:{id}:info", "user:1:info", true, "id=1" },
+    { "user:{id}:info", "user::info", false, NULL },
+    { "user:{id}:info", "user:1:2:info", true, "id=1:2" },
+    { "user:{id}:info", "user:1:infox", false, NULL },
+    { "user:{id}:info", "xuser:1:info", false, NULL },
+    { "{key}", "anything at all", true, "key=anything at all" },
+    { "{key}", "", false, NULL },
+    { "a{x}b{y}c", "a1b2b3c", true, "x=1;y=2b3" },
+    { "{a}:{b}", "x:y:z", true, "a=x;b=y:z" },
+    { "pre{a}", "pre", false, NULL },
+    { "pre{a}", "pref", true, "a=f" },
+    { "ping", "ping", true, "" },
+    { "ping", "pin", false, NULL },
+    { "ping", "pingx", false, NULL },
+    { "x{a}y", "xyyy", true, "a=yy" },
+    { "{a}.{b}", "a.b.c", true, "a=a;b=b.c" },
+    { "k:{a}:{b}:end", "k:1:2:3:end", true, "a=1;b=2:3" },
+    { "k:{a}:{b}:end", "k:1::end", false, NULL },
+};
+
+static void params_str(const struct cm_params *p, char *out, size_t outsz)
+{
+    out[0] = '\0';
+    for (size_t i = 0; i < p->n; i++) {
+        size_t len = strlen(out);
+        snprintf(out + len, outsz - len, "%s%.*s=%.*s", i ? ";" : "", (int)p->name_len[i],
+                 p->name[i], (int)p->val_len[i], p->val[i]);
+    }
+}
+
+START_TEST(test_match_table)
+{
+    const struct match_case *mc = &cases[_i];
+    struct cm_tpl t;
+    struct cm_params p;
+    char err[128], got[256];
+    ck_assert_int_eq(cm_tpl_parse(&t, mc->tpl, err, sizeof(err)), CM_OK);
+    bool m = cm_tpl_match(&t, mc->key, strlen(mc->key), &p);
+    ck_assert_msg(m == mc->match, "%s ~ %s: got %d", mc->tpl, mc->key, m);
+    if (m) {
+        params_str(&p, got, sizeof(got));
+        ck_assert_str_eq(got, mc->params);
+    }
+    cm_tpl_deinit(&t);
+}
+END_TEST
+
+START_TEST(test_match_is_linear_on_long_keys)
+{
+    /* A hostile key must not make matching explode: 64 KiB against a 3-param template. */
+    struct cm_tpl t;
+    char err[128];
+    size_t n = 65536;
+    char *key = cm_malloc(n + 1);
+    memset(key, 'a', n);
+    key[n] = '\0';
+    ck_assert_int_eq(cm_tpl_parse(&t, "{a}a{b}a{c}b", err, sizeof(err)), CM_OK);
+    ck_assert(!cm_tpl_match(&t, key, n, NULL));
+    cm_tpl_deinit(&t);
+    cm_free(key);
+}
+END_TEST
+
+START_TEST(test_parse_errors)
+{
+    struct cm_tpl t;
+    char err[128];
+    ck_assert_int_eq(cm_tpl_parse(&t, "a{b", err, sizeof(err)), CM_ERR);
+    ck_assert_ptr_nonnull(strstr(err, "unbalanced or empty"));
+    ck_assert_int_eq(cm_tpl_parse(&t, "a{}b", err, sizeof(err)), CM_ERR);
+    ck_assert_int_eq(cm_tpl_parse(&t, "{a}{b}", err, sizeof(err)), CM_ERR);
+    ck_assert_ptr_nonnull(strstr(err, "next to each other"));
+}
+END_TEST
+
+/* A node built by hand: key template, version, loader template. */
+static void make_node(struct cm_node *n, struct cm_conf_node *cn, const char *key,
+                      const char *loader)
+{
+    char err[128];
+    memset(n, 0, sizeof(*n));
+    memset(cn, 0, sizeof(*cn));
+    cn->version = (char *)"v1";
+    n->conf = cn;
+    ck_assert_int_eq(cm_tpl_parse(&n->key, key, err, sizeof(err)), CM_OK);
+    ck_assert_int_eq(cm_tpl_parse(&n->loader, loader, err, sizeof(err)), CM_OK);
+}
+
+START_TEST(test_storage_key_and_loader_url)
+{
+    struct cm_node n;
+    struct cm_conf_node cn;
+    struct cm_params p;
+    struct cm_buf b;
+    const char *key = "user:../a b?#%:info";
+    make_node(&n, &cn, "user:{id}:info", "http://h:1/users/{id}?x=1");
+    cm_buf_init(&b);
+    cm_node_storage_key(&n, "cacheme", "user:1:info", 11, &b);
+    cm_buf_append(&b, "", 1);
+    ck_assert_str_eq(cm_buf_start(&b), "cacheme:user:1:info:v1");
+    cm_buf_reset(&b);
+    ck_assert(cm_tpl_match(&n.key, key, strlen(key), &p));
+    cm_node_loader_url(&n, &p, &b);
+    cm_buf_append(&b, "", 1);
+    ck_assert_str_eq(cm_buf_start(&b), "http://h:1/users/..%2Fa%20b%3F%23%25?x=1");
+    cm_buf_reset(&b);
+    ck_assert(cm_tpl_match(&n.key, "user:..:info", 12, &p));
+    cm_node_loader_url(&n, &p, &b);
+    cm_buf_append(&b, "", 1);
+    ck_assert_str_eq(cm_buf_start(&b), "http://h:1/users/%2E%2E?x=1");
+    cm_buf_deinit(&b);
+    cm_tpl_deinit(&n.key);
+    cm_tpl_deinit(&n.loader);
+}
+END_TEST
+
+static Suite *node_suite(void)
+{
+    Suite *s = suite_create("node");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 10);
+    tcase_add_loop_test(tc, test_match_table, 0, (int)(sizeof(cases) / sizeof(cases[0])));
+    tcase_add_test(tc, test_match_is_linear_on_long_keys);
+    tcase_add_test(tc, test_parse_errors);
+    tcase_add_test(tc, test_storage_key_and_loader_url);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(node_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
