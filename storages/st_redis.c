@@ -88,6 +88,9 @@ struct rstore {
     struct event *tick;
     size_t npending; /* sum of every rconn.npending */
     bool closing;
+    struct cm_st_op *deferred; /* ops that ended inside submit, finished by defer_ev or close */
+    struct cm_st_op **deferred_tail;
+    struct event *defer_ev;
     struct rconn *sub;   /* pub/sub connection, created by the first subscribe */
     struct rchan *chans; /* nchans subscriptions, in call order (names may repeat) */
     size_t nchans;
@@ -563,6 +566,30 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- operations -------------------------------------------------------------------------- */
 
+/* Finishes every deferred op (in submit order). done() may submit again: those wait their turn. */
+static void finish_deferred(struct rstore *rs)
+{
+    while (rs->deferred != NULL) {
+        struct cm_st_op *op = rs->deferred;
+        rs->deferred = op->bnext;
+        if (rs->deferred == NULL) {
+            rs->deferred_tail = &rs->deferred;
+        }
+        op->bnext = NULL;
+        cm_st_op_finish(op);
+    }
+}
+
+static void on_defer(evutil_socket_t fd, short what, void *arg)
+{
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    finish_deferred(arg);
+}
+
+/* Drops one reference to op; the last one finishes it. Inside submit the finish is deferred to
+ * the next loop iteration (never synchronously, storage.h), on a list of our own rather than
+ * cm_st_op_finish_later, so that close() can still finish those ops itself. */
 static void op_unref(struct cm_st_op *op, bool in_submit)
 {
     struct rop *ro = op->bpriv;
@@ -571,11 +598,15 @@ static void op_unref(struct cm_st_op *op, bool in_submit)
     }
     cm_free(ro);
     op->bpriv = NULL;
-    if (in_submit) {
-        cm_st_op_finish_later(op);
-    } else {
+    if (!in_submit) {
         cm_st_op_finish(op);
+        return;
     }
+    struct rstore *rs = op->st->priv;
+    op->bnext = NULL;
+    *rs->deferred_tail = op;
+    rs->deferred_tail = &op->bnext;
+    event_active(rs->defer_ev, EV_TIMEOUT, 1);
 }
 
 static void rcmd_end(struct rcmd *rc, bool in_submit)
@@ -969,9 +1000,15 @@ static void rstore_free(struct rstore *rs)
         conn_deinit(rs->sub);
         cm_free(rs->sub);
     }
+    finish_deferred(rs);
     for (size_t i = 0; i < rs->nnodes; i++) {
         node_free(rs->nodes[i]);
         rs->nodes[i] = NULL;
+    }
+    /* done() of the ops failed just now may have submitted more: they failed at once. */
+    finish_deferred(rs);
+    if (rs->defer_ev != NULL) {
+        event_free(rs->defer_ev);
     }
     /* hiredis ran every callback it held: anything left would be a leaked op. */
     cm_assert(rs->npending == 0);
@@ -1028,6 +1065,7 @@ static int redis_open(struct cm_storage *st, char *err, size_t errsz)
     const struct cm_conf_storage *conf = st->conf;
     struct rstore *rs = cm_calloc(1, sizeof(*rs));
     rs->st = st;
+    rs->deferred_tail = &rs->deferred;
     rs->cluster = conf->cluster;
     rs->pool = conf->pool_size > 0 ? (size_t)conf->pool_size : 1;
     int64_t t = conf->timeout_ms;
@@ -1042,6 +1080,7 @@ static int redis_open(struct cm_storage *st, char *err, size_t errsz)
     st->priv = rs;
     node_add(rs, host, strlen(host), port);
     cm_free(host);
+    rs->defer_ev = event_new(st->base, -1, 0, on_defer, rs);
     rs->tick = event_new(st->base, -1, EV_PERSIST, on_tick, rs);
     struct timeval tv = {.tv_sec = 0, .tv_usec = TICK_MS * 1000};
     event_add(rs->tick, &tv);

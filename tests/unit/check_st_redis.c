@@ -400,7 +400,8 @@ START_TEST(test_many_concurrent_ops)
 }
 END_TEST
 
-/* close() with ops queued and ops in flight on a stopped server: each done runs once, CM_ERR. */
+/* close() with ops queued (0), in flight on a stopped server (1), or failed inside submit while
+ * the server is down and not finished yet (2): each done runs once, with CM_ERR, inside close. */
 START_TEST(test_close_finishes_pending)
 {
     enum { N = 40 };
@@ -408,12 +409,16 @@ START_TEST(test_close_finishes_pending)
     pid_t pid = redis_spawn(port, NULL);
     char url[64];
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", port);
-    for (int variant = 0; variant < 2; variant++) {
+    char down[64];
+    snprintf(down, sizeof(down), "redis://127.0.0.1:%d/0", free_port());
+    for (int variant = 0; variant < 3; variant++) {
         struct rt t;
-        rt_open(&t, url, 3, 10000, false);
+        rt_open(&t, variant == 2 ? down : url, 3, 10000, false);
         if (variant == 1) {
             ck_assert(rt_wait_ready(&t, 5));
             kill(pid, SIGSTOP);
+        } else if (variant == 2) {
+            rt_run_for(&t, 50); /* refused: every connection waits for its backoff */
         }
         struct h_result *res = cm_calloc(N, sizeof(*res));
         for (int i = 0; i < N; i++) {
@@ -428,7 +433,14 @@ START_TEST(test_close_finishes_pending)
         }
         struct cm_st_redis_info in;
         rt_info(&t, &in);
-        ck_assert_uint_ge(in.pending, N);
+        if (variant == 2) {
+            ck_assert_uint_eq(in.pending, 0);
+        } else {
+            ck_assert_uint_ge(in.pending, N); /* 1 or 2 commands per op */
+        }
+        for (int i = 0; i < N; i++) {
+            ck_assert_int_eq(res[i].calls, 0); /* never inside submit */
+        }
         rt_close(&t);
         for (int i = 0; i < N; i++) {
             ck_assert_int_eq(res[i].calls, 1);
