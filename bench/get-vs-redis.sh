@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# GET throughput of cachemed (warm local keys) against a redis-server holding the same keys,
+# both measured in this run with redis-benchmark: -c 50, then -c 50 -P 16. Prints the ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-2000000}        # requests per run
+KEYS=${KEYS:-100000}
+RUNS=${RUNS:-3}        # best of RUNS per mode (shared, noisy machines)
+POLICY=${POLICY:-lru}
+dir=$(mktemp -d /tmp/cm-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rport=$(free_port); cport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    --dir "$dir" > "$dir/redis.log" 2>&1 &
+pids+=($!)
+cat > "$dir/cachemed.conf" <<CONF
+[server]
+listen = 127.0.0.1:$cport
+log_level = warning
+[storage mem]
+url = local://$POLICY
+size = $((KEYS * 2))
+[node key]
+key = key:{id}
+version = v1
+caches = mem
+CONF
+./build/cachemed -c "$dir/cachemed.conf" > "$dir/cachemed.log" 2>&1 &
+pids+=($!)
+for p in $rport $cport; do
+    for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
+done
+# Same keys and 3-byte values as redis-benchmark's own key:__rand_int__ pattern.
+/usr/bin/python3 - "$KEYS" > "$dir/load.resp" <<'PY'
+import sys
+out = sys.stdout.buffer
+for i in range(int(sys.argv[1])):
+    k = b"key:%012d" % i
+    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$3\r\nxxx\r\n" % (len(k), k))
+PY
+for p in $rport $cport; do redis-cli -p "$p" --pipe < "$dir/load.resp" > /dev/null; done
+
+best() {  # port, extra args -> best requests/s of RUNS runs
+    local port=$1; shift; local b=0
+    for _ in $(seq "$RUNS"); do
+        r=$(redis-benchmark -p "$port" -t get -n "$N" -r "$KEYS" -c 50 "$@" -q 2>/dev/null \
+            | tr '\r' '\n' | grep -oE 'GET: [0-9.]+' | tail -1 | awk '{print $2}')
+        b=$(awk -v a="$b" -v c="${r:-0}" 'BEGIN{print (c>a)?c:a}')
+    done
+    echo "$b"
+}
+printf "%-22s %14s %14s %8s\n" "mode" "redis-server" "cachemed" "ratio"
+for mode in "P1" "P16"; do
+    extra=(); [ "$mode" = P16 ] && extra=(-P 16)
+    r=$(best "$rport" "${extra[@]}"); c=$(best "$cport" "${extra[@]}")
+    printf "%-22s %14.0f %14.0f %7.2fx\n" "GET -c 50 $mode" "$r" "$c" "$(awk -v a="$c" -v b="$r" 'BEGIN{print a/b}')"
+done
+hits=$(redis-cli -p "$cport" stats key | awk 'NR==5')
+echo "(cachemed local hits: $hits; keys: $KEYS, requests per run: $N, best of $RUNS)"
