@@ -20,9 +20,12 @@ set -euo pipefail
 
 readonly HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly PGBIN=/usr/lib/postgresql/15/bin
-readonly NAMES=(redis redis-cluster postgres mariadb mongo) # start order; stops go in reverse
+readonly NAMES=(redis redis-cluster postgres mariadb mongo) # stop-all signals them in reverse
 readonly READY_SECS=30                                      # per server, on start or restart
 readonly KILL_AFTER_SECS=10                                 # SIGKILL what SIGTERM did not stop
+# Pristine initdb / mariadb-install-db output, reused across runs (see init_data); "none": off.
+readonly CACHE_DIR=${CM_BACKENDS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cachemed-backends}
+T0=$(date +%s%3N)
 BASE="" REDIS_PORT="" CLUSTER_PORTS="" PG_PORT="" MY_PORT="" MONGO_PORT="" # set by use_base/start-all
 
 die() {
@@ -194,6 +197,32 @@ start_bg_line() {
         "$pidfile" >> "$BASE/$name.start"
 }
 
+# init_data NAME DEST LOG VERSION CMD...: makes the data dir DEST by running CMD (initdb,
+# mariadb-install-db), or by copying a pristine earlier result of CMD saved in CACHE_DIR for the same
+# server VERSION and arguments. Why: each takes 4-5 s on a busy 2-core machine (0.5 s idle), which
+# alone broke the 10 s budget of start-all; a copy takes 0.4 s. The copy is what CMD writes: both
+# data dirs are relocatable, and nothing of BASE is in them until the caller adds its settings.
+init_data() {
+    local name=$1 dest=$2 log=$3 version=$4 key tpl tmp
+    shift 4
+    key=$(printf '%s\n' "$version" "$@" | sed "s|$dest|DATADIR|g" | md5sum | cut -c1-16)
+    tpl=$CACHE_DIR/$name-$key
+    if [ "$CACHE_DIR" != none ] && [ -d "$tpl" ]; then
+        cp -a --reflink=auto "$tpl" "$dest" && echo "copied from $tpl" > "$log" && return 0
+        rm -rf "$dest"
+    fi
+    "$@" > "$log" 2>&1 || {
+        tail -5 "$log" >&2
+        return 1
+    }
+    [ "$CACHE_DIR" != none ] || return 0
+    # Saved under a temporary name, then renamed: a parallel run never copies a half-written one.
+    # A failure here only costs the next run the time of CMD.
+    mkdir -p "$CACHE_DIR" && tmp=$(mktemp -d "$CACHE_DIR/.new.XXXXXX") &&
+        cp -a "$dest" "$tmp/data" && mv -T "$tmp/data" "$tpl" 2> /dev/null || true
+    [ -z "${tmp:-}" ] || rm -rf "$tmp"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Per server: init_NAME (data dir, NAME.start; once), ready_NAME (answers?), first_NAME (after the
 # very first start: databases, users, cluster slots).
@@ -231,16 +260,29 @@ ready_redis-cluster() {
         fi
     done
 }
+# What `redis-cli --cluster create --cluster-replicas 0` does, with the same slot ranges, minus its
+# one-second sleeps between checks (they cost 2-5 s of start-all on a busy machine).
 first_redis-cluster() {
-    local p nodes=()
-    for p in $CLUSTER_PORTS; do nodes+=("127.0.0.1:$p"); done
-    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
-        > "$BASE/rc/create.log" 2>&1 || {
-        tail -5 "$BASE/rc/create.log" >&2
+    local ports i lo hi
+    read -r -a ports <<< "$CLUSTER_PORTS"
+    {
+        for i in "${!ports[@]}"; do
+            lo=$((16384 * i / ${#ports[@]}))
+            hi=$((16384 * (i + 1) / ${#ports[@]} - 1))
+            # Distinct config epochs, so no node has to win an epoch collision first.
+            redis-cli -p "${ports[i]}" cluster set-config-epoch $((i + 1))
+            redis-cli -p "${ports[i]}" cluster addslotsrange "$lo" "$hi"
+        done
+        for i in "${!ports[@]}"; do
+            [ "$i" -eq 0 ] || redis-cli -p "${ports[0]}" cluster meet 127.0.0.1 "${ports[i]}"
+        done
+    } > "$BASE/rc/create.log" 2>&1
+    if grep -qv '^OK$' "$BASE/rc/create.log"; then
+        cat "$BASE/rc/create.log" >&2
         return 1
-    }
+    fi
     date > "$BASE/rc/created"
-    # Every node, not just the seed, must agree before a test may rely on MOVED replies.
+    # Every node, not just the seed, must see all slots before a test may rely on MOVED replies.
     wait_for "$READY_SECS" ready_redis-cluster
 }
 
@@ -248,11 +290,9 @@ init_postgres() {
     # initdb and pg_ctl refuse to run as root; BASE must be traversable by postgres (mktemp: 0700).
     mkdir -p "$BASE/pg"
     chown postgres:postgres "$BASE/pg"
-    runuser -u postgres -- "$PGBIN/initdb" -D "$BASE/pg/data" -U postgres -A trust -E UTF8 \
-        --locale=C.UTF-8 -N > "$BASE/pg/initdb.log" 2>&1 || {
-        tail -5 "$BASE/pg/initdb.log" >&2
-        return 1
-    }
+    init_data postgres "$BASE/pg/data" "$BASE/pg/initdb.log" "$("$PGBIN/postgres" --version)" \
+        runuser -u postgres -- "$PGBIN/initdb" -D "$BASE/pg/data" -U postgres -A trust -E UTF8 \
+        --locale=C.UTF-8 -N
     local preload=""
     # pg_stat_statements ships with postgresql-15 (contrib): lets tests count the queries sent.
     [ -f /usr/share/postgresql/15/extension/pg_stat_statements.control ] &&
@@ -269,9 +309,10 @@ synchronous_commit = off
 full_page_writes = off
 $preload
 EOF
+    # -W: do not wait; ready_postgres does, the same way for every server.
     start_file_begin postgres
     start_line postgres "$BASE/pg/pg_ctl.log" runuser -u postgres -- "$PGBIN/pg_ctl" \
-        -D "$BASE/pg/data" -l "$BASE/pg/pg.log" -w -t "$READY_SECS" start
+        -D "$BASE/pg/data" -l "$BASE/pg/pg.log" -W start
 }
 ready_postgres() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres; }
 psql_pg() { psql -X -v ON_ERROR_STOP=1 -qAt -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
@@ -284,11 +325,9 @@ first_postgres() {
 
 init_mariadb() {
     mkdir -p "$BASE/my"
-    mariadb-install-db --no-defaults --user=root --datadir="$BASE/my/data" \
-        --auth-root-authentication-method=normal --skip-test-db > "$BASE/my/install.log" 2>&1 || {
-        tail -5 "$BASE/my/install.log" >&2
-        return 1
-    }
+    init_data mariadb "$BASE/my/data" "$BASE/my/install.log" "$(mariadbd --version)" \
+        mariadb-install-db --no-defaults --user=root --datadir="$BASE/my/data" \
+        --auth-root-authentication-method=normal --skip-test-db
     # --user=root: mariadbd aborts when root starts it without. --skip-name-resolve: no DNS on
     # connect (both cache@localhost and cache@127.0.0.1 exist, so either match works).
     start_file_begin mariadb
@@ -325,20 +364,27 @@ first_mongo() { :; }
 # ---------------------------------------------------------------------------------------------
 # Commands
 
-# launch NAME: runs NAME.start, waits until NAME answers, records its PIDs.
-launch() {
-    local t0
-    t0=$(now_ms)
+# launch_begin NAME: runs NAME.start (which returns at once; the server starts in the background).
+launch_begin() {
     "$BASE/$1.start" || {
         record_pids "$1"
         die "$1: start command failed (see $BASE/$1.start and the logs under $BASE)"
     }
+}
+
+# launch_wait NAME: waits until NAME answers, then records its PIDs.
+launch_wait() {
     if ! wait_for "$READY_SECS" "ready_$1"; then
         record_pids "$1"
         die "$1: not answering after ${READY_SECS}s (logs under $BASE)"
     fi
     record_pids "$1"
-    note "$1 up in $(($(now_ms) - t0)) ms (PIDs $(recorded_pids "$1" | tr '\n' ' '))"
+    note "$1 up at $(($(now_ms) - T0)) ms (PIDs $(recorded_pids "$1" | tr '\n' ' '))"
+}
+
+launch() {
+    launch_begin "$1"
+    launch_wait "$1"
 }
 
 stop_one() {
@@ -375,8 +421,7 @@ start_all_failed() {
 }
 
 start_all() {
-    local t0 ports n
-    t0=$(now_ms)
+    local ports n
     [ -n "${1:-}" ] || die "usage: backends.sh start-all BASE"
     [ ! -e "$1/ports" ] || die "$1 is already in use (stop-all it first)"
     mkdir -p "$1"
@@ -390,21 +435,25 @@ start_all() {
     printf 'REDIS_PORT=%s\nCLUSTER_PORTS="%s"\nPG_PORT=%s\nMY_PORT=%s\nMONGO_PORT=%s\n' \
         "$REDIS_PORT" "$CLUSTER_PORTS" "$PG_PORT" "$MY_PORT" "$MONGO_PORT" > "$BASE/ports"
 
-    # initdb and mariadb-install-db take ~0.5 s each: run them while the Redis cluster forms.
-    local pg_init my_init
-    init_postgres > "$BASE/init-postgres.log" 2>&1 &
-    pg_init=$!
-    init_mariadb > "$BASE/init-mariadb.log" 2>&1 &
-    my_init=$!
-    for n in redis redis-cluster mongo; do
+    # Everything starts at once and is waited for afterwards; what must wait for something else
+    # waits in the background: PostgreSQL and MariaDB for their data dirs (initdb and
+    # mariadb-install-db, or copies), the Redis cluster's slot assignment for its nodes.
+    local pg_job my_job
+    (init_postgres && "$BASE/postgres.start") > "$BASE/init-postgres.log" 2>&1 &
+    pg_job=$!
+    (init_mariadb && "$BASE/mariadb.start") > "$BASE/init-mariadb.log" 2>&1 &
+    my_job=$!
+    for n in redis-cluster redis mongo; do
         "init_$n"
-        launch "$n"
-        "first_$n"
+        launch_begin "$n"
     done
-    wait "$pg_init" || die "postgres: initdb failed: $(cat "$BASE/init-postgres.log")"
-    wait "$my_init" || die "mariadb: install-db failed: $(cat "$BASE/init-mariadb.log")"
-    for n in postgres mariadb; do
-        launch "$n"
+    launch_wait redis-cluster
+    first_redis-cluster
+    note "redis-cluster: slots assigned and agreed at $(($(now_ms) - T0)) ms"
+    wait "$pg_job" || die "postgres: init failed: $(cat "$BASE/init-postgres.log")"
+    wait "$my_job" || die "mariadb: init failed: $(cat "$BASE/init-mariadb.log")"
+    for n in redis postgres mariadb mongo; do
+        launch_wait "$n"
         "first_$n"
     done
 
@@ -424,7 +473,7 @@ export CM_TEST_MONGO_PORT=$MONGO_PORT
 EOF
     mv "$BASE/env.sh.tmp" "$BASE/env.sh"
     trap - EXIT
-    note "all servers up in $(($(now_ms) - t0)) ms; . $BASE/env.sh"
+    note "all servers up in $(($(now_ms) - T0)) ms; . $BASE/env.sh"
 }
 
 status() {
