@@ -2,6 +2,7 @@
 #include "storages/redis_cluster.h"
 
 #include <hiredis/hiredis.h>
+#include <stdbool.h>
 #include <string.h>
 
 uint16_t cm_redis_crc16(const char *buf, size_t len)
@@ -74,7 +75,7 @@ enum cm_redis_redir cm_redis_parse_redirect(const char *s, size_t len, unsigned 
             colon = q;
         }
     }
-    if (colon == NULL || colon == p || (size_t)(colon - p) >= hostsz) {
+    if (colon == NULL || (size_t)(colon - p) >= hostsz) {
         return CM_REDIS_REDIR_NONE;
     }
     const char *pp = colon + 1;
@@ -97,7 +98,8 @@ static int slots_entry_ok(const redisReply *e)
            e->element[1]->type == REDIS_REPLY_INTEGER && e->element[0]->integer >= 0 &&
            e->element[1]->integer < CM_REDIS_NSLOTS &&
            e->element[0]->integer <= e->element[1]->integer && m->type == REDIS_REPLY_ARRAY &&
-           m->elements >= 2 && m->element[0]->type == REDIS_REPLY_STRING &&
+           m->elements >= 2 &&
+           (m->element[0]->type == REDIS_REPLY_STRING || m->element[0]->type == REDIS_REPLY_NIL) &&
            m->element[1]->type == REDIS_REPLY_INTEGER && m->element[1]->integer > 0 &&
            m->element[1]->integer <= 65535;
 }
@@ -114,8 +116,11 @@ int cm_redis_parse_slots(const struct redisReply *r, cm_redis_range_fn *fn, void
     }
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *e = r->element[i], *m = e->element[2];
+        /* nil host: cluster-preferred-endpoint-type unknown-endpoint */
+        bool nil = m->element[0]->type == REDIS_REPLY_NIL;
         fn(arg, (unsigned)e->element[0]->integer, (unsigned)e->element[1]->integer,
-           m->element[0]->str, m->element[0]->len, (int)m->element[1]->integer);
+           nil ? "" : m->element[0]->str, nil ? 0 : m->element[0]->len,
+           (int)m->element[1]->integer);
     }
     return CM_OK;
 }

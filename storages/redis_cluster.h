@@ -27,12 +27,13 @@ enum cm_redis_redir {
 };
 
 /* Parses an error reply's text. Returns the redirect kind; for MOVED/ASK fills *slot, host (NUL-
- * terminated, truncated to hostsz) and *port. Malformed redirects are CM_REDIS_REDIR_NONE. */
+ * terminated; "" for "MOVED 1 :6380", which means the host of the node that replied) and *port.
+ * Malformed redirects, and hosts that do not fit in hostsz, are CM_REDIS_REDIR_NONE. */
 enum cm_redis_redir cm_redis_parse_redirect(const char *s, size_t len, unsigned *slot, char *host,
                                             size_t hostsz, int *port);
 
 /* Called once per slot range of a CLUSTER SLOTS reply with the master that serves it. host is not
- * NUL-terminated and may be empty (Redis then means "the node you asked"). */
+ * NUL-terminated and may be empty (a nil or "" host: Redis then means "the node you asked"). */
 typedef void cm_redis_range_fn(void *arg, unsigned first, unsigned last, const char *host,
                                size_t hostlen, int port);
 

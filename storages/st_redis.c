@@ -764,6 +764,9 @@ static void follow_redirect(struct rcmd *rc, enum cm_redis_redir kind, unsigned 
         rcmd_fail(rc, false, "%s: %s after the op ended", rc->conn->node->name, what);
         return;
     }
+    if (host[0] == '\0') {
+        host = rc->conn->node->host; /* "MOVED 1 :6380": same host, other port */
+    }
     size_t idx = node_find_or_add(rs, host, strlen(host), port);
     if (kind == CM_REDIS_REDIR_MOVED) {
         rs->counters.moved++;

@@ -51,7 +51,7 @@ START_TEST(test_parse_redirect)
     ck_assert_uint_eq(slot, 16383);
     ck_assert_str_eq(host, "::1");
     ck_assert_int_eq(port, 7002);
-    static const char *const bad[] = {"MOVED",       "MOVED 16384 h:1", "MOVED 1 h",   "MOVED 1 :1",
+    static const char *const bad[] = {"MOVED",       "MOVED 16384 h:1", "MOVED 1 h",   "MOVED 1 :",
                                       "MOVED 1 h:0", "MOVED 1 h:70000", "MOVED x h:1", "ASK 1 h:1x",
                                       "ERR wrong",   "MOVED  1 h:1",    "TRYAGAIN"};
     for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
@@ -59,6 +59,11 @@ START_TEST(test_parse_redirect)
                                               &port) == CM_REDIS_REDIR_NONE,
                       "%s", bad[i]);
     }
+    const char *e = "MOVED 12 :7001"; /* empty host: the node that replied */
+    ck_assert_int_eq(cm_redis_parse_redirect(e, strlen(e), &slot, host, sizeof(host), &port),
+                     CM_REDIS_REDIR_MOVED);
+    ck_assert_str_eq(host, "");
+    ck_assert_int_eq(port, 7001);
     /* A host longer than the buffer is refused, not truncated. */
     ck_assert_int_eq(cm_redis_parse_redirect(m, strlen(m), &slot, host, 4, &port),
                      CM_REDIS_REDIR_NONE);
@@ -109,16 +114,17 @@ static void cluster_load(struct cluster *cl, unsigned slot, size_t *owner)
     memset(cl, 0, sizeof(*cl));
     for (size_t i = 0; i < r->elements; i++) {
         redisReply *e = r->element[i], *m = e->element[2];
+        /* nil under cluster-preferred-endpoint-type unknown-endpoint: the seed's host */
+        const char *host = m->element[0]->type == REDIS_REPLY_STRING ? m->element[0]->str : s.host;
         size_t j;
         for (j = 0; j < cl->nn; j++) {
-            if (cl->n[j].port == (int)m->element[1]->integer &&
-                strcmp(cl->n[j].host, m->element[0]->str) == 0) {
+            if (cl->n[j].port == (int)m->element[1]->integer && strcmp(cl->n[j].host, host) == 0) {
                 break;
             }
         }
         if (j == cl->nn) {
             ck_assert(cl->nn < CM_ARRAY_LEN(cl->n) && m->elements >= 3);
-            snprintf(cl->n[j].host, sizeof(cl->n[j].host), "%s", m->element[0]->str);
+            snprintf(cl->n[j].host, sizeof(cl->n[j].host), "%s", host);
             cl->n[j].port = (int)m->element[1]->integer;
             snprintf(cl->n[j].id, sizeof(cl->n[j].id), "%s", m->element[2]->str);
             cl->nn++;
@@ -144,7 +150,8 @@ static void slot_wait_agreed(const struct cluster *cl, unsigned slot, const stru
                 redisReply *e = r->element[j], *m = e->element[2];
                 if (slot >= e->element[0]->integer && slot <= e->element[1]->integer) {
                     ok = m->element[1]->integer == owner->port &&
-                         strcmp(m->element[0]->str, owner->host) == 0;
+                         (m->element[0]->type != REDIS_REPLY_STRING ||
+                          strcmp(m->element[0]->str, owner->host) == 0);
                 }
             }
             freeReplyObject(r);
@@ -206,8 +213,20 @@ static void slot_migrate(const struct cluster *cl, unsigned slot, size_t from, s
     }
 }
 
-static void open_cluster(struct rt *t, int pool)
+static void set_endpoint_type(const struct cluster *cl, const char *type)
 {
+    for (size_t i = 0; i < cl->nn; i++) {
+        NODE_OK(&cl->n[i], "CONFIG SET cluster-preferred-endpoint-type %s", type);
+    }
+}
+
+/* Opens a cluster storage once every master names hosts by endpoint_type (ip, or
+ * unknown-endpoint), and waits for its first slot map. */
+static void open_cluster_with(struct rt *t, int pool, const char *endpoint_type)
+{
+    struct cluster cl;
+    cluster_load(&cl, 0, NULL);
+    set_endpoint_type(&cl, endpoint_type);
     char url[128];
     snprintf(url, sizeof(url), "redis://%s", rt_env("CM_TEST_REDIS_CLUSTER_SEED"));
     rt_open(t, url, pool, 2000, true);
@@ -219,6 +238,11 @@ static void open_cluster(struct rt *t, int pool)
     } while (in.slot_updates == 0 && h_now_ms() < end);
     ck_assert_msg(in.slot_updates > 0, "no CLUSTER SLOTS answer within 5 s");
     ck_assert_uint_eq(in.nodes, 3);
+}
+
+static void open_cluster(struct rt *t, int pool)
+{
+    open_cluster_with(t, pool, "ip");
 }
 
 static void node_name(const struct cnode *n, char *out, size_t sz)
@@ -512,6 +536,43 @@ START_TEST(test_cluster_pubsub)
 }
 END_TEST
 
+/* cluster-preferred-endpoint-type unknown-endpoint: CLUSTER SLOTS gives a nil host and redirects
+ * read "MOVED <slot> :<port>": both mean the host of the node that answered. */
+START_TEST(test_unknown_endpoint_hosts)
+{
+    struct cluster cl;
+    char k[96], want[96], got[96];
+    unsigned slot;
+    size_t a;
+    pick_key(&cl, "noendpoint", k, sizeof(k), &slot, &a);
+    size_t b = (a + 1) % cl.nn;
+    struct rt t;
+    open_cluster_with(&t, 1, "unknown-endpoint");
+    node_name(&cl.n[a], want, sizeof(want));
+    cm_st_redis_slot_owner(t.st, slot, got, sizeof(got));
+    ck_assert_str_eq(got, want);
+    const char *keys[] = {k};
+    const char *vals[] = {"v"};
+    ck_assert_int_eq(h_set(t.st, 1, keys, vals, 60000), CM_OK);
+    slot_migrate(&cl, slot, a, b, true);
+    struct h_result r;
+    h_get(t.st, 1, keys, &r);
+    h_assert_val(&r, 0, "v");
+    h_result_deinit(&r);
+    struct cm_st_redis_info in;
+    rt_info(&t, &in);
+    ck_assert_uint_eq(in.moved, 1);
+    ck_assert_uint_eq(in.nodes, 3);
+    node_name(&cl.n[b], want, sizeof(want));
+    cm_st_redis_slot_owner(t.st, slot, got, sizeof(got));
+    ck_assert_str_eq(got, want);
+    set_endpoint_type(&cl, "ip");
+    slot_migrate(&cl, slot, b, a, true);
+    ck_assert_int_eq(h_del(t.st, 1, keys), CM_OK);
+    rt_close(&t);
+}
+END_TEST
+
 static Suite *st_redis_cluster_suite(void)
 {
     Suite *s = suite_create("st_redis_cluster");
@@ -527,6 +588,7 @@ static Suite *st_redis_cluster_suite(void)
     tcase_add_test(tc, test_redirect_loop_is_bounded);
     tcase_add_test(tc, test_cluster_seed_down);
     tcase_add_test(tc, test_cluster_pubsub);
+    tcase_add_test(tc, test_unknown_endpoint_hosts);
     suite_add_tcase(s, tc);
     return s;
 }
