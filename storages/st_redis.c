@@ -10,7 +10,19 @@
  *   rstore -> rnode[] -> rconn[] -> hiredis ac   nodes and conns live until close()
  * Every hiredis callback we register is counted in rconn.npending / rstore.npending; hiredis runs
  * each one exactly once (with a NULL reply when the context is freed), so close() can check that
- * nothing is left behind. */
+ * nothing is left behind.
+ *
+ * Behaviour an operator sees:
+ * - A connection that is down makes its commands misses at once; it reconnects after 100 ms,
+ *   doubling to 5 s. Connecting (TCP + AUTH + SELECT) has max(timeout, 1 s); a connection with
+ *   commands outstanding and no reply for max(2 * timeout, 1 s) is dropped (a SIGSTOPped or
+ *   wedged server keeps the socket open forever otherwise).
+ * - Cluster: pool_size connections per master. Masters come from CLUSTER SLOTS (asked at open,
+ *   after each MOVED and after a lost connection, at most once a second) and are connected on
+ *   first use; masters that leave the map keep their idle connections until close.
+ *   TRYAGAIN/CLUSTERDOWN replies fail the op (a miss).
+ * - Hostnames are resolved by hiredis with a blocking getaddrinfo at each (re)connect: use IP
+ *   addresses or names in /etc/hosts. */
 #include "storages/st_redis.h"
 #include "conf/conf.h"
 #include "conf/url.h"
