@@ -335,11 +335,12 @@ static int rd_value(struct mp_rd *r, struct cm_buf *out, int depth)
 }
 
 /* The Redis wrapper: a map whose "value" entry is converted; other entries are checked and
- * skipped. */
+ * skipped. A repeated "value" wins, as in the Python dict msgpack.loads builds. */
 static int rd_wrapped(struct mp_rd *r, struct cm_buf *out)
 {
     struct mp_item it;
     bool found = false;
+    size_t start = cm_buf_used(out);
     if (rd_item(r, &it) != CM_OK) {
         return CM_ERR;
     }
@@ -356,7 +357,10 @@ static int rd_wrapped(struct mp_rd *r, struct cm_buf *out)
             return cm_ser_fail(r->err, r->errsz, "msgpack map key at byte %zu is not a scalar", at);
         }
         bool is_value = key.kind == MP_STR && key.u == 5 && memcmp(key.s, "value", 5) == 0;
-        if (rd_value(r, is_value && !found ? out : NULL, 1) != CM_OK) {
+        if (is_value) {
+            out->len = out->pos + start;
+        }
+        if (rd_value(r, is_value ? out : NULL, 1) != CM_OK) {
             return CM_ERR;
         }
         found = found || is_value;

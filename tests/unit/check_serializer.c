@@ -390,6 +390,14 @@ START_TEST(test_garbage_rejected)
     ck_assert_int_eq(dec(CM_SER_JSON, "{\"valu\": 1}", 11, true, &d), CM_ERR);
     ck_assert_str_eq(err, "stored JSON is not an object with a \"value\" entry");
     cm_buf_deinit(&d);
+    /* A repeated "value" wins, as in the dict msgpack.loads builds (and jansson for json). */
+    ck_assert_int_eq(dec(CM_SER_MSGPACK, "\x82\xa5value\x01\xa5value\x92\x02\x03", 17, true, &d),
+                     CM_OK);
+    assert_bytes(&d, "[2,3]", 5, "last value wins");
+    cm_buf_deinit(&d);
+    ck_assert_int_eq(dec(CM_SER_JSON, "{\"value\": 1, \"value\": [2, 3]}", 29, true, &d), CM_OK);
+    assert_bytes(&d, "[2,3]", 5, "last value wins (json)");
+    cm_buf_deinit(&d);
     /* Non-string keys become strings, as json.dumps does with Python's dict keys. */
     ck_assert_int_eq(dec(CM_SER_MSGPACK, "\x84\x01\x02\xc0\x03\xc3\x04\xca\x3f\xc0\x00\x00\x05", 13,
                          false, &d), CM_OK);
