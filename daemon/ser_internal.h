@@ -16,8 +16,8 @@ struct cm_buf;
  * JSON, and legal for Python) are parsed as marker strings "\0cm<nonce>:<digits>" whose nonce is
  * random per document, so no real string can be taken for one. Owned by the caller. */
 struct cm_ser_doc {
-    json_t *root;     /* owned; NULL after free */
-    uint64_t nonce;   /* 0 = the document has no big integers */
+    json_t *root;   /* owned; NULL after free */
+    uint64_t nonce; /* 0 = the document has no big integers */
 };
 
 /* Output styles of JSON text. COMPACT is what clients get (Python's json.dumps with
@@ -35,7 +35,8 @@ enum cm_ser_style {
 int cm_ser_doc_parse(struct cm_ser_doc *doc, const char *body, size_t len, char *err,
                      size_t errsz) CM_MUSTCHECK;
 void cm_ser_doc_free(struct cm_ser_doc *doc);
-/* Returns the decimal text of v if v is a big-integer marker of doc (its length in *n), else NULL. */
+/* Returns the decimal text of v if v is a big-integer marker of doc (its length in *n), else NULL.
+ */
 const char *cm_ser_doc_bigint(const struct cm_ser_doc *doc, const json_t *v, size_t *n);
 
 /* Appends v as JSON text in the given style. */

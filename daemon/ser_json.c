@@ -113,8 +113,8 @@ int cm_ser_doc_parse(struct cm_ser_doc *doc, const char *body, size_t len, char 
         cm_buf_deinit(&tmp);
     }
     if (doc->root == NULL) {
-        return cm_ser_fail(err, errsz, "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
-                           jerr.column);
+        return cm_ser_fail(err, errsz, "invalid JSON: %s (line %d, column %d)", jerr.text,
+                           jerr.line, jerr.column);
     }
     return CM_OK;
 }
@@ -200,22 +200,37 @@ void cm_ser_json_string(struct cm_buf *out, const char *s, size_t n, enum cm_ser
     while (i < n) {
         unsigned char c = u[i];
         const char *esc = NULL;
-        bool ascii_ok = c >= 0x20 && c != '"' && c != '\\' &&
-                        (style == CM_SER_STYLE_COMPACT || c < 0x7f);
+        bool ascii_ok =
+            c >= 0x20 && c != '"' && c != '\\' && (style == CM_SER_STYLE_COMPACT || c < 0x7f);
         if (ascii_ok) {
             i++;
             continue;
         }
         cm_buf_append(out, s + run, i - run);
         switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
-        default: break;
+        case '"':
+            esc = "\\\"";
+            break;
+        case '\\':
+            esc = "\\\\";
+            break;
+        case '\n':
+            esc = "\\n";
+            break;
+        case '\r':
+            esc = "\\r";
+            break;
+        case '\t':
+            esc = "\\t";
+            break;
+        case '\b':
+            esc = "\\b";
+            break;
+        case '\f':
+            esc = "\\f";
+            break;
+        default:
+            break;
         }
         if (esc != NULL) {
             cm_buf_append_str(out, esc);
@@ -363,7 +378,8 @@ void cm_ser_json_emit(const struct cm_ser_doc *doc, const json_t *v, enum cm_ser
         json_t *item;
         bool first = true;
         cm_buf_append(out, "{", 1);
-        json_object_foreach((json_t *)v, key, item) {
+        json_object_foreach((json_t *)v, key, item)
+        {
             if (!first) {
                 cm_buf_append_str(out, item_sep);
             }

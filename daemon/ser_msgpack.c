@@ -35,7 +35,8 @@ static int pack_value(const struct cm_ser_doc *doc, const json_t *v, msgpack_pac
         const char *key;
         json_t *item;
         msgpack_pack_map(pk, json_object_size(v));
-        json_object_foreach((json_t *)v, key, item) {
+        json_object_foreach((json_t *)v, key, item)
+        {
             pack_str(pk, key, strlen(key));
             if (pack_value(doc, item, pk, err, errsz) != CM_OK) {
                 return CM_ERR;
@@ -113,10 +114,10 @@ int cm_ser_mp_pack_wrapped(const struct cm_ser_doc *doc, const json_t *v, const 
 
 /* Reader state over one input; err is filled on the first failure. */
 struct mp_rd {
-    const unsigned char *p;  /* input, borrowed */
-    size_t len;              /* input length */
-    size_t pos;              /* next byte to read */
-    char *err;               /* caller's error buffer */
+    const unsigned char *p; /* input, borrowed */
+    size_t len;             /* input length */
+    size_t pos;             /* next byte to read */
+    char *err;              /* caller's error buffer */
     size_t errsz;
 };
 
@@ -144,10 +145,10 @@ enum mp_kind { MP_NIL, MP_BOOL, MP_UINT, MP_INT, MP_FLOAT, MP_STR, MP_ARRAY, MP_
 
 struct mp_item {
     enum mp_kind kind;
-    uint64_t u;      /* UINT value, BOOL value, STR length, ARRAY/MAP count */
-    int64_t i;       /* INT value */
-    double d;        /* FLOAT value */
-    const char *s;   /* STR bytes, inside the input */
+    uint64_t u;    /* UINT value, BOOL value, STR length, ARRAY/MAP count */
+    int64_t i;     /* INT value */
+    double d;      /* FLOAT value */
+    const char *s; /* STR bytes, inside the input */
 };
 
 static int rd_sized(struct mp_rd *r, enum mp_kind kind, size_t lenbytes, struct mp_item *it)
@@ -181,8 +182,13 @@ static int rd_item(struct mp_rd *r, struct mp_item *it)
         it->kind = MP_STR, it->u = c & 0x1f;
     } else {
         switch (c) {
-        case 0xc0: it->kind = MP_NIL; return CM_OK;
-        case 0xc2: case 0xc3: it->kind = MP_BOOL, it->u = c == 0xc3; return CM_OK;
+        case 0xc0:
+            it->kind = MP_NIL;
+            return CM_OK;
+        case 0xc2:
+        case 0xc3:
+            it->kind = MP_BOOL, it->u = c == 0xc3;
+            return CM_OK;
         case 0xca: {
             uint32_t bits;
             float f;
@@ -201,11 +207,18 @@ static int rd_item(struct mp_rd *r, struct mp_item *it)
             memcpy(&it->d, &v, sizeof(it->d));
             it->kind = MP_FLOAT;
             return CM_OK;
-        case 0xcc: return rd_sized(r, MP_UINT, 1, it);
-        case 0xcd: return rd_sized(r, MP_UINT, 2, it);
-        case 0xce: return rd_sized(r, MP_UINT, 4, it);
-        case 0xcf: return rd_sized(r, MP_UINT, 8, it);
-        case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+        case 0xcc:
+            return rd_sized(r, MP_UINT, 1, it);
+        case 0xcd:
+            return rd_sized(r, MP_UINT, 2, it);
+        case 0xce:
+            return rd_sized(r, MP_UINT, 4, it);
+        case 0xcf:
+            return rd_sized(r, MP_UINT, 8, it);
+        case 0xd0:
+        case 0xd1:
+        case 0xd2:
+        case 0xd3: {
             size_t n = (size_t)1 << (c - 0xd0);
             if (rd_uint(r, n, &v) != CM_OK) {
                 return CM_ERR;
@@ -214,19 +227,34 @@ static int rd_item(struct mp_rd *r, struct mp_item *it)
             it->i = n == 1 ? (int8_t)v : n == 2 ? (int16_t)v : n == 4 ? (int32_t)v : (int64_t)v;
             return CM_OK;
         }
-        case 0xd9: case 0xda: case 0xdb:
+        case 0xd9:
+        case 0xda:
+        case 0xdb:
             if (rd_sized(r, MP_STR, (size_t)1 << (c - 0xd9), it) != CM_OK) {
                 return CM_ERR;
             }
             break;
-        case 0xdc: return rd_sized(r, MP_ARRAY, 2, it);
-        case 0xdd: return rd_sized(r, MP_ARRAY, 4, it);
-        case 0xde: return rd_sized(r, MP_MAP, 2, it);
-        case 0xdf: return rd_sized(r, MP_MAP, 4, it);
-        case 0xc4: case 0xc5: case 0xc6:
+        case 0xdc:
+            return rd_sized(r, MP_ARRAY, 2, it);
+        case 0xdd:
+            return rd_sized(r, MP_ARRAY, 4, it);
+        case 0xde:
+            return rd_sized(r, MP_MAP, 2, it);
+        case 0xdf:
+            return rd_sized(r, MP_MAP, 4, it);
+        case 0xc4:
+        case 0xc5:
+        case 0xc6:
             return cm_ser_fail(r->err, r->errsz, "msgpack bin value at byte %zu has no JSON form",
                                r->pos - 1);
-        case 0xc7: case 0xc8: case 0xc9: case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+        case 0xc7:
+        case 0xc8:
+        case 0xc9:
+        case 0xd4:
+        case 0xd5:
+        case 0xd6:
+        case 0xd7:
+        case 0xd8:
             return cm_ser_fail(r->err, r->errsz, "msgpack ext value at byte %zu has no JSON form",
                                r->pos - 1);
         default:
@@ -254,13 +282,26 @@ static void emit_scalar(const struct mp_item *it, struct cm_buf *out)
         return;
     }
     switch (it->kind) {
-    case MP_NIL: cm_buf_append_str(out, "null"); break;
-    case MP_BOOL: cm_buf_append_str(out, it->u ? "true" : "false"); break;
-    case MP_UINT: cm_buf_printf(out, "%" PRIu64, it->u); break;
-    case MP_INT: cm_buf_printf(out, "%" PRId64, it->i); break;
-    case MP_FLOAT: cm_ser_json_double(out, it->d); break;
-    case MP_STR: cm_ser_json_string(out, it->s, it->u, CM_SER_STYLE_COMPACT); break;
-    default: CM_NOT_REACHED();
+    case MP_NIL:
+        cm_buf_append_str(out, "null");
+        break;
+    case MP_BOOL:
+        cm_buf_append_str(out, it->u ? "true" : "false");
+        break;
+    case MP_UINT:
+        cm_buf_printf(out, "%" PRIu64, it->u);
+        break;
+    case MP_INT:
+        cm_buf_printf(out, "%" PRId64, it->i);
+        break;
+    case MP_FLOAT:
+        cm_ser_json_double(out, it->d);
+        break;
+    case MP_STR:
+        cm_ser_json_string(out, it->s, it->u, CM_SER_STYLE_COMPACT);
+        break;
+    default:
+        CM_NOT_REACHED();
     }
 }
 
@@ -374,7 +415,7 @@ static int rd_wrapped(struct mp_rd *r, struct cm_buf *out)
 int cm_ser_mp_to_json(const char *p, size_t len, bool wrapped, struct cm_buf *out, char *err,
                       size_t errsz)
 {
-    struct mp_rd r = { (const unsigned char *)p, len, 0, err, errsz };
+    struct mp_rd r = {(const unsigned char *)p, len, 0, err, errsz};
     int rc = wrapped ? rd_wrapped(&r, out) : rd_value(&r, out, 0);
     if (rc != CM_OK) {
         return CM_ERR;

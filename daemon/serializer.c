@@ -126,8 +126,8 @@ static int encode_doc(enum cm_ser ser, const struct cm_ser_doc *doc, const char 
     }
     cm_buf_append_str(out, "{\"value\": ");
     cm_ser_json_emit(doc, doc->root, CM_SER_STYLE_PYTHON, out);
-    cm_buf_printf(out, ", \"updated_at\": {\"__class__\": \"datetime.datetime\", \"data\": \"%s\"}}",
-                  iso);
+    cm_buf_printf(
+        out, ", \"updated_at\": {\"__class__\": \"datetime.datetime\", \"data\": \"%s\"}}", iso);
     return CM_OK;
 }
 
@@ -203,8 +203,8 @@ static int decode_plain(enum cm_ser ser, const char *p, size_t len, bool wrapped
     return CM_OK;
 }
 
-static int decode(enum cm_ser ser, const char *stored, size_t len, bool wrapped,
-                  struct cm_buf *out, char *err, size_t errsz)
+static int decode(enum cm_ser ser, const char *stored, size_t len, bool wrapped, struct cm_buf *out,
+                  char *err, size_t errsz)
 {
     struct cm_buf tmp;
     size_t m = mark(out);

@@ -8,8 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 
-static const enum cm_ser sers[] = { CM_SER_RAW, CM_SER_JSON, CM_SER_MSGPACK,
-                                    CM_SER_COMPRESSED_JSON, CM_SER_COMPRESSED_MSGPACK };
+static const enum cm_ser sers[] = {CM_SER_RAW, CM_SER_JSON, CM_SER_MSGPACK, CM_SER_COMPRESSED_JSON,
+                                   CM_SER_COMPRESSED_MSGPACK};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

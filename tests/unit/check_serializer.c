@@ -14,10 +14,10 @@
 #include <unistd.h>
 #include <zlib.h>
 
-static const enum cm_ser json_sers[] = { CM_SER_JSON, CM_SER_MSGPACK, CM_SER_COMPRESSED_JSON,
-                                         CM_SER_COMPRESSED_MSGPACK };
-static const char *const ser_names[] = { "raw", "json", "msgpack", "compressed_json",
-                                         "compressed_msgpack" };
+static const enum cm_ser json_sers[] = {CM_SER_JSON, CM_SER_MSGPACK, CM_SER_COMPRESSED_JSON,
+                                        CM_SER_COMPRESSED_MSGPACK};
+static const char *const ser_names[] = {"raw", "json", "msgpack", "compressed_json",
+                                        "compressed_msgpack"};
 
 /* 2026-11-25T01:22:56.123456+00:00 */
 #define TS_US INT64_C(1795569776123456)
@@ -65,17 +65,18 @@ static const struct {
     const char *bytes;
     size_t len;
 } mp_cases[] = {
-    { "{\"a\": [1, 2.5, null, true, false]}",
-      "\x81\xa1\x61\x95\x01\xcb\x40\x04\x00\x00\x00\x00\x00\x00\xc0\xc3\xc2", 17 },
-    { "\"hi\"", "\xa2\x68\x69", 3 },
-    { "[-1, -33, 128, 65536, -2147483649, 9223372036854775807, 18446744073709551615]",
-      "\x97\xff\xd0\xdf\xcc\x80\xce\x00\x01\x00\x00\xd3\xff\xff\xff\xff\x7f\xff\xff\xff\xcf\x7f"
-      "\xff\xff\xff\xff\xff\xff\xff\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 38 },
-    { "{\"s\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
-      "\x81\xa1\x73\xd9\x28xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 45 },
-    { "{\"k\": 1e16}", "\x81\xa1\x6b\xcb\x43\x41\xc3\x79\x37\xe0\x80\x00", 12 },
-    { "-0", "\x00", 1 },
-    { "-0.0", "\xcb\x80\x00\x00\x00\x00\x00\x00\x00", 9 },
+    {"{\"a\": [1, 2.5, null, true, false]}",
+     "\x81\xa1\x61\x95\x01\xcb\x40\x04\x00\x00\x00\x00\x00\x00\xc0\xc3\xc2", 17},
+    {"\"hi\"", "\xa2\x68\x69", 3},
+    {"[-1, -33, 128, 65536, -2147483649, 9223372036854775807, 18446744073709551615]",
+     "\x97\xff\xd0\xdf\xcc\x80\xce\x00\x01\x00\x00\xd3\xff\xff\xff\xff\x7f\xff\xff\xff\xcf\x7f"
+     "\xff\xff\xff\xff\xff\xff\xff\xcf\xff\xff\xff\xff\xff\xff\xff\xff",
+     38},
+    {"{\"s\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+     "\x81\xa1\x73\xd9\x28xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 45},
+    {"{\"k\": 1e16}", "\x81\xa1\x6b\xcb\x43\x41\xc3\x79\x37\xe0\x80\x00", 12},
+    {"-0", "\x00", 1},
+    {"-0.0", "\xcb\x80\x00\x00\x00\x00\x00\x00\x00", 9},
 };
 
 START_TEST(test_msgpack_exact_bytes)
@@ -93,9 +94,10 @@ END_TEST
 START_TEST(test_wrapped_exact_bytes)
 {
     /* msgpack.dumps({"value": {"a": 1}, "updated_at": dt}, default=object_encoder) */
-    static const char want_mp[] =
-        "\x82\xa5value\x81\xa1\x61\x01\xaaupdated_at\x82\xa9__class__\xb1"
-        "datetime.datetime\xa4" "data\xd9\x20" "2026-11-25T01:22:56.123456+00:00";
+    static const char want_mp[] = "\x82\xa5value\x81\xa1\x61\x01\xaaupdated_at\x82\xa9__class__\xb1"
+                                  "datetime.datetime\xa4"
+                                  "data\xd9\x20"
+                                  "2026-11-25T01:22:56.123456+00:00";
     /* json.dumps({"value": ..., "updated_at": dt}, default=object_encoder) */
     static const char want_json[] =
         "{\"value\": {\"a\": \"\\u00e9\\ud83d\\ude00\", \"b\": [1.0, 0.1]}, \"updated_at\": "
@@ -110,8 +112,8 @@ START_TEST(test_wrapped_exact_bytes)
     cm_buf_deinit(&b);
     /* isoformat() has no fraction when microseconds are 0. */
     cm_buf_init(&b);
-    ck_assert_int_eq(cm_ser_encode_wrapped(CM_SER_JSON, "1", 1, TS_US - 123456, &b, err, sizeof(err)),
-                     CM_OK);
+    ck_assert_int_eq(
+        cm_ser_encode_wrapped(CM_SER_JSON, "1", 1, TS_US - 123456, &b, err, sizeof(err)), CM_OK);
     ck_assert_ptr_nonnull(strstr(cm_buf_start(&b), "\"data\": \"2026-11-25T01:22:56+00:00\"}}"));
     cm_buf_deinit(&b);
 }
@@ -151,35 +153,36 @@ static const struct {
     const char *doc;
     const char *want;
 } rt_cases[] = {
-    { "0", "0" },
-    { "-0", "0" },
-    { "-0.0", "-0.0" },
-    { "1.0", "1.0" },
-    { "1E2", "100.0" },
-    { "0.1", "0.1" },
-    { "1e308", "1e+308" },
-    { "5e-324", "5e-324" },
-    { "1e16", "1e+16" },
-    { "1e15", "1000000000000000.0" },
-    { "0.00001", "1e-05" },
-    { "0.0001", "0.0001" },
-    { "9223372036854775807", "9223372036854775807" },
-    { "-9223372036854775808", "-9223372036854775808" },
-    { "18446744073709551615", "18446744073709551615" },
-    { "9223372036854775808", "9223372036854775808" },
-    { "9007199254740993", "9007199254740993" },
-    { "[9007199254740993, 18446744073709551615, {\"k\": 9223372036854775808}]",
-      "[9007199254740993,18446744073709551615,{\"k\":9223372036854775808}]" },
-    { "\"\\u00e9\\ud83d\\ude00 \\\" \\\\ \\/ \\n\\r\\t\\b\\f \\u0001 \\u007f \\u0000\"",
-      "\"\xc3\xa9\xf0\x9f\x98\x80 \\\" \\\\ / \\n\\r\\t\\b\\f \\u0001 \x7f \\u0000\"" },
-    { "\"caf\xc3\xa9 \xf0\x9f\x98\x80\"", "\"caf\xc3\xa9 \xf0\x9f\x98\x80\"" },
-    { "[]", "[]" },
-    { "{}", "{}" },
-    { " [ [ ] , { } , \"\" ] ", "[[],{},\"\"]" },
-    { "{\"b\": 1, \"a\": 2, \"c\": {\"z\": 1, \"y\": 2}}", "{\"b\":1,\"a\":2,\"c\":{\"z\":1,\"y\":2}}" },
-    { "{\"a\": 1, \"b\": 2, \"a\": 3}", "{\"a\":3,\"b\":2}" },
-    { "true", "true" },
-    { "null", "null" },
+    {"0", "0"},
+    {"-0", "0"},
+    {"-0.0", "-0.0"},
+    {"1.0", "1.0"},
+    {"1E2", "100.0"},
+    {"0.1", "0.1"},
+    {"1e308", "1e+308"},
+    {"5e-324", "5e-324"},
+    {"1e16", "1e+16"},
+    {"1e15", "1000000000000000.0"},
+    {"0.00001", "1e-05"},
+    {"0.0001", "0.0001"},
+    {"9223372036854775807", "9223372036854775807"},
+    {"-9223372036854775808", "-9223372036854775808"},
+    {"18446744073709551615", "18446744073709551615"},
+    {"9223372036854775808", "9223372036854775808"},
+    {"9007199254740993", "9007199254740993"},
+    {"[9007199254740993, 18446744073709551615, {\"k\": 9223372036854775808}]",
+     "[9007199254740993,18446744073709551615,{\"k\":9223372036854775808}]"},
+    {"\"\\u00e9\\ud83d\\ude00 \\\" \\\\ \\/ \\n\\r\\t\\b\\f \\u0001 \\u007f \\u0000\"",
+     "\"\xc3\xa9\xf0\x9f\x98\x80 \\\" \\\\ / \\n\\r\\t\\b\\f \\u0001 \x7f \\u0000\""},
+    {"\"caf\xc3\xa9 \xf0\x9f\x98\x80\"", "\"caf\xc3\xa9 \xf0\x9f\x98\x80\""},
+    {"[]", "[]"},
+    {"{}", "{}"},
+    {" [ [ ] , { } , \"\" ] ", "[[],{},\"\"]"},
+    {"{\"b\": 1, \"a\": 2, \"c\": {\"z\": 1, \"y\": 2}}",
+     "{\"b\":1,\"a\":2,\"c\":{\"z\":1,\"y\":2}}"},
+    {"{\"a\": 1, \"b\": 2, \"a\": 3}", "{\"a\":3,\"b\":2}"},
+    {"true", "true"},
+    {"null", "null"},
 };
 
 static void check_round_trip(const char *doc, size_t len, const char *want)
@@ -240,12 +243,25 @@ START_TEST(test_float_repr)
         double d;
         const char *want;
     } cases[] = {
-        { 0.0, "0.0" }, { -0.0, "-0.0" }, { 1.0, "1.0" }, { 0.1, "0.1" }, { 1.0 / 3, "0.3333333333333333" },
-        { 2.0 / 3, "0.6666666666666666" }, { 1e22, "1e+22" }, { 1e16, "1e+16" },
-        { 123456789012345678.0, "1.2345678901234568e+17" }, { 1e-5, "1e-05" },
-        { 1.5e-7, "1.5e-07" }, { 5e-324, "5e-324" }, { 1.7976931348623157e308, "1.7976931348623157e+308" },
-        { 100.0, "100.0" }, { 123.456, "123.456" }, { 1.0 / 0.0, "Infinity" },
-        { -1.0 / 0.0, "-Infinity" }, { 0.0 / 0.0, "NaN" }, { 9007199254740993.0, "9007199254740992.0" },
+        {0.0, "0.0"},
+        {-0.0, "-0.0"},
+        {1.0, "1.0"},
+        {0.1, "0.1"},
+        {1.0 / 3, "0.3333333333333333"},
+        {2.0 / 3, "0.6666666666666666"},
+        {1e22, "1e+22"},
+        {1e16, "1e+16"},
+        {123456789012345678.0, "1.2345678901234568e+17"},
+        {1e-5, "1e-05"},
+        {1.5e-7, "1.5e-07"},
+        {5e-324, "5e-324"},
+        {1.7976931348623157e308, "1.7976931348623157e+308"},
+        {100.0, "100.0"},
+        {123.456, "123.456"},
+        {1.0 / 0.0, "Infinity"},
+        {-1.0 / 0.0, "-Infinity"},
+        {0.0 / 0.0, "NaN"},
+        {9007199254740993.0, "9007199254740992.0"},
     };
     for (size_t i = 0; i < CM_ARRAY_LEN(cases); i++) {
         struct cm_buf b;
@@ -277,34 +293,54 @@ END_TEST
 START_TEST(test_invalid_json_rejected)
 {
     static const char *const bad[] = {
-        "", " ", "{", "[1,]", "nan", "NaN", "Infinity", "{\"a\" 1}", "\"\\ud800\"", "01", "1 2",
-        "\xff", "\"\xc3\"", "{1:2}", "{12345678901234567890:1}", "[00000000000000000000001]",
-        "123456789012345678901234567890 1", "[123456789012345678901234567890", "'a'", "1e400",
+        "",
+        " ",
+        "{",
+        "[1,]",
+        "nan",
+        "NaN",
+        "Infinity",
+        "{\"a\" 1}",
+        "\"\\ud800\"",
+        "01",
+        "1 2",
+        "\xff",
+        "\"\xc3\"",
+        "{1:2}",
+        "{12345678901234567890:1}",
+        "[00000000000000000000001]",
+        "123456789012345678901234567890 1",
+        "[123456789012345678901234567890",
+        "'a'",
+        "1e400",
         "{\"a\\u0000\": 1}",
     };
     for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
         for (size_t s = 0; s < CM_ARRAY_LEN(json_sers); s++) {
             struct cm_buf b;
             ck_assert_msg(cm_ser_validate(json_sers[s], bad[i], strlen(bad[i]), err, sizeof(err)) ==
-                              CM_ERR, "accepted '%s'", bad[i]);
+                              CM_ERR,
+                          "accepted '%s'", bad[i]);
             ck_assert_msg(strncmp(err, "invalid JSON: ", 14) == 0, "'%s': %s", bad[i], err);
             cm_buf_init(&b);
             cm_buf_append_str(&b, "keep");
             ck_assert_int_eq(cm_ser_encode_wrapped(json_sers[s], bad[i], strlen(bad[i]), TS_US, &b,
-                                                   err, sizeof(err)), CM_ERR);
+                                                   err, sizeof(err)),
+                             CM_ERR);
             assert_bytes(&b, "keep", 4, "output untouched on error");
             cm_buf_deinit(&b);
         }
     }
     ck_assert_int_eq(cm_ser_validate(CM_SER_JSON, "{", 1, err, sizeof(err)), CM_ERR);
-    ck_assert_str_eq(err, "invalid JSON: string or '}' expected near end of file (line 1, column 1)");
+    ck_assert_str_eq(err,
+                     "invalid JSON: string or '}' expected near end of file (line 1, column 1)");
 }
 END_TEST
 
 START_TEST(test_msgpack_integer_range)
 {
-    static const char *const big[] = { "18446744073709551616", "-9223372036854775809",
-                                       "[1, {\"a\": 123456789012345678901234567890}]" };
+    static const char *const big[] = {"18446744073709551616", "-9223372036854775809",
+                                      "[1, {\"a\": 123456789012345678901234567890}]"};
     for (size_t i = 0; i < CM_ARRAY_LEN(big); i++) {
         struct cm_buf b;
         ck_assert_int_eq(cm_ser_validate(CM_SER_JSON, big[i], strlen(big[i]), err, sizeof(err)),
@@ -368,15 +404,15 @@ START_TEST(test_garbage_rejected)
         size_t len;
         const char *why;
     } bad[] = {
-        { "\xc4\x01x", 3, "msgpack bin value at byte 0 has no JSON form" },
-        { "\xd4\x01x", 3, "msgpack ext value at byte 0 has no JSON form" },
-        { "\xc1", 1, "invalid msgpack: byte 0xc1 at 0" },
-        { "\x01\x02", 2, "invalid msgpack: 1 extra bytes after the value" },
-        { "\xdd\xff\xff\xff\xff\x01", 6, "invalid msgpack: truncated at byte 5" },
-        { "\xa2\xc3\x28", 3, "invalid msgpack: str at byte 1 is not UTF-8" },
-        { "\xa3\xed\xa0\x80", 4, "invalid msgpack: str at byte 1 is not UTF-8" },
-        { "\x81\x91\x01\x01", 4, "msgpack map key at byte 1 is not a scalar" },
-        { "", 0, "invalid msgpack: truncated at byte 0" },
+        {"\xc4\x01x", 3, "msgpack bin value at byte 0 has no JSON form"},
+        {"\xd4\x01x", 3, "msgpack ext value at byte 0 has no JSON form"},
+        {"\xc1", 1, "invalid msgpack: byte 0xc1 at 0"},
+        {"\x01\x02", 2, "invalid msgpack: 1 extra bytes after the value"},
+        {"\xdd\xff\xff\xff\xff\x01", 6, "invalid msgpack: truncated at byte 5"},
+        {"\xa2\xc3\x28", 3, "invalid msgpack: str at byte 1 is not UTF-8"},
+        {"\xa3\xed\xa0\x80", 4, "invalid msgpack: str at byte 1 is not UTF-8"},
+        {"\x81\x91\x01\x01", 4, "msgpack map key at byte 1 is not a scalar"},
+        {"", 0, "invalid msgpack: truncated at byte 0"},
     };
     struct cm_buf d;
     for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
@@ -399,8 +435,9 @@ START_TEST(test_garbage_rejected)
     assert_bytes(&d, "[2,3]", 5, "last value wins (json)");
     cm_buf_deinit(&d);
     /* Non-string keys become strings, as json.dumps does with Python's dict keys. */
-    ck_assert_int_eq(dec(CM_SER_MSGPACK, "\x84\x01\x02\xc0\x03\xc3\x04\xca\x3f\xc0\x00\x00\x05", 13,
-                         false, &d), CM_OK);
+    ck_assert_int_eq(
+        dec(CM_SER_MSGPACK, "\x84\x01\x02\xc0\x03\xc3\x04\xca\x3f\xc0\x00\x00\x05", 13, false, &d),
+        CM_OK);
     const char *want_keys = "{\"1\":2,\"null\":3,\"true\":4,\"1.5\":5}";
     assert_bytes(&d, want_keys, strlen(want_keys), "non-string keys");
     cm_buf_deinit(&d);
@@ -542,9 +579,10 @@ static void interop_case(const char *dir, int n, enum cm_ser ser, int64_t ts_us,
         free(cacheme);
 
         cm_buf_init(&b);
-        ck_assert_int_eq(w ? cm_ser_encode_wrapped(ser, src, srclen, cm_wall_us(), &b, err,
-                                                   sizeof(err))
-                           : cm_ser_encode(ser, src, srclen, &b, err, sizeof(err)), CM_OK);
+        ck_assert_int_eq(
+            w ? cm_ser_encode_wrapped(ser, src, srclen, cm_wall_us(), &b, err, sizeof(err))
+              : cm_ser_encode(ser, src, srclen, &b, err, sizeof(err)),
+            CM_OK);
         snprintf(suffix, sizeof(suffix), "%s.c_%s", ser_names[ser], w ? "wrapped" : "bare");
         write_file(dir, n, suffix, &b);
         cm_buf_deinit(&b);
