@@ -795,6 +795,34 @@ static void follow_redirect(struct rcmd *rc, enum cm_redis_redir kind, unsigned 
     }
 }
 
+/* A command for n keys of op (idx filled by the caller); takes a reference on op. */
+static struct rcmd *rcmd_new(struct cm_st_op *op, unsigned route, size_t n)
+{
+    struct rcmd *rc = cm_calloc(1, sizeof(*rc) + n * sizeof(rc->idx[0]));
+    rc->op = op;
+    rc->route = route;
+    rc->n = n;
+    ((struct rop *)op->bpriv)->nleft++;
+    return rc;
+}
+
+/* TRYAGAIN: a multi-key command met a slot being migrated with its keys on both sides. Each key
+ * goes again alone, to the same node, and follows its own ASK. Ends rc. */
+static void split_per_key(struct rcmd *rc)
+{
+    struct rnode *n = rc->conn->node;
+    for (size_t i = 0; i < rc->n; i++) {
+        struct rcmd *one = rcmd_new(rc->op, rc->route, 1);
+        one->idx[0] = rc->idx[i];
+        one->redirects = rc->redirects + 1;
+        if (rcmd_send(one, n, false) != CM_OK) {
+            rcmd_fail(one, false, "%s: not connected (after TRYAGAIN)", n->name);
+        }
+    }
+    n->rs->counters.tryagain++;
+    rcmd_end(rc, false); /* after the loop: its reference kept the op alive */
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     struct rcmd *rc = priv;
@@ -816,6 +844,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
                 : CM_REDIS_REDIR_NONE;
         if (kind != CM_REDIS_REDIR_NONE) {
             follow_redirect(rc, kind, slot, host, port);
+            return;
+        }
+        if (c->node->rs->cluster && rc->n > 1 && r->len >= 8 &&
+            memcmp(r->str, "TRYAGAIN", 8) == 0 && !rc->op->timed_out && !c->node->rs->closing) {
+            split_per_key(rc);
             return;
         }
         rcmd_fail(rc, false, "%s: %.*s", c->node->name, r->len > 120 ? 120 : (int)r->len, r->str);
@@ -846,14 +879,10 @@ static int routed_cmp(const void *a, const void *b)
 /* Sends one command for items rt[0..n) (same route) of op. */
 static void submit_group(struct rstore *rs, struct cm_st_op *op, const struct routed *rt, size_t n)
 {
-    struct rcmd *rc = cm_calloc(1, sizeof(*rc) + n * sizeof(rc->idx[0]));
-    rc->op = op;
-    rc->route = rt[0].route;
-    rc->n = n;
+    struct rcmd *rc = rcmd_new(op, rt[0].route, n);
     for (size_t i = 0; i < n; i++) {
         rc->idx[i] = rt[i].idx;
     }
-    ((struct rop *)op->bpriv)->nleft++;
     struct rnode *node = rs->cluster ? slot_node(rs, rc->route) : rs->nodes[0];
     if (rcmd_send(rc, node, false) != CM_OK) {
         rcmd_fail(rc, true, "%s: not connected", node->name);

@@ -20,6 +20,7 @@ struct cm_st_redis_info {
     uint64_t disconnects;  /* connections lost, refused, timed out or stalled */
     uint64_t moved;        /* MOVED redirects followed */
     uint64_t ask;          /* ASK redirects followed */
+    uint64_t tryagain;     /* multi-key commands split per key after TRYAGAIN */
     uint64_t refreshes;    /* CLUSTER SLOTS requests sent */
     uint64_t slot_updates; /* CLUSTER SLOTS replies applied to the slot map */
     size_t channels;       /* cm_st_redis_subscribe calls */
