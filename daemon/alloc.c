@@ -7,8 +7,42 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Worker threads (sqlite, mongo) allocate too, hence atomic. */
-static atomic_size_t used_bytes;
+/*
+ * Bytes in use, counted per thread so the hot path needs no locked instruction: each thread
+ * owns one counter (only it writes it; readers may see a slightly stale value). Counters are
+ * registered once and never freed, so cm_alloc_used can sum them while threads come and go.
+ * Memory freed by another thread than the one that allocated it just moves the count between
+ * counters; the sum stays right.
+ */
+struct alloc_counter {
+    _Atomic int64_t bytes;
+    struct alloc_counter *next;
+};
+
+static _Atomic(struct alloc_counter *) counters;
+static _Thread_local struct alloc_counter *my_counter;
+
+static struct alloc_counter *counter(void)
+{
+    if (my_counter == NULL) {
+        struct alloc_counter *c = calloc(1, sizeof(*c));
+        if (c == NULL) {
+            abort();
+        }
+        c->next = atomic_load(&counters);
+        while (!atomic_compare_exchange_weak(&counters, &c->next, c)) {
+        }
+        my_counter = c;
+    }
+    return my_counter;
+}
+
+static inline void count(int64_t delta)
+{
+    struct alloc_counter *c = counter();
+    atomic_store_explicit(&c->bytes, atomic_load_explicit(&c->bytes, memory_order_relaxed) + delta,
+                          memory_order_relaxed);
+}
 
 static void *oom(size_t size, const char *file, int line)
 {
@@ -22,7 +56,7 @@ void *cm_malloc_at(size_t size, const char *file, int line)
     if (p == NULL) {
         return oom(size, file, line);
     }
-    atomic_fetch_add_explicit(&used_bytes, malloc_usable_size(p), memory_order_relaxed);
+    count((int64_t)malloc_usable_size(p));
     return p;
 }
 
@@ -35,7 +69,7 @@ void *cm_calloc_at(size_t n, size_t size, const char *file, int line)
     if (p == NULL) {
         return oom(n * size, file, line);
     }
-    atomic_fetch_add_explicit(&used_bytes, malloc_usable_size(p), memory_order_relaxed);
+    count((int64_t)malloc_usable_size(p));
     return p;
 }
 
@@ -46,8 +80,8 @@ void *cm_realloc_at(void *ptr, size_t size, const char *file, int line)
     if (p == NULL) {
         return oom(size, file, line);
     }
-    atomic_fetch_sub_explicit(&used_bytes, old, memory_order_relaxed);
-    atomic_fetch_add_explicit(&used_bytes, malloc_usable_size(p), memory_order_relaxed);
+    count(-(int64_t)old);
+    count((int64_t)malloc_usable_size(p));
     return p;
 }
 
@@ -70,13 +104,17 @@ void cm_free(void *ptr)
     if (ptr == NULL) {
         return;
     }
-    atomic_fetch_sub_explicit(&used_bytes, malloc_usable_size(ptr), memory_order_relaxed);
+    count(-(int64_t)malloc_usable_size(ptr));
     free(ptr);
 }
 
 size_t cm_alloc_used(void)
 {
-    return atomic_load_explicit(&used_bytes, memory_order_relaxed);
+    int64_t total = 0;
+    for (struct alloc_counter *c = atomic_load(&counters); c != NULL; c = c->next) {
+        total += atomic_load_explicit(&c->bytes, memory_order_relaxed);
+    }
+    return total > 0 ? (size_t)total : 0;
 }
 
 void cm_assert_fail(const char *expr, const char *file, int line)

@@ -133,7 +133,20 @@ static void get_keys(struct cm_req *req, int first, cm_req_complete_fn *complete
 
 static void cmd_get(struct cm_req *req)
 {
-    get_keys(req, 1, complete_single);
+    struct cm_node *node = node_or_reply(req, ARG(req, 1), ARGLEN(req, 1));
+    if (node == NULL) {
+        return;
+    }
+    /* The hot path: a local hit is encoded straight into the output. */
+    if (cm_flight_get_local(req->srv, node, ARG(req, 1), ARGLEN(req, 1), cm_req_out(req))) {
+        reply_done(req);
+        return;
+    }
+    struct cm_getkey key = { .node = node, .key = ARG(req, 1), .klen = ARGLEN(req, 1),
+                             .slot = 0, .local_checked = true };
+    setup_slots(req, 1, complete_single);
+    req->pending = 1;
+    cm_flight_get(req->srv, req, &key, 1);
 }
 
 static void cmd_mget(struct cm_req *req)

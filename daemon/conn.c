@@ -187,10 +187,13 @@ static void check_limits_and_resume(struct cm_conn *c)
 
 void cm_conn_reply_ready(struct cm_conn *c)
 {
-    if (c->state != CM_CONN_ACTIVE || c->in_read) {
+    if (c->state != CM_CONN_ACTIVE) {
         return;
     }
     collect_replies(c);
+    if (c->in_read) {
+        return;   /* written once at the end of the read batch */
+    }
     if (write_out(c) != CM_OK) {
         return;
     }

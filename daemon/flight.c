@@ -682,6 +682,43 @@ static void storage_key(struct cm_server *srv, struct cm_node *node, const char 
     cm_node_storage_key(node, srv->conf->prefix, key, klen, out);
 }
 
+bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char *key,
+                         size_t klen, struct cm_buf *out)
+{
+    char small[256];
+    char *skey = small;
+    size_t sklen = cm_node_storage_key_into(node, srv->conf->prefix, key, klen, small,
+                                            sizeof(small));
+    bool hit = false;
+    if (sklen > sizeof(small)) {
+        skey = cm_malloc(sklen);
+        cm_node_storage_key_into(node, srv->conf->prefix, key, klen, skey, sklen);
+    }
+    for (size_t i = 0; i < node->nlocal && !hit; i++) {
+        struct cm_node_cache *nc = &node->caches[node->local_idx[i]];
+        const char *val;
+        size_t vlen;
+        nc->st->stats.reads++;
+        if (!nc->st->ops->lookup(nc->st, skey, sklen, &val, &vlen)) {
+            continue;
+        }
+        nc->st->stats.hits++;
+        hit = true;
+        node->stats.hit_count++;
+        node->stats.local_hit_count++;
+        cm_resp_bulk(out, val, vlen);
+        for (size_t j = 0; j < i; j++) {
+            struct cm_node_cache *prev = &node->caches[node->local_idx[j]];
+            prev->st->ops->store(prev->st, skey, sklen, val, vlen, prev->ttl_ms);
+            prev->st->stats.writes++;
+        }
+    }
+    if (skey != small) {
+        cm_free(skey);
+    }
+    return hit;
+}
+
 void cm_flight_get(struct cm_server *srv, struct cm_req *req, const struct cm_getkey *keys,
                    size_t n)
 {
@@ -691,38 +728,20 @@ void cm_flight_get(struct cm_server *srv, struct cm_req *req, const struct cm_ge
     cm_buf_init(&skey);
     for (size_t k = 0; k < n; k++) {
         struct cm_node *node = keys[k].node;
-        bool hit = false;
-        storage_key(srv, node, keys[k].key, keys[k].klen, &skey);
-        /* 1. local caches, in order; a later one's hit backfills the earlier ones */
-        for (size_t i = 0; i < node->nlocal && !hit; i++) {
-            struct cm_node_cache *nc = &node->caches[node->local_idx[i]];
-            const char *val;
-            size_t vlen;
-            nc->st->stats.reads++;
-            if (!nc->st->ops->lookup(nc->st, cm_buf_start(&skey), cm_buf_used(&skey), &val, &vlen)) {
+        if (!keys[k].local_checked && node->nlocal > 0) {
+            struct cm_buf b;
+            cm_buf_init(&b);
+            if (cm_flight_get_local(srv, node, keys[k].key, keys[k].klen, &b)) {
+                size_t len;
+                char *data = cm_buf_steal(&b, &len);
+                cm_req_fill_slot(req, keys[k].slot, data, len);
                 continue;
             }
-            nc->st->stats.hits++;
-            hit = true;
-            node->stats.hit_count++;
-            node->stats.local_hit_count++;
-            struct cm_buf b;
-            size_t len;
-            cm_buf_init(&b);
-            cm_resp_bulk(&b, val, vlen);
-            for (size_t j = 0; j < i; j++) {
-                struct cm_node_cache *prev = &node->caches[node->local_idx[j]];
-                prev->st->ops->store(prev->st, cm_buf_start(&skey), cm_buf_used(&skey), val, vlen,
-                                     prev->ttl_ms);
-                prev->st->stats.writes++;
-            }
-            char *data = cm_buf_steal(&b, &len);
-            cm_req_fill_slot(req, keys[k].slot, data, len);
+            cm_buf_deinit(&b);
         }
-        if (hit) {
-            continue;
-        }
+
         /* 2. join the key's flight, or start one */
+        storage_key(srv, node, keys[k].key, keys[k].klen, &skey);
         struct keyent *ke = ke_get(srv->flights, cm_buf_start(&skey), cm_buf_used(&skey), true);
         struct flight *f = ke->joinable;
         if (f != NULL) {

@@ -5,9 +5,11 @@
 
 #include "daemon/common.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+struct cm_buf;
 struct cm_flights;
 struct cm_node;
 struct cm_req;
@@ -19,7 +21,13 @@ struct cm_getkey {
     const char *key;     /* client key, borrowed from the request's argv */
     size_t klen;
     size_t slot;
+    bool local_checked;  /* the local caches already missed (cm_flight_get_local) */
 };
+
+/* Step 1 of a read: looks key up in node's local caches, in order (a later one's hit backfills
+ * the earlier ones). On a hit appends the bulk reply to out, counts it, and returns true. */
+bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char *key,
+                         size_t klen, struct cm_buf *out);
 
 struct cm_flights *cm_flights_new(struct cm_server *srv);
 /* Frees the table; flights still running keep their own memory until they end. */

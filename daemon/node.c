@@ -213,6 +213,21 @@ void cm_node_storage_key(const struct cm_node *node, const char *prefix, const c
     cm_buf_append_str(out, node->conf->version);
 }
 
+size_t cm_node_storage_key_into(const struct cm_node *node, const char *prefix, const char *key,
+                                size_t klen, char *dst, size_t dstsz)
+{
+    size_t plen = strlen(prefix), vlen = strlen(node->conf->version);
+    size_t n = plen + 1 + klen + 1 + vlen;
+    if (n <= dstsz) {
+        memcpy(dst, prefix, plen);
+        dst[plen] = ':';
+        memcpy(dst + plen + 1, key, klen);
+        dst[plen + 1 + klen] = ':';
+        memcpy(dst + plen + 2 + klen, node->conf->version, vlen);
+    }
+    return n;
+}
+
 void cm_node_loader_url(const struct cm_node *node, const struct cm_params *params,
                         struct cm_buf *out)
 {

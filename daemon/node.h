@@ -80,6 +80,10 @@ struct cm_node *cm_node_find(struct cm_node *nodes, size_t n, const char *key, s
 /* Appends "{prefix}:{key}:{version}". */
 void cm_node_storage_key(const struct cm_node *node, const char *prefix, const char *key,
                          size_t klen, struct cm_buf *out);
+/* Writes "{prefix}:{key}:{version}" into dst when it fits (dstsz bytes); returns its length
+ * either way (a larger result is not written). */
+size_t cm_node_storage_key_into(const struct cm_node *node, const char *prefix, const char *key,
+                                size_t klen, char *dst, size_t dstsz);
 /* Appends the loader URL with params percent-encoded. */
 void cm_node_loader_url(const struct cm_node *node, const struct cm_params *params,
                         struct cm_buf *out);

@@ -39,6 +39,15 @@ static void req_free(struct cm_req *req)
     cm_free(req);
 }
 
+struct cm_buf *cm_req_out(struct cm_req *req)
+{
+    struct cm_conn *c = req->conn;
+    if (c != NULL && c->state == CM_CONN_ACTIVE && TAILQ_FIRST(&c->reqs) == req) {
+        return &c->wbuf;
+    }
+    return &req->reply;
+}
+
 void cm_req_done(struct cm_req *req)
 {
     cm_assert(req->state == CM_REQ_WAITING);

@@ -48,6 +48,9 @@ struct cm_req {
 };
 
 struct cm_req *cm_req_new(struct cm_conn *c, struct cm_argv *argv);
+/* Where a handler that completes at once should encode its reply: straight into the
+ * connection's output when every earlier request has been answered, else req->reply. */
+struct cm_buf *cm_req_out(struct cm_req *req);
 /* Marks the reply complete and lets the connection write it (if the client is still there). */
 void cm_req_done(struct cm_req *req);
 /* Fills slot i with an encoded element (takes ownership of data) and completes the request when
