@@ -21,7 +21,7 @@ set -euo pipefail
 readonly HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly PGBIN=/usr/lib/postgresql/15/bin
 readonly NAMES=(redis redis-cluster postgres mariadb mongo) # stop-all signals them in reverse
-readonly READY_SECS=30                                      # per server, on start or restart
+readonly READY_SECS=${CM_BACKENDS_READY_SECS:-30}          # per server, on start or restart
 readonly KILL_AFTER_SECS=10                                 # SIGKILL what SIGTERM did not stop
 # Pristine initdb / mariadb-install-db output, reused across runs (see init_data); "none": off.
 readonly CACHE_DIR=${CM_BACKENDS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cachemed-backends}
@@ -260,27 +260,40 @@ ready_redis-cluster() {
         fi
     done
 }
+# cluster_cmd PORT ARGS...: one CLUSTER command, which must answer OK (logged in rc/create.log).
+cluster_cmd() {
+    local port=$1 out
+    shift
+    out=$(redis-cli -p "$port" cluster "$@" 2>&1) || true
+    echo "$port cluster $*: $out" >> "$BASE/rc/create.log"
+    [ "$out" = OK ] || {
+        echo "redis-cluster: 'cluster $*' on $port answered: $out" >&2
+        return 1
+    }
+}
+
 # What `redis-cli --cluster create --cluster-replicas 0` does, with the same slot ranges, minus its
 # one-second sleeps between checks (they cost 2-5 s of start-all on a busy machine).
 first_redis-cluster() {
-    local ports i lo hi
+    local ports n i a b first=0 last
     read -r -a ports <<< "$CLUSTER_PORTS"
-    {
-        for i in "${!ports[@]}"; do
-            lo=$((16384 * i / ${#ports[@]}))
-            hi=$((16384 * (i + 1) / ${#ports[@]} - 1))
-            # Distinct config epochs, so no node has to win an epoch collision first.
-            redis-cli -p "${ports[i]}" cluster set-config-epoch $((i + 1))
-            redis-cli -p "${ports[i]}" cluster addslotsrange "$lo" "$hi"
+    n=${#ports[@]}
+    for i in "${!ports[@]}"; do
+        # redis-cli's split: last = round((i + 1) * 16384 / n - 1), so 0-5460 5461-10922 10923-16383.
+        last=$(((2 * (i + 1) * 16384 - n) / (2 * n)))
+        [ "$i" -lt $((n - 1)) ] || last=16383
+        # Distinct config epochs, so no node has to win an epoch collision first.
+        cluster_cmd "${ports[i]}" set-config-epoch $((i + 1))
+        cluster_cmd "${ports[i]}" addslotsrange "$first" "$last"
+        first=$((last + 1))
+    done
+    # Every node meets every other: with meets from one node only, the other two learn of each
+    # other by gossip, which took up to a cluster-node-timeout (5 s) more.
+    for a in "${ports[@]}"; do
+        for b in "${ports[@]}"; do
+            [ "$a" = "$b" ] || cluster_cmd "$a" meet 127.0.0.1 "$b"
         done
-        for i in "${!ports[@]}"; do
-            [ "$i" -eq 0 ] || redis-cli -p "${ports[0]}" cluster meet 127.0.0.1 "${ports[i]}"
-        done
-    } > "$BASE/rc/create.log" 2>&1
-    if grep -qv '^OK$' "$BASE/rc/create.log"; then
-        cat "$BASE/rc/create.log" >&2
-        return 1
-    fi
+    done
     date > "$BASE/rc/created"
     # Every node, not just the seed, must see all slots before a test may rely on MOVED replies.
     wait_for "$READY_SECS" ready_redis-cluster
@@ -374,12 +387,34 @@ launch_begin() {
 
 # launch_wait NAME: waits until NAME answers, then records its PIDs.
 launch_wait() {
-    if ! wait_for "$READY_SECS" "ready_$1"; then
-        record_pids "$1"
-        die "$1: not answering after ${READY_SECS}s (logs under $BASE)"
-    fi
+    local end=$(($(date +%s) + READY_SECS)) pid
+    until "ready_$1" > /dev/null 2>&1; do
+        # A server that died during start-up (port taken, bad data dir) fails at once, not in 30 s.
+        for pid in $(native_pids "$1"); do
+            alive "$1" "$pid" || die "$1: exited during start-up; $(log_tail "$1")"
+        done
+        [ "$(date +%s)" -lt "$end" ] || {
+            record_pids "$1"
+            die "$1: not answering after ${READY_SECS}s; $(log_tail "$1")"
+        }
+        sleep 0.05
+    done
     record_pids "$1"
     note "$1 up at $(($(now_ms) - T0)) ms (PIDs $(recorded_pids "$1" | tr '\n' ' '))"
+}
+
+# log_tail NAME: the end of NAME's server log(s), for error messages.
+log_tail() {
+    local f
+    case $1 in
+    redis) f=("$BASE/redis/redis.log") ;;
+    redis-cluster) f=("$BASE"/rc/*/redis.log) ;;
+    postgres) f=("$BASE/pg/pg.log") ;;
+    mariadb) f=("$BASE/my/error.log" "$BASE/my/stdout.log") ;;
+    mongo) f=("$BASE/mongo/congo.log") ;;
+    esac
+    echo "end of ${f[*]}:"
+    tail -n 5 "${f[@]}" 2> /dev/null || true
 }
 
 launch() {
