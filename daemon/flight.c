@@ -9,6 +9,7 @@
  * still answer their waiters but write nothing, so no stale value is written back (SPEC §6.8).
  */
 #include "daemon/flight.h"
+#include "daemon/invalidate.h"
 #include "conf/conf.h"
 #include "daemon/alloc.h"
 #include "daemon/bloom.h"
@@ -292,6 +293,10 @@ static void flight_end(struct flight *f)
     struct keyent *ke = f->ke;
     struct cm_flights *fl = f->srv->flights;
     cm_assert(f->nwaiters == 0 && f->pending_writes == 0);
+    if (f->kind != FL_READ && !f->superseded) {
+        /* Other instances drop their local copy only now that the shared caches are written. */
+        cm_inval_publish(f->srv->inval, f->node, f->ckey, f->cklen);
+    }
     if (f->owner != NULL) {
         struct cm_req *owner = f->owner;
         f->owner = NULL;

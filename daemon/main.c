@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <string.h>
 #include <sys/resource.h>
 
@@ -69,6 +70,9 @@ int main(int argc, char **argv)
         return 2;
     }
     raise_nofile();
+    /* zlib's ~270 KB of deflate state would otherwise be trimmed back to the OS after every
+     * compressed write (measured: 727 us per compress2 instead of 5 us). */
+    mallopt(M_TRIM_THRESHOLD, 32 << 20);
     struct cm_server srv;
     int rc = 1;
     if (cm_server_init(&srv, conf) == CM_OK) {

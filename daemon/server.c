@@ -4,6 +4,7 @@
 #include "daemon/alloc.h"
 #include "daemon/conn.h"
 #include "daemon/flight.h"
+#include "daemon/invalidate.h"
 #include "daemon/loader.h"
 #include "daemon/log.h"
 #include "daemon/node.h"
@@ -318,6 +319,12 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
         return CM_ERR;
     }
     srv->nnodes = conf->nnodes;
+    int rc;
+    srv->inval = cm_inval_new(srv, err, sizeof(err), &rc);
+    if (rc != CM_OK) {
+        cm_log(CM_LOG_ERR, "%s", err);
+        return CM_ERR;
+    }
     if (open_listeners(srv) != CM_OK || open_metrics(srv) != CM_OK) {
         return CM_ERR;
     }
@@ -374,6 +381,8 @@ void cm_server_deinit(struct cm_server *srv)
     }
     cm_loader_free(srv->loader);
     srv->loader = NULL;
+    cm_inval_free(srv->inval);
+    srv->inval = NULL;
     /* Let deferred completions run. */
     if (srv->base != NULL) {
         event_base_loop(srv->base, EVLOOP_NONBLOCK);

@@ -18,6 +18,7 @@ struct evhttp;
 struct cm_conf;
 struct cm_conn;
 struct cm_flights;
+struct cm_inval;
 struct cm_loader;
 struct cm_node;
 struct cm_storage;
@@ -40,6 +41,7 @@ struct cm_server {
     size_t nnodes;
     struct cm_loader *loader;          /* owned */
     struct cm_flights *flights;        /* owned */
+    struct cm_inval *inval;            /* cross-instance invalidation, NULL when unused; owned */
     TAILQ_HEAD(, cm_conn) conns;       /* open connections */
     TAILQ_HEAD(, cm_conn) to_free;     /* closed, freed after the current loop iteration */
     size_t nclients;
