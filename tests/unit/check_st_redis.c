@@ -698,6 +698,40 @@ START_TEST(test_order_per_key)
 }
 END_TEST
 
+/* A server that accepts TCP but never answers AUTH: the op times out at its timeout, and the
+ * connection is dropped at the connect timeout (max(timeout, 1 s)), failing what it held. */
+START_TEST(test_handshake_never_answered)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    ck_assert(bind(lfd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(lfd, 16) == 0);
+    ck_assert(getsockname(lfd, (struct sockaddr *)&a, &alen) == 0);
+    char url[96];
+    snprintf(url, sizeof(url), "redis://:pw@127.0.0.1:%d/0", ntohs(a.sin_port));
+    struct rt t;
+    rt_open(&t, url, 1, 300, false);
+    const char *keys[] = {"hs:k"};
+    double t0 = h_now_ms();
+    struct h_result r;
+    h_get(t.st, 1, keys, &r);
+    double took = h_now_ms() - t0;
+    ck_assert_int_eq(r.status, CM_ETIMEDOUT);
+    h_result_deinit(&r);
+    ck_assert_msg(took >= 280 && took < 700, "timed out after %.0f ms", took);
+    struct cm_st_redis_info in;
+    rt_info(&t, &in);
+    ck_assert_uint_eq(in.pending, 2); /* AUTH and GET, held by hiredis */
+    ck_assert_uint_eq(in.disconnects, 0);
+    rt_run_for(&t, 1000);
+    rt_info(&t, &in);
+    ck_assert_uint_ge(in.disconnects, 1);
+    ck_assert_uint_eq(in.conns_ready, 0);
+    rt_close(&t);
+    close(lfd);
+}
+END_TEST
+
 static Suite *st_redis_suite(void)
 {
     Suite *s = suite_create("st_redis");
@@ -713,6 +747,7 @@ static Suite *st_redis_suite(void)
     tcase_add_test(tc, test_close_finishes_pending);
     tcase_add_test(tc, test_late_reply_after_timeout);
     tcase_add_test(tc, test_order_per_key);
+    tcase_add_test(tc, test_handshake_never_answered);
     tcase_add_test(tc, test_bad_urls);
     tcase_add_test(tc, test_pubsub_roundtrip);
     tcase_add_test(tc, test_pubsub_resubscribes_after_restart);
