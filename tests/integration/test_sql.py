@@ -222,9 +222,13 @@ def stats(c, name):
 
 
 class SqlChain:
-    """The tests, run once per database by the classes at the end."""
+    """The tests, run once per database by the classes at the end (and by test_mongo.py). DB is
+    a class with: kind, server (backends.sh name or None), storage() (its [storage] lines),
+    read(storage key) -> (value bytes, aware expire or None) or None, set_expire(key, datetime),
+    select_count() (None: not countable) and close()."""
 
     DB = None
+    OP_TIMEOUT = "2s"
 
     @classmethod
     def setUpClass(cls):
@@ -244,7 +248,8 @@ class SqlChain:
 
     def body(self, pool_size=4):
         s = "[storage mem]\nurl = local://lru\nsize = 10000\n\n"
-        s += "[storage db]\n%spool_size = %d\ntimeout = 2s\n\n" % (self.db.storage(), pool_size)
+        s += "[storage db]\n%spool_size = %d\ntimeout = %s\n\n" % (self.db.storage(), pool_size,
+                                                                  self.OP_TIMEOUT)
         for name, (caches, ser) in NODES.items():
             s += ("[node %s]\nkey = %s:{id}\nversion = v1\ncaches = %s\nserializer = %s\n"
                   "loader = %s\n\n" % (name, name, caches, ser, self.loader("/%s/{id}" % name)))
@@ -360,7 +365,7 @@ class SqlChain:
     @unittest.expectedFailure
     def test_mget_across_nodes_of_one_storage_is_one_query(self):
         if self.db.select_count() is None:
-            self.skipTest("sqlite: no query counter")
+            self.skipTest("%s: no query counter" % self.db.kind)
         keys = ["dj:x%d" % i for i in range(5)] + ["dm:x%d" % i for i in range(5)]
         self.assertEqual(self.mget_queries(keys), 1)
 
