@@ -24,6 +24,7 @@
 #include "daemon/util.h"
 #include "storages/storage.h"
 
+#include <event2/event.h>
 #include <string.h>
 #include <sys/queue.h>
 
@@ -85,13 +86,19 @@ struct cm_flights {
     struct keyent **buckets;
     size_t nbuckets;
     size_t count;
+    struct batch **pending;        /* per node: reads gathered during this loop iteration */
+    struct event *flush_ev;        /* runs flush_pending once the iteration's callbacks ran */
+    bool flush_armed;
 };
+
+#define BATCH_MAX 512              /* keys per multi-get */
 
 /* Remote reads of several flights of one node, one op per storage step. */
 struct batch {
     struct cm_node *node;
     struct flight **fl;            /* flights still reading, owned array */
     size_t n;
+    size_t cap;
     size_t step;                   /* position in node->remote_idx */
 };
 
@@ -103,12 +110,16 @@ static void start_writes(struct flight *f);
 
 /* ---- key table ---- */
 
+static void on_flush(evutil_socket_t fd, short what, void *arg);
+
 struct cm_flights *cm_flights_new(struct cm_server *srv)
 {
     struct cm_flights *fl = cm_calloc(1, sizeof(*fl));
     fl->srv = srv;
     fl->nbuckets = 1024;
     fl->buckets = cm_calloc(fl->nbuckets, sizeof(*fl->buckets));
+    fl->pending = cm_calloc(srv->nnodes ? srv->nnodes : 1, sizeof(*fl->pending));
+    fl->flush_ev = event_new(srv->base, -1, 0, on_flush, fl);
     return fl;
 }
 
@@ -117,6 +128,11 @@ void cm_flights_free(struct cm_flights *fl)
     if (fl == NULL) {
         return;
     }
+    for (size_t i = 0; i < fl->srv->nnodes; i++) {
+        cm_assert(fl->pending[i] == NULL);   /* the server flushed before closing storages */
+    }
+    event_free(fl->flush_ev);
+    cm_free(fl->pending);
     cm_free(fl->buckets);
     cm_free(fl);
 }
@@ -514,8 +530,63 @@ static struct batch *batch_new(struct cm_node *node, size_t cap)
 {
     struct batch *b = cm_calloc(1, sizeof(*b));
     b->node = node;
-    b->fl = cm_calloc(cap ? cap : 1, sizeof(*b->fl));
+    b->cap = cap ? cap : 1;
+    b->fl = cm_calloc(b->cap, sizeof(*b->fl));
     return b;
+}
+
+/*
+ * Remote reads are gathered per node for the rest of the loop iteration, then sent as one
+ * multi-get per storage (on_flush). Under load this turns many clients' GETs into a few MGETs;
+ * an idle server pays one extra pass through the active-event queue.
+ */
+static void queue_read(struct flight *f)
+{
+    struct cm_flights *fl = f->srv->flights;
+    size_t ni = (size_t)(f->node - f->srv->nodes);
+    struct batch *b = fl->pending[ni];
+    f->state = FL_READING;
+    if (f->node->nremote == 0 || f->srv->closing) {
+        b = batch_new(f->node, 1);
+        b->fl[b->n++] = f;
+        batch_step(b);
+        return;
+    }
+    if (b == NULL) {
+        b = fl->pending[ni] = batch_new(f->node, 16);
+        if (!fl->flush_armed) {
+            fl->flush_armed = true;
+            event_active(fl->flush_ev, EV_TIMEOUT, 0);
+        }
+    }
+    if (b->n == b->cap) {
+        b->cap *= 2;
+        b->fl = cm_realloc(b->fl, b->cap * sizeof(*b->fl));
+    }
+    b->fl[b->n++] = f;
+    if (b->n >= BATCH_MAX) {
+        fl->pending[ni] = NULL;
+        batch_step(b);
+    }
+}
+
+void cm_flights_flush(struct cm_flights *fl)
+{
+    fl->flush_armed = false;
+    for (size_t i = 0; i < fl->srv->nnodes; i++) {
+        struct batch *b = fl->pending[i];
+        if (b != NULL) {
+            fl->pending[i] = NULL;
+            batch_step(b);
+        }
+    }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    cm_flights_flush(arg);
 }
 
 /* ---- loads ---- */
@@ -609,13 +680,9 @@ static void start_mutation_writes(struct flight *f);
 static void flight_start(struct flight *f)
 {
     switch (f->kind) {
-    case FL_READ: {
-        f->state = FL_READING;
-        struct batch *b = batch_new(f->node, 1);
-        b->fl[b->n++] = f;
-        batch_step(b);
+    case FL_READ:
+        queue_read(f);
         break;
-    }
     case FL_REFRESH:
         f->ke->writer = f;
         start_load(f);
@@ -728,8 +795,6 @@ void cm_flight_get(struct cm_server *srv, struct cm_req *req, const struct cm_ge
                    size_t n)
 {
     struct cm_buf skey;
-    struct batch *batches[8];
-    size_t nbatches = 0;
     cm_buf_init(&skey);
     for (size_t k = 0; k < n; k++) {
         struct cm_node *node = keys[k].node;
@@ -767,29 +832,10 @@ void cm_flight_get(struct cm_server *srv, struct cm_req *req, const struct cm_ge
             TAILQ_INSERT_TAIL(&ke->queue, f, qlink);
             continue;
         }
-        /* 3. batch the remote reads of new flights per node */
-        f->state = FL_READING;
-        struct batch *b = NULL;
-        for (size_t i = 0; i < nbatches; i++) {
-            if (batches[i]->node == node) {
-                b = batches[i];
-            }
-        }
-        if (b == NULL) {
-            if (nbatches == CM_ARRAY_LEN(batches)) {
-                struct batch *one = batch_new(node, 1);
-                one->fl[one->n++] = f;
-                batch_step(one);
-                continue;
-            }
-            b = batches[nbatches++] = batch_new(node, n - k);
-        }
-        b->fl[b->n++] = f;
+        /* 3. the remote reads of new flights are batched per node */
+        queue_read(f);
     }
     cm_buf_deinit(&skey);
-    for (size_t i = 0; i < nbatches; i++) {
-        batch_step(batches[i]);
-    }
 }
 
 static struct flight *new_mutation(struct cm_server *srv, struct cm_node *node, enum fl_kind kind,

@@ -32,6 +32,8 @@ bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char
 struct cm_flights *cm_flights_new(struct cm_server *srv);
 /* Frees the table; flights still running keep their own memory until they end. */
 void cm_flights_free(struct cm_flights *fl);
+/* Sends the remote reads gathered so far (normally done at the end of each loop iteration). */
+void cm_flights_flush(struct cm_flights *fl);
 /* Keys with a flight or mutation in progress. */
 size_t cm_flights_active(const struct cm_flights *fl);
 

@@ -11,9 +11,10 @@ struct cm_server;
 struct cm_node;
 struct cm_inval;
 
-/* Connects a publisher and a subscriber to the Redis of each node with a channel (the first
- * redis storage of its chain), in the background with reconnects. Returns NULL when no node
- * uses a channel; CM_ERR via *err when a node has a channel but no redis storage. */
+/* Subscribes each node with a channel through the first redis storage of its chain (which
+ * reconnects and resubscribes by itself). Returns NULL when no node uses a channel; *rc is
+ * CM_ERR (reason in err) when a node has a channel but no redis storage. Must be freed before
+ * the storages are closed. */
 struct cm_inval *cm_inval_new(struct cm_server *srv, char *err, size_t errsz, int *rc);
 void cm_inval_free(struct cm_inval *iv);
 /* Publishes that node's key changed (no-op for nodes without a channel). */

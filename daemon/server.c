@@ -299,7 +299,6 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
         return CM_ERR;
     }
     srv->loader = cm_loader_new(srv->base);
-    srv->flights = cm_flights_new(srv);
     if (srv->loader == NULL) {
         cm_log(CM_LOG_ERR, "cannot initialise the HTTP loader");
         return CM_ERR;
@@ -319,6 +318,7 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
         return CM_ERR;
     }
     srv->nnodes = conf->nnodes;
+    srv->flights = cm_flights_new(srv);   /* sized by the node table */
     int rc;
     srv->inval = cm_inval_new(srv, err, sizeof(err), &rc);
     if (rc != CM_OK) {
@@ -372,6 +372,16 @@ void cm_server_deinit(struct cm_server *srv)
     while ((c = TAILQ_FIRST(&srv->conns)) != NULL) {
         cm_conn_close(c, "server stopping");
     }
+    if (srv->flights != NULL) {
+        cm_flights_flush(srv->flights);   /* gathered reads fail now, before storages go */
+    }
+    cm_inval_free(srv->inval);
+    srv->inval = NULL;
+    /* Completions already deferred by backends (cm_st_op_finish_later) run while their storage
+     * still exists. */
+    if (srv->base != NULL) {
+        event_base_loop(srv->base, EVLOOP_NONBLOCK);
+    }
     /* Storages and the loader fail what they still hold; flights answer orphaned requests. */
     for (size_t i = 0; i < srv->nstorages; i++) {
         if (!srv->storages[i]->ops->local) {
@@ -381,8 +391,6 @@ void cm_server_deinit(struct cm_server *srv)
     }
     cm_loader_free(srv->loader);
     srv->loader = NULL;
-    cm_inval_free(srv->inval);
-    srv->inval = NULL;
     /* Let deferred completions run. */
     if (srv->base != NULL) {
         event_base_loop(srv->base, EVLOOP_NONBLOCK);

@@ -151,6 +151,19 @@ void cm_stats_info(struct cm_server *srv, const char *section, struct cm_buf *ou
                           (unsigned long long)s->deletes, (unsigned long long)s->errors,
                           (unsigned long long)s->timeouts, (unsigned long long)s->rejected,
                           rate(s->latency_ns, s->ops) / 1000.0);
+            if (st->ops->info != NULL) {
+                /* Backend details ("name:value" lines), prefixed with the storage name. */
+                struct cm_buf b;
+                cm_buf_init(&b);
+                st->ops->info((struct cm_storage *)st, &b);
+                cm_buf_append(&b, "", 1);
+                for (char *line = cm_buf_start(&b), *end; *line != '\0'; line = end) {
+                    end = strchr(line, '\n');
+                    end = end ? end + 1 : line + strlen(line);
+                    cm_buf_printf(out, "storage_%s_%.*s", st->name, (int)(end - line), line);
+                }
+                cm_buf_deinit(&b);
+            }
         }
         cm_buf_printf(out, "\r\n");
     }

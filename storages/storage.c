@@ -121,6 +121,23 @@ static void account(struct cm_st_op *op)
     }
 }
 
+/* A storage that is down fails every op: log at most once a second per storage, with a count
+ * of what was not logged. The counters (INFO, /metrics) keep every failure. */
+static void warn_limited(struct cm_st_op *op, const char *why)
+{
+    struct cm_storage *st = op->st;
+    int64_t now = cm_now_ms();
+    if (now - st->warn_ms < 1000) {
+        st->warn_suppressed++;
+        return;
+    }
+    cm_log(CM_LOG_WARN, "storage %s: %s of %zu key(s) failed: %s%s", st->name,
+           op->kind == CM_ST_GET ? "read" : op->kind == CM_ST_SET ? "write" : "delete",
+           op->nitems, why, st->warn_suppressed ? " (and more failures not logged)" : "");
+    st->warn_ms = now;
+    st->warn_suppressed = 0;
+}
+
 static void on_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct cm_st_op *op = arg;
@@ -134,9 +151,9 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
         cm_free(op->items[i].val);
         op->items[i].val = NULL;
     }
-    cm_log(CM_LOG_WARN, "storage %s: %s of %zu key(s) timed out after %lld ms", op->st->name,
-           op->kind == CM_ST_GET ? "read" : op->kind == CM_ST_SET ? "write" : "delete",
-           op->nitems, (long long)op->st->conf->timeout_ms);
+    char why[64];
+    snprintf(why, sizeof(why), "timed out after %lld ms", (long long)op->st->conf->timeout_ms);
+    warn_limited(op, why);
     account(op);
     op->done(op, op->arg);
 }
@@ -173,9 +190,7 @@ void cm_st_op_finish(struct cm_st_op *op)
         for (size_t i = 0; i < op->nitems; i++) {
             op->items[i].result = CM_ST_MISS;
         }
-        cm_log(CM_LOG_WARN, "storage %s: %s failed: %s", op->st->name,
-               op->kind == CM_ST_GET ? "read" : op->kind == CM_ST_SET ? "write" : "delete",
-               op->err[0] ? op->err : "unknown error");
+        warn_limited(op, op->err[0] ? op->err : "unknown error");
     }
     account(op);
     op->done(op, op->arg);

@@ -112,6 +112,8 @@ struct cm_storage {
     struct event_base *base;
     struct cm_st_stats stats;
     void *priv;                           /* backend state */
+    int64_t warn_ms;                      /* storage.c: last failure logged (rate limit) */
+    uint64_t warn_suppressed;             /* storage.c: failures not logged since */
 };
 
 /* Looks up a backend by its conf type; NULL when unknown. */
