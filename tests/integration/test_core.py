@@ -97,6 +97,21 @@ class CoreTest(DaemonTest):
         self.assertIn(b"node_item:request_count=1,hit_count=0,miss_count=1", out)
         s.close()
 
+    def test_metrics_endpoint(self):
+        import urllib.request
+        from harness import free_port
+        mport = free_port()
+        d = self.daemon(self.body(), server_extra="metrics_listen = 127.0.0.1:%d" % mport)
+        c = d.client()
+        c.get("item:1")
+        c.get("item:1")
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5) as r:
+            text = r.read().decode()
+        self.assertIn('cachemed_node_request_count{node="item"} 2\n', text)
+        self.assertIn('cachemed_node_local_hit_count{node="item"} 1\n', text)
+        self.assertIn('cachemed_storage_hits_total{storage="mem",type="lru"} 1\n', text)
+        self.assertRegex(text, r"cachemed_commands_total [1-9]")
+
     def test_stats_reset_and_unknown_node(self):
         d = self.daemon(self.body())
         c = d.client()
