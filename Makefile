@@ -108,7 +108,10 @@ bench-trace: all bench-bins
 conftest: all
 	./cachemed --check -c cachemed.conf.example
 
-demo: all
+# The README's quick start: installs what is missing first (a fresh machine has no libraries).
+demo:
+	@scripts/install-deps.sh
+	@$(MAKE) --no-print-directory -s all
 	@scripts/demo.sh
 
 format:
