@@ -97,6 +97,20 @@ class CoreTest(DaemonTest):
         self.assertIn(b"node_item:request_count=1,hit_count=0,miss_count=1", out)
         s.close()
 
+    def test_client_timeout_closes_idle_clients(self):
+        d = self.daemon(self.body(), server_extra="client_timeout = 1s")
+        idle = d.raw()
+        busy = d.raw()
+        t0 = time.time()
+        for _ in range(6):
+            busy.sendall(b"PING\r\n")
+            self.assertEqual(recv_until(busy, terminator=b"\r\n"), b"+PONG\r\n")
+            time.sleep(0.3)
+        self.assertEqual(recv_until(idle, timeout=5), b"")   # closed by the server
+        self.assertGreater(time.time() - t0, 0.9)
+        busy.sendall(b"PING\r\n")
+        self.assertEqual(recv_until(busy, terminator=b"\r\n"), b"+PONG\r\n")
+
     def test_metrics_endpoint(self):
         import urllib.request
         from harness import free_port
