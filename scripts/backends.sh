@@ -25,24 +25,62 @@ readonly READY_SECS=${CM_BACKENDS_READY_SECS:-30}          # per server, on star
 readonly KILL_AFTER_SECS=10                                 # SIGKILL what SIGTERM did not stop
 # Pristine initdb / mariadb-install-db output, reused across runs (see init_data); "none": off.
 readonly CACHE_DIR=${CM_BACKENDS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cachemed-backends}
-T0=$(date +%s%3N)
+T0=$((${EPOCHREALTIME/[.,]/} / 1000)) # ms; the notes say how long after this a server answered
 BASE="" REDIS_PORT="" CLUSTER_PORTS="" PG_PORT="" MY_PORT="" MONGO_PORT="" # set by use_base/start-all
+
+# The waits below poll every 50 ms. On a busy 2-core machine each fork+exec costs up to 0.3 s, and
+# a poll that forks slows down the very servers it waits for, so the polling helpers use bash
+# builtins only: $EPOCHREALTIME, read from /proc, /dev/tcp, and nap instead of sleep(1).
 
 die() {
     echo "backends: $*" >&2
     exit 1
 }
 note() { echo "# $*" >&2; }
-now_ms() { date +%s%3N; }
+now_ms() {
+    local us=${EPOCHREALTIME/[.,]/}
+    echo $((us / 1000))
+}
+
+# nap SECS: sleep(1) without the fork, as a read timeout on a pipe nobody writes to.
+NAP_FD=""
+nap() {
+    [ -n "$NAP_FD" ] || exec {NAP_FD}<> <(:)
+    read -rt "$1" -u "$NAP_FD" || true
+}
 
 # wait_for SECS CMD...: retries CMD every 50 ms until it succeeds or SECS pass.
 wait_for() {
-    local end=$(($(date +%s) + $1))
+    local end=$((EPOCHSECONDS + $1))
     shift
     until "$@" > /dev/null 2>&1; do
-        [ "$(date +%s)" -lt "$end" ] || return 1
-        sleep 0.05
+        [ "$EPOCHSECONDS" -lt "$end" ] || return 1
+        nap 0.05
     done
+}
+
+# tcp_open PORT: something accepts connections on 127.0.0.1:PORT.
+tcp_open() {
+    local fd
+    { exec {fd}<> "/dev/tcp/127.0.0.1/$1"; } 2> /dev/null || return 1
+    exec {fd}>&-
+}
+
+# redis_cmd PORT WORD...: sends one inline command, prints the reply: the line of a +/-/: reply,
+# the body of a bulk one.
+redis_cmd() {
+    local port=$1 fd line LC_ALL=C
+    shift
+    { exec {fd}<> "/dev/tcp/127.0.0.1/$port"; } 2> /dev/null || return 1
+    printf '%s\r\n' "$*" >&"$fd"
+    if read -rt 2 -u "$fd" line; then
+        line=${line%$'\r'}
+        if [[ $line =~ ^\$([0-9]+)$ ]]; then
+            read -rt 2 -N "${BASH_REMATCH[1]}" -u "$fd" line || line=""
+        fi
+    fi
+    exec {fd}>&-
+    printf '%s\n' "${line:-}"
 }
 
 is_name() {
@@ -99,16 +137,22 @@ PY
 # PIDs: each server's own pidfile is copied into BASE/NAME.pids once it answers, because Redis and
 # PostgreSQL delete theirs on shutdown and stop must still know whom to wait for.
 
+# first_line FILE: prints FILE's first line, nothing when it is missing.
+first_line() {
+    local line
+    { read -r line < "$1"; } 2> /dev/null && echo "$line" || true
+}
+
 native_pids() {
     case $1 in
-    redis) cat "$BASE/redis/redis.pid" 2> /dev/null || true ;;
+    redis) first_line "$BASE/redis/redis.pid" ;;
     redis-cluster)
         local p
-        for p in $CLUSTER_PORTS; do cat "$BASE/rc/$p/redis.pid" 2> /dev/null || true; done
+        for p in $CLUSTER_PORTS; do first_line "$BASE/rc/$p/redis.pid"; done
         ;;
-    postgres) head -1 "$BASE/pg/data/postmaster.pid" 2> /dev/null || true ;;
-    mariadb) cat "$BASE/my/launch.pid" 2> /dev/null || true ;;
-    mongo) cat "$BASE/mongo/launch.pid" 2> /dev/null || true ;;
+    postgres) first_line "$BASE/pg/data/postmaster.pid" ;;
+    mariadb) first_line "$BASE/my/launch.pid" ;;
+    mongo) first_line "$BASE/mongo/launch.pid" ;;
     esac
 }
 
@@ -117,11 +161,12 @@ record_pids() { native_pids "$1" > "$BASE/$1.pids"; }
 # alive NAME PID: PID is running (not a zombie) and is still that server's program, so a PID the
 # kernel has since reused for something else is never signalled.
 alive() {
-    local stat cmd
-    stat=$(cat "/proc/$2/stat" 2> /dev/null) || return 1
+    local stat cmd args
+    [ -n "$2" ] && { read -r stat < "/proc/$2/stat"; } 2> /dev/null || return 1
     stat=${stat##*) }
-    [ "${stat%% *}" != Z ] || return 1
-    cmd=$(tr '\0' ' ' < "/proc/$2/cmdline" 2> /dev/null) || return 1
+    [ "${stat%% *}" != Z ] || return 1 # dead, waiting for its parent (maybe a lazy init) to reap it
+    { mapfile -d '' -t args < "/proc/$2/cmdline"; } 2> /dev/null || return 1
+    cmd="${args[*]}"
     case $1 in
     redis | redis-cluster) [[ $cmd == redis-server* ]] ;;
     postgres) [[ $cmd == *postgres* ]] ;;
@@ -130,7 +175,10 @@ alive() {
     esac
 }
 
-recorded_pids() { cat "$BASE/$1.pids" 2> /dev/null || true; }
+recorded_pids() {
+    local pid
+    { while read -r pid; do echo "$pid"; done < "$BASE/$1.pids"; } 2> /dev/null || true
+}
 
 # signal_server NAME: SIGINT for PostgreSQL (its "fast" shutdown: SIGTERM would wait for every
 # client to leave), SIGTERM for the others.
@@ -147,13 +195,13 @@ reap_server() {
     local pid
     for pid in $(recorded_pids "$1"); do
         while alive "$1" "$pid"; do
-            if [ "$(date +%s)" -ge "$2" ]; then
+            if [ "$EPOCHSECONDS" -ge "$2" ]; then
                 note "$1: PID $pid ignored the signal, SIGKILL"
                 kill -KILL "$pid" 2> /dev/null || true
-                sleep 0.1
+                nap 0.1
                 break
             fi
-            sleep 0.05
+            nap 0.05
         done
     done
     : > "$BASE/$1.pids"
@@ -202,13 +250,15 @@ start_bg_line() {
 # server VERSION and arguments. Why: each takes 4-5 s on a busy 2-core machine (0.5 s idle), which
 # alone broke the 10 s budget of start-all; a copy takes 0.4 s. The copy is what CMD writes: both
 # data dirs are relocatable, and nothing of BASE is in them until the caller adds its settings.
+# Sparse copies: MariaDB's 113 MB (96 MB redo log, 12 MB ibdata) are 6 MB of data; writing the
+# zeros out slowed every fsync on the disk meanwhile (the Redis cluster's nodes.conf ones).
 init_data() {
     local name=$1 dest=$2 log=$3 version=$4 key tpl tmp
     shift 4
     key=$(printf '%s\n' "$version" "$@" | sed "s|$dest|DATADIR|g" | md5sum | cut -c1-16)
     tpl=$CACHE_DIR/$name-$key
     if [ "$CACHE_DIR" != none ] && [ -d "$tpl" ]; then
-        cp -a --reflink=auto "$tpl" "$dest" && echo "copied from $tpl" > "$log" && return 0
+        cp -a --sparse=always "$tpl" "$dest" && echo "copied from $tpl" > "$log" && return 0
         rm -rf "$dest"
     fi
     "$@" > "$log" 2>&1 || {
@@ -219,7 +269,7 @@ init_data() {
     # Saved under a temporary name, then renamed: a parallel run never copies a half-written one.
     # A failure here only costs the next run the time of CMD.
     mkdir -p "$CACHE_DIR" && tmp=$(mktemp -d "$CACHE_DIR/.new.XXXXXX") &&
-        cp -a "$dest" "$tmp/data" && mv -T "$tmp/data" "$tpl" 2> /dev/null || true
+        cp -a --sparse=always "$dest" "$tmp/data" && mv -T "$tmp/data" "$tpl" 2> /dev/null || true
     [ -z "${tmp:-}" ] || rm -rf "$tmp"
 }
 
@@ -234,7 +284,7 @@ init_redis() {
         --dir "$BASE/redis" --save '' --appendonly no --daemonize yes \
         --pidfile "$BASE/redis/redis.pid" --logfile "$BASE/redis/redis.log"
 }
-ready_redis() { [ "$(redis-cli -p "$REDIS_PORT" ping 2> /dev/null)" = PONG ]; }
+ready_redis() { [ "$(redis_cmd "$REDIS_PORT" PING)" = +PONG ]; }
 first_redis() { :; }
 
 init_redis-cluster() {
@@ -245,18 +295,34 @@ init_redis-cluster() {
         # nodes.conf keeps each node's id and slots, so a restart rejoins the same cluster.
         start_line redis-cluster "$BASE/rc/$p/stdout.log" redis-server --port "$p" \
             --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "$BASE/rc/$p/nodes.conf" \
-            --cluster-node-timeout 5000 --dir "$BASE/rc/$p" --save '' --appendonly no \
+            --cluster-node-timeout "$CLUSTER_JOIN_TIMEOUT_MS" --dir "$BASE/rc/$p" --save '' --appendonly no \
             --daemonize yes --pidfile "$BASE/rc/$p/redis.pid" --logfile "$BASE/rc/$p/redis.log"
     done
 }
-cluster_ok() { redis-cli -p "$1" cluster info 2> /dev/null | grep -q '^cluster_state:ok'; }
+# A master turns its cluster state ok only a node timeout after it last saw itself in a minority,
+# which happens while the nodes meet (or rejoin after a restart): with the usual 5 s this cost 4-6 s
+# per start on a busy machine. So nodes start with a short timeout, and get the usual one once the
+# cluster is ok (a short one would fail nodes that a busy machine merely stalls for a moment).
+readonly CLUSTER_JOIN_TIMEOUT_MS=1000 CLUSTER_NODE_TIMEOUT_MS=5000
+cluster_settle() {
+    local p
+    for p in $CLUSTER_PORTS; do
+        [ "$(redis_cmd "$p" CONFIG SET cluster-node-timeout "$CLUSTER_NODE_TIMEOUT_MS")" = +OK ] ||
+            die "redis-cluster: CONFIG SET cluster-node-timeout failed on $p"
+    done
+}
+after_ready_redis-cluster() {
+    if [ -e "$BASE/rc/created" ]; then cluster_settle; fi
+}
+
+cluster_ok() { [[ $(redis_cmd "$1" CLUSTER INFO) == *cluster_state:ok* ]]; }
 ready_redis-cluster() {
     local p
     for p in $CLUSTER_PORTS; do
-        if [ -s "$BASE/rc/created" ]; then
+        if [ -e "$BASE/rc/created" ]; then
             cluster_ok "$p" || return 1
         else
-            [ "$(redis-cli -p "$p" ping 2> /dev/null)" = PONG ] || return 1
+            [ "$(redis_cmd "$p" PING)" = +PONG ] || return 1
         fi
     done
 }
@@ -264,9 +330,9 @@ ready_redis-cluster() {
 cluster_cmd() {
     local port=$1 out
     shift
-    out=$(redis-cli -p "$port" cluster "$@" 2>&1) || true
+    out=$(redis_cmd "$port" CLUSTER "$@") || true
     echo "$port cluster $*: $out" >> "$BASE/rc/create.log"
-    [ "$out" = OK ] || {
+    [ "$out" = +OK ] || {
         echo "redis-cluster: 'cluster $*' on $port answered: $out" >&2
         return 1
     }
@@ -294,9 +360,10 @@ first_redis-cluster() {
             [ "$a" = "$b" ] || cluster_cmd "$a" meet 127.0.0.1 "$b"
         done
     done
-    date > "$BASE/rc/created"
+    : > "$BASE/rc/created"
     # Every node, not just the seed, must see all slots before a test may rely on MOVED replies.
     wait_for "$READY_SECS" ready_redis-cluster
+    cluster_settle
 }
 
 init_postgres() {
@@ -327,7 +394,12 @@ EOF
     start_line postgres "$BASE/pg/pg_ctl.log" runuser -u postgres -- "$PGBIN/pg_ctl" \
         -D "$BASE/pg/data" -l "$BASE/pg/pg.log" -W start
 }
-ready_postgres() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres; }
+# Line 8 of postmaster.pid is the postmaster's state: "ready" once it accepts connections.
+ready_postgres() {
+    local lines=()
+    { mapfile -t -n 8 lines < "$BASE/pg/data/postmaster.pid"; } 2> /dev/null || return 1
+    [[ ${lines[7]:-} == ready* ]] && tcp_open "$PG_PORT"
+}
 psql_pg() { psql -X -v ON_ERROR_STOP=1 -qAt -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
 first_postgres() {
     psql_pg -d postgres -c 'CREATE DATABASE cachetest'
@@ -351,8 +423,10 @@ init_mariadb() {
         --innodb-flush-log-at-trx-commit=0 --innodb-buffer-pool-size=64M
 }
 mariadb_root() { mariadb --no-defaults -uroot --socket="$BASE/my/mysqld.sock" "$@"; }
+# mariadbd listens once it is nearly ready; only then is a client (a fork) worth running.
 ready_mariadb() {
-    mariadb-admin --no-defaults -uroot --socket="$BASE/my/mysqld.sock" --connect-timeout=2 ping
+    tcp_open "$MY_PORT" &&
+        mariadb-admin --no-defaults -uroot --socket="$BASE/my/mysqld.sock" --connect-timeout=2 ping
 }
 first_mariadb() {
     mariadb_root -e "CREATE DATABASE cachetest;
@@ -371,7 +445,7 @@ init_mongo() {
         node "$HERE/mongo/congo-server.mjs" "$MONGO_PORT"
 }
 # CongoDB listens only once it is fully set up, so a TCP connect is a real readiness test.
-ready_mongo() { (exec 3<> "/dev/tcp/127.0.0.1/$MONGO_PORT") 2> /dev/null; }
+ready_mongo() { tcp_open "$MONGO_PORT"; }
 first_mongo() { :; }
 
 # ---------------------------------------------------------------------------------------------
@@ -387,18 +461,19 @@ launch_begin() {
 
 # launch_wait NAME: waits until NAME answers, then records its PIDs.
 launch_wait() {
-    local end=$(($(date +%s) + READY_SECS)) pid
+    local end=$((EPOCHSECONDS + READY_SECS)) pid
     until "ready_$1" > /dev/null 2>&1; do
         # A server that died during start-up (port taken, bad data dir) fails at once, not in 30 s.
         for pid in $(native_pids "$1"); do
             alive "$1" "$pid" || die "$1: exited during start-up; $(log_tail "$1")"
         done
-        [ "$(date +%s)" -lt "$end" ] || {
+        [ "$EPOCHSECONDS" -lt "$end" ] || {
             record_pids "$1"
             die "$1: not answering after ${READY_SECS}s; $(log_tail "$1")"
         }
-        sleep 0.05
+        nap 0.05
     done
+    if declare -F "after_ready_$1" > /dev/null; then "after_ready_$1"; fi
     record_pids "$1"
     note "$1 up at $(($(now_ms) - T0)) ms (PIDs $(recorded_pids "$1" | tr '\n' ' '))"
 }
@@ -424,7 +499,7 @@ launch() {
 
 stop_one() {
     signal_server "$1"
-    reap_server "$1" $(($(date +%s) + KILL_AFTER_SECS))
+    reap_server "$1" $((EPOCHSECONDS + KILL_AFTER_SECS))
     note "$1 stopped"
 }
 
@@ -441,7 +516,7 @@ stop_all() {
     local n i deadline
     # Signal everything first, then wait: the servers shut down in parallel.
     for ((i = ${#NAMES[@]} - 1; i >= 0; i--)); do signal_server "${NAMES[i]}"; done
-    deadline=$(($(date +%s) + KILL_AFTER_SECS))
+    deadline=$((EPOCHSECONDS + KILL_AFTER_SECS))
     for n in "${NAMES[@]}"; do reap_server "$n" "$deadline"; done
 }
 
