@@ -97,14 +97,14 @@ $extra
 [storage shared]
 url = redis://127.0.0.1:$rport/0
 pool_size = 16
-timeout = 5s
+timeout = 30s
 [node uid]
 key = uid:{uid}
 version = v1
 caches = $caches
 serializer = msgpack
 loader = http://127.0.0.1:$oport/uid/{uid}
-loader_timeout = 30s
+loader_timeout = 300s
 CONF
     ./build/cachemed -c "$dir/cachemed.conf" >> "$dir/cachemed.log" 2>&1 &
     cm_pid=$!
@@ -244,11 +244,11 @@ bunique=$(field unique "$bkeys")
     echo "  its flight, any other key is a 100 ms load (an MGET ends with its last key)."
     echo "- Loader calls: the origin's own counter (/__stats). Redis GET/MGET: INFO commandstats"
     echo "  of the redis-server behind cachemed (CONFIG RESETSTAT and FLUSHALL before each run)."
-    echo "- cachemed: [storage shared] redis pool_size 16, serializer msgpack, loader_timeout 30s;"
+    echo "- cachemed: [storage shared] redis pool_size 16, serializer msgpack, loader_timeout 300s, timeout 30s;"
     echo "  [local] = local://tlfu size 3000. Cacheme's published counts: its README (N = 1k/10k/100k)."
     echo "- Peers: Varnish $(varnishd -V 2>&1 | grep -o 'varnish-[0-9.]*' | head -1) (waiting list; bench/varnish.vcl, ttl 10m,"
     echo "  malloc 512m, 2 pools of up to 10,000 threads) and $(nginx -v 2>&1 | sed 's/.*: //') (bench/nginx.conf:"
-    echo "  proxy_cache_lock on, lock timeout/age 60s, proxy_cache_valid 200 10m, 2 workers)."
+    echo "  proxy_cache_lock on, lock timeout/age 300s, proxy_cache_valid 200 10m, 2 workers)."
 } | tee "$OUT"
 echo "bench-trace: $(($(date +%s) - t0)) s, written to $OUT" >&2
 exit "$failed"

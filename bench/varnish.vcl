@@ -6,8 +6,8 @@ backend origin {
     .host = "127.0.0.1";
     .port = "@ORIGIN_PORT@";
     .connect_timeout = 5s;
-    .first_byte_timeout = 60s;
-    .between_bytes_timeout = 60s;
+    .first_byte_timeout = 300s;
+    .between_bytes_timeout = 300s;
 }
 
 sub vcl_recv {

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <sys/queue.h>
 
-#define LOADER_MAX_HOST_CONNS 8192 /* concurrent connections per origin; more transfers queue */
+#define LOADER_MAX_HOST_CONNS 1024 /* per origin; = LOADER_MAX_CONNS, so each one is reused */
 #define LOADER_MAX_CONNS 1024     /* connection cache: idle keep-alive connections kept */
 
 /*
