@@ -16,7 +16,7 @@
 #include <sys/queue.h>
 
 #define LOADER_MAX_HOST_CONNS 1024 /* per origin; = LOADER_MAX_CONNS, so each one is reused */
-#define LOADER_MAX_CONNS 1024     /* connection cache: idle keep-alive connections kept */
+#define LOADER_MAX_CONNS 1024      /* connection cache: idle keep-alive connections kept */
 
 /*
  * Life of a transfer:
