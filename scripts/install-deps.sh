@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what building and testing cachemed needs (Debian 12), then CongoDB for the Mongo tests.
+# Installs what building and testing cachemed needs (Debian 12), then the node parts: CongoDB for
+# the Mongo tests (scripts/mongo) and the node Redis clients (tests/clients).
 # Idempotent and quiet: prints the single line "deps: ok" when everything is already there.
 # `make deps` and `make test` run it.
 set -euo pipefail
@@ -94,6 +95,14 @@ main() {
     if [ ! -d scripts/mongo/node_modules ] || [ ! -d scripts/mongo/vendor/smartmongo ]; then
         scripts/mongo/setup.sh
         did+=("CongoDB (scripts/mongo)")
+    fi
+    # The node Redis clients tests/integration/test_clients.py drives (their versions are pinned
+    # in tests/clients/package.json).
+    if [ -f tests/clients/package.json ] && [ ! -d tests/clients/node_modules ]; then
+        echo "deps: npm install in tests/clients" >&2
+        (cd tests/clients && npm install --ignore-scripts --no-audit --no-fund --loglevel=error \
+            > /dev/null)
+        did+=("node clients (tests/clients)")
     fi
     if [ "${#did[@]}" -eq 0 ]; then
         echo "deps: ok"

@@ -41,7 +41,7 @@ install_modules() {
     echo "mongo/setup: npm install (CongoDB runtime modules + mongodb driver)" >&2
     # --ignore-scripts: nothing here needs an install script; --no-package-lock: the lock
     # would only record what this machine's registry happened to serve.
-    npm install --ignore-scripts --no-audit --no-fund --no-package-lock --loglevel=error
+    npm install --ignore-scripts --no-audit --no-fund --no-package-lock --loglevel=error > /dev/null
     [ -f node_modules/mongodb/package.json ] ||
         echo "mongo/setup: note: the optional mongodb driver did not install" >&2
     touch node_modules/.cachemed-setup-done
