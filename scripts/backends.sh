@@ -18,7 +18,8 @@
 # MariaDB do.
 set -euo pipefail
 
-readonly HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly HERE
 readonly PGBIN=/usr/lib/postgresql/15/bin
 readonly NAMES=(redis redis-cluster postgres mariadb mongo) # stop-all signals them in reverse
 readonly READY_SECS=${CM_BACKENDS_READY_SECS:-30}          # per server, on start or restart
@@ -140,7 +141,7 @@ PY
 # first_line FILE: prints FILE's first line, nothing when it is missing.
 first_line() {
     local line
-    { read -r line < "$1"; } 2> /dev/null && echo "$line" || true
+    if { read -r line < "$1"; } 2> /dev/null; then echo "$line"; fi
 }
 
 native_pids() {
@@ -268,8 +269,10 @@ init_data() {
     [ "$CACHE_DIR" != none ] || return 0
     # Saved under a temporary name, then renamed: a parallel run never copies a half-written one.
     # A failure here only costs the next run the time of CMD.
-    mkdir -p "$CACHE_DIR" && tmp=$(mktemp -d "$CACHE_DIR/.new.XXXXXX") &&
-        cp -a --sparse=always "$dest" "$tmp/data" && mv -T "$tmp/data" "$tpl" 2> /dev/null || true
+    if mkdir -p "$CACHE_DIR" && tmp=$(mktemp -d "$CACHE_DIR/.new.XXXXXX") &&
+        cp -a --sparse=always "$dest" "$tmp/data"; then
+        mv -T "$tmp/data" "$tpl" 2> /dev/null || true # lost the race to a parallel run: fine
+    fi
     [ -z "${tmp:-}" ] || rm -rf "$tmp"
 }
 
@@ -437,8 +440,10 @@ first_mariadb() {
 }
 
 init_mongo() {
-    [ -f "$HERE/mongo/vendor/smartmongo/dist_ts/congodb/index.js" ] &&
-        [ -d "$HERE/mongo/node_modules/bson" ] || "$HERE/mongo/setup.sh"
+    if [ ! -f "$HERE/mongo/vendor/smartmongo/dist_ts/congodb/index.js" ] ||
+        [ ! -d "$HERE/mongo/node_modules/bson" ]; then
+        "$HERE/mongo/setup.sh"
+    fi
     mkdir -p "$BASE/mongo"
     start_file_begin mongo
     start_bg_line mongo "$BASE/mongo/congo.log" "$BASE/mongo/launch.pid" \

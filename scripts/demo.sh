@@ -48,8 +48,8 @@ start_origin() {
     /usr/bin/python3 -m http.server "$ORIGIN_PORT" --bind 127.0.0.1 --directory "$DEMO_DIR" \
         < /dev/null > "$ORIGIN_LOG" 2>&1 &
     ORIGIN_PID=$!
-    local i
-    for i in $(seq 100); do
+    local _
+    for _ in $(seq 100); do
         kill -0 "$ORIGIN_PID" 2> /dev/null ||
             die "the origin exited (is port $ORIGIN_PORT taken?): $(tail -3 "$ORIGIN_LOG")"
         origin_answers 2> /dev/null && return

@@ -49,4 +49,7 @@ install_modules() {
 
 vendor_ok || fetch_vendor
 modules_ok || install_modules
-vendor_ok && modules_ok || { echo "mongo/setup: CongoDB install incomplete" >&2; exit 1; }
+if ! vendor_ok || ! modules_ok; then
+    echo "mongo/setup: CongoDB install incomplete" >&2
+    exit 1
+fi
