@@ -36,6 +36,7 @@ NODES = {
 }
 LOCAL = {n for n, (caches, _) in NODES.items() if caches.startswith("mem")}
 RESUME_SECS = 7.0   # SPEC §1: reconnect backoff capped at 5 s, plus connect and a request
+DOWN_SECS = 7.0     # 100 ms doubling: 0.1+0.2+...+3.2 = 6.3 s, so the next wait is the 5 s cap
 
 
 def redis_pid(r):
@@ -210,6 +211,10 @@ class RedisChainTest(DaemonTest):
         c.set(k1, '{"set": 1}', ex=300)
         wait_for(lambda: self.r.ttl(skey(k1)) in (299, 300), 5, what="SET EX 300 in redis")
         self.assert_record("msgpack", self.r.get(skey(k1)), {"set": 1})
+        c.set(k2, '{"set": 2}', px=1500)   # PX rounds up too: SETEX 2
+        wait_for(lambda: self.r.get(skey(k2)) is not None and decode(
+            "json", self.r.get(skey(k2)))["value"] == {"set": 2}, 5, what="SET PX 1500 in redis")
+        self.assertGreater(self.r.pttl(skey(k2)), 1500)
 
     def test_backfill_only_caches_that_missed_with_their_own_ttl(self):
         r1, r2 = (redis.Redis(host="127.0.0.1", port=self.port, db=db) for db in (1, 2))
@@ -438,14 +443,14 @@ class RedisChainTest(DaemonTest):
         try:
             backends("stop", "redis")
             killed = True
-            # 2.5 s of traffic while it is down, so the reconnect backoff grows
+            # traffic while it is down, long enough for the reconnect backoff to reach its cap
             times["killed"] = []
             t0 = time.time()
-            while time.time() - t0 < 2.5:
+            while time.time() - t0 < DOWN_SECS:
                 i = len(times["killed"])
                 times["killed"].append(self.timed_get(c, self.key("rj" if i % 2 else "lm",
                                                                   ":kill%d" % i)))
-                time.sleep(0.05)
+                time.sleep(0.1)
             self.assertLess(max(times["killed"]), 0.5, times["killed"])
         finally:
             if killed:
