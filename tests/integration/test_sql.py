@@ -35,6 +35,7 @@ LOCAL = ("lj", "lm")
 # Quotes, backslashes, %, ;, SQL comment and LIKE metacharacters, unicode (2-, 3- and 4-byte).
 AWKWARD = ["it's", 'say "hi"', "back\\slash\\", "100%_off", "a;DROP TABLE x;--", "é ü",
            "日本語", "snow☃", "emoji\U0001F600", "%27%3B", "x' OR '1'='1"]
+SQLITE_EXPIRE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00")
 RESUME_SECS = 8.0      # remote hits must resume this soon after a server is back (SPEC §1: 5 s backoff)
 
 
@@ -87,6 +88,10 @@ class SqliteDB:
                                 (key,)).fetchone()
         if row is None:
             return None
+        # SPEC §5: text like '2026-11-25 01:22:56.123456+00:00', what Python's sqlite3 adapter
+        # writes for Cacheme and what fromisoformat reads back (strict before Python 3.11)
+        if row[1] is not None and not SQLITE_EXPIRE.fullmatch(row[1]):
+            raise AssertionError("expire of %r is not Cacheme's text: %r" % (key, row[1]))
         exp = row[1] and datetime.fromisoformat(row[1]).replace(tzinfo=timezone.utc)
         return bytes(row[0]), exp
 
