@@ -415,6 +415,32 @@ class RedisChainTest(DaemonTest):
             self.assertEqual((st["remote_hit_count"], st["load_count"]), (1, 0), name)
         self.assertEqual(self.origin.stats()["total"], 0)
 
+    def test_only_value_is_read_any_json_type(self):
+        d = self.daemon(self.body())
+        c = d.client()
+        when = {"__class__": "datetime.datetime", "data": datetime.now(timezone.utc).isoformat()}
+        for i, v in enumerate(["str \U0001F600", 5, None, [1, {"a": 2.5}], True]):
+            for name in ("rm", "rj"):
+                k = self.key(name, ":t%d" % i)
+                # updated_at first: Cacheme reads "value" only, so must cachemed
+                self.r.set(skey(k), encode(NODES[name][1], {"updated_at": when, "value": v}),
+                           ex=60)
+                self.assertEqual(json.loads(c.get(k)), v, k)
+        self.assertEqual(self.origin.stats()["total"], 0)
+
+    def test_unreadable_value_is_a_miss_and_is_overwritten(self):
+        d = self.daemon(self.body())
+        c = d.client()
+        for name, junk in (("rm", b"\xc1junk"), ("rj", b'{"no": "value"}'), ("cm", b"{junk"),
+                           ("cj", zlib.compress(b"[1, 2]", 3))):
+            k = self.key(name, ":junk")
+            self.r.set(skey(k), junk, ex=60)
+            self.assertEqual(json.loads(c.get(k)), self.doc(k))   # loaded
+            self.assertEqual(self.origin.count(self.path(k)), 1)
+            wait_for(lambda: self.r.get(skey(k)) != junk, 5, what="the rewrite of " + k)
+            self.assert_record(NODES[name][1], self.r.get(skey(k)), self.doc(k))
+        self.assertIn("unreadable value", d.read_log())
+
     # ---------------------------------------------------------------------------------------
     # redis stopped, killed, started again
 
