@@ -61,6 +61,7 @@ struct flight {
     char *err;                     /* client error text, owned */
     bool from_cache;               /* the value came from a remote cache (a hit for waiters) */
     size_t hit_remote;             /* remote position that hit (reads stop there) */
+    size_t step;                   /* remote position being read */
     int pending_writes;
     int64_t ttl_override;          /* SET EX/PX: > 0 replaces every cache's ttl */
     struct cm_req *owner;          /* SET/DEL: request part to complete after writes (ref held) */
@@ -86,25 +87,24 @@ struct cm_flights {
     struct keyent **buckets;
     size_t nbuckets;
     size_t count;
-    struct batch **pending;        /* per node: reads gathered during this loop iteration */
+    struct batch **pending;        /* per storage: reads gathered during this loop iteration */
     struct event *flush_ev;        /* runs flush_pending once the iteration's callbacks ran */
     bool flush_armed;
 };
 
 #define BATCH_MAX 512              /* keys per multi-get */
 
-/* Remote reads of several flights of one node, one op per storage step. */
+/* Remote reads of several flights (any nodes) from one storage: one multi-get. */
 struct batch {
-    struct cm_node *node;
-    struct flight **fl;            /* flights still reading, owned array */
+    struct cm_storage *st;
+    struct flight **fl;            /* owned array */
     size_t n;
     size_t cap;
-    size_t step;                   /* position in node->remote_idx */
 };
 
 static void flight_start(struct flight *f);
 static void flight_end(struct flight *f);
-static void batch_step(struct batch *b);
+static void queue_read(struct flight *f);
 static void start_load(struct flight *f);
 static void start_writes(struct flight *f);
 
@@ -118,7 +118,7 @@ struct cm_flights *cm_flights_new(struct cm_server *srv)
     fl->srv = srv;
     fl->nbuckets = 1024;
     fl->buckets = cm_calloc(fl->nbuckets, sizeof(*fl->buckets));
-    fl->pending = cm_calloc(srv->nnodes ? srv->nnodes : 1, sizeof(*fl->pending));
+    fl->pending = cm_calloc(srv->nstorages ? srv->nstorages : 1, sizeof(*fl->pending));
     fl->flush_ev = event_new(srv->base, -1, 0, on_flush, fl);
     return fl;
 }
@@ -128,7 +128,7 @@ void cm_flights_free(struct cm_flights *fl)
     if (fl == NULL) {
         return;
     }
-    for (size_t i = 0; i < fl->srv->nnodes; i++) {
+    for (size_t i = 0; i < fl->srv->nstorages; i++) {
         cm_assert(fl->pending[i] == NULL);   /* the server flushed before closing storages */
     }
     event_free(fl->flush_ev);
@@ -476,11 +476,20 @@ static char *decode_stored(struct flight *f, struct cm_storage *st, const char *
     return cm_buf_steal(&out, outlen);
 }
 
+/* The flight read its remote cache at position f->step and missed: the next one, or the loader. */
+static void read_next(struct flight *f)
+{
+    f->step++;
+    if (f->step >= f->node->nremote || f->srv->closing) {
+        start_load(f);
+    } else {
+        queue_read(f);
+    }
+}
+
 static void on_batch_read(struct cm_st_op *op, void *arg)
 {
     struct batch *b = arg;
-    size_t keep = 0;
-    size_t pos = b->step;
     cm_assert(op->nitems == b->n);
     for (size_t i = 0; i < b->n; i++) {
         struct flight *f = b->fl[i];
@@ -492,68 +501,47 @@ static void on_batch_read(struct cm_st_op *op, void *arg)
         }
         if (val != NULL) {
             f->from_cache = true;
-            f->hit_remote = pos;
+            f->hit_remote = f->step;
             resolve(f, RES_VALUE, val, vlen, NULL);
         } else {
-            b->fl[keep++] = f;
+            read_next(f);
         }
     }
-    b->n = keep;
-    b->step++;
-    batch_step(b);
+    batch_free(b);
 }
 
-/* Reads the next remote cache for every flight of the batch, or loads what is left. */
-static void batch_step(struct batch *b)
+/* One multi-get of every flight in b from b's storage. */
+static void batch_submit(struct batch *b)
 {
-    struct cm_node *node = b->node;
-    if (b->n == 0) {
-        batch_free(b);
-        return;
-    }
-    if (b->step >= node->nremote || b->fl[0]->srv->closing) {
-        for (size_t i = 0; i < b->n; i++) {
-            start_load(b->fl[i]);
-        }
-        batch_free(b);
-        return;
-    }
-    struct cm_storage *st = node->caches[node->remote_idx[b->step]].st;
     struct cm_st_op *op = cm_st_op_new(CM_ST_GET, b->n);
     for (size_t i = 0; i < b->n; i++) {
         cm_st_op_set_key(op, i, b->fl[i]->ke->skey, b->fl[i]->ke->sklen);
     }
-    cm_storage_submit(st, op, on_batch_read, b);
-}
-
-static struct batch *batch_new(struct cm_node *node, size_t cap)
-{
-    struct batch *b = cm_calloc(1, sizeof(*b));
-    b->node = node;
-    b->cap = cap ? cap : 1;
-    b->fl = cm_calloc(b->cap, sizeof(*b->fl));
-    return b;
+    cm_storage_submit(b->st, op, on_batch_read, b);
 }
 
 /*
- * Remote reads are gathered per node for the rest of the loop iteration, then sent as one
- * multi-get per storage (on_flush). Under load this turns many clients' GETs into a few MGETs;
- * an idle server pays one extra pass through the active-event queue.
+ * Remote reads are gathered per storage for the rest of the loop iteration, then sent as one
+ * multi-get per storage (on_flush), whatever node or command the keys came from. Under load this
+ * turns many clients' GETs into a few MGETs; an idle server pays one extra pass through the
+ * active-event queue. A flight that misses moves on to its node's next remote cache, gathered
+ * again with whatever else reads that storage.
  */
 static void queue_read(struct flight *f)
 {
     struct cm_flights *fl = f->srv->flights;
-    size_t ni = (size_t)(f->node - f->srv->nodes);
-    struct batch *b = fl->pending[ni];
     f->state = FL_READING;
-    if (f->node->nremote == 0 || f->srv->closing) {
-        b = batch_new(f->node, 1);
-        b->fl[b->n++] = f;
-        batch_step(b);
+    if (f->step >= f->node->nremote || f->srv->closing) {
+        start_load(f);
         return;
     }
+    struct cm_storage *st = f->node->caches[f->node->remote_idx[f->step]].st;
+    struct batch *b = fl->pending[st->idx];
     if (b == NULL) {
-        b = fl->pending[ni] = batch_new(f->node, 16);
+        b = fl->pending[st->idx] = cm_calloc(1, sizeof(*b));
+        b->st = st;
+        b->cap = 16;
+        b->fl = cm_calloc(b->cap, sizeof(*b->fl));
         if (!fl->flush_armed) {
             fl->flush_armed = true;
             event_active(fl->flush_ev, EV_TIMEOUT, 0);
@@ -565,19 +553,19 @@ static void queue_read(struct flight *f)
     }
     b->fl[b->n++] = f;
     if (b->n >= BATCH_MAX) {
-        fl->pending[ni] = NULL;
-        batch_step(b);
+        fl->pending[st->idx] = NULL;
+        batch_submit(b);
     }
 }
 
 void cm_flights_flush(struct cm_flights *fl)
 {
     fl->flush_armed = false;
-    for (size_t i = 0; i < fl->srv->nnodes; i++) {
+    for (size_t i = 0; i < fl->srv->nstorages; i++) {
         struct batch *b = fl->pending[i];
         if (b != NULL) {
             fl->pending[i] = NULL;
-            batch_step(b);
+            batch_submit(b);
         }
     }
 }

@@ -310,6 +310,7 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
             cm_log(CM_LOG_ERR, "storage %s: %s", conf->storages[i].name, err);
             return CM_ERR;
         }
+        srv->storages[i]->idx = i;
         srv->nstorages++;
     }
     srv->nodes = cm_nodes_new(conf, srv->storages, err, sizeof(err));

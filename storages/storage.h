@@ -109,6 +109,7 @@ struct cm_storage {
     const struct cm_storage_ops *ops;
     const struct cm_conf_storage *conf;   /* borrowed from the server's config */
     const char *name;                     /* section name, borrowed from conf */
+    size_t idx;                           /* position in the server's storage table */
     struct event_base *base;
     struct cm_st_stats stats;
     void *priv;                           /* backend state */

@@ -360,9 +360,7 @@ class RedisChainTest(DaemonTest):
         self.assertEqual(self.origin.stats()["total"], 40)
 
     # SPEC §6.7: "one multi-get per storage for all its keys"; MGET keys may belong to different
-    # nodes. The daemon batches remote reads per node, so keys of two nodes on one redis storage
-    # cost two MGETs (the same as test_sql.py's test_mget_across_nodes_of_one_storage_is_one_query).
-    @unittest.expectedFailure
+    # nodes: keys of two nodes on one redis storage cost one MGET.
     def test_mget_across_nodes_of_one_storage_is_one_redis_mget(self):
         keys = self.stored_keys(("rm", "lj"), 20)
         self.assertEqual(self.mget_counted(keys), 1)

@@ -366,8 +366,7 @@ class SqlChain:
                                  % (self.db.kind, name))
 
     # SPEC §6.7: "one multi-get per storage for all its keys"; MGET keys may belong to different
-    # nodes. The daemon sends one query per node instead (2 here, for dj + dm on the same storage).
-    @unittest.expectedFailure
+    # nodes: dj + dm on the same storage cost one query.
     def test_mget_across_nodes_of_one_storage_is_one_query(self):
         if self.db.select_count() is None:
             self.skipTest("%s: no query counter" % self.db.kind)
