@@ -5,22 +5,22 @@
 #   bench/sql.sh                 standalone: starts throwaway servers (scripts/backends.sh
 #                                start-all in a mktemp dir) and stops them by PID at the end;
 #                                with CM_TEST_PG_URL / CM_TEST_MYSQL_URL exported, uses those.
-#   N=100000 KEYS=10000 RUNS=3 MGET_K=100 POOL= RESULTS=bench/RESULTS-sql.md bench/sql.sh
+#   N=50000 KEYS=10000 RUNS=3 MGET_K=100 POOLS="8 50" RESULTS=bench/RESULTS-sql.md bench/sql.sh
 #
 # Method: one cachemed per database, node key:{id} with caches = db:1h, serializer raw. KEYS keys
 # (redis-benchmark's key:%012d names, 3-byte values) are preloaded THROUGH the daemon with SET
 # (write-through into the table); then `redis-benchmark -c 50 -t get -n N -r KEYS --csv`, best of
-# RUNS by requests/s, with that run's p50/p99. Every GET is a storage read (no local cache); the
+# RUNS by requests/s, with that run's p50/p99, for each pool_size in POOLS. Every GET is a storage read (no local cache); the
 # script checks that they were all hits. Counters: pg_stat_statements calls and pg_stat_database
 # xact_commit (PostgreSQL), Com_select / Com_insert (MariaDB), read around one MGET of MGET_K stored
 # keys and around one GET that misses and loads from tests/origin.py. Writes the table to RESULTS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-100000}
+N=${N:-50000}
 KEYS=${KEYS:-10000}
 RUNS=${RUNS:-3}
 MGET_K=${MGET_K:-100}
-POOL=${POOL:-}                  # empty: each storage's default (50 pg/mysql, 8 sqlite)
+POOLS=${POOLS:-8 50}            # pool_size values measured for pg/mysql (SQLite: its default, 8)
 RESULTS=${RESULTS:-bench/RESULTS-sql.md}
 BIN=${CACHEMED_BIN:-./build/cachemed}
 PY=/usr/bin/python3
@@ -84,7 +84,7 @@ for part in range(0, n, 1000):
             out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$3\r\nxxx\r\n" % (len(k), k))
 PY
 
-# start_daemon KIND URL -> sets CPORT, CPID
+# start_daemon KIND URL POOL -> sets CPORT, CPID
 start_daemon() {
     CPORT=$(free_port)
     cat > "$dir/$1.conf" << CONF
@@ -96,7 +96,7 @@ url = $2
 table = $TABLE
 create_table = yes
 timeout = 2s
-${POOL:+pool_size = $POOL}
+pool_size = $3
 [node key]
 key = key:{id}
 version = v1
@@ -195,8 +195,8 @@ counters() {
     esac
 }
 
-table="| storage | GET req/s | p50 ms | p99 ms | hits / requests | storage reads |"$'\n'
-table+="|---|---:|---:|---:|---:|---:|"$'\n'
+table="| storage | pool_size | GET req/s | p50 ms | p99 ms | hits / requests | storage reads |"$'\n'
+table+="|---|---:|---:|---:|---:|---:|---:|"$'\n'
 ctable="| database | operation | the database's own counters (delta) |"$'\n'
 ctable+="|---|---|---|"$'\n'
 mget_keys=()
@@ -209,30 +209,40 @@ for kind in sqlite postgresql mysql; do
     postgresql) url=$PG_URL ;;
     mysql) url=$MY_URL ;;
     esac
-    echo "# $kind: preloading $KEYS keys through the daemon (SET)" >&2
-    start_daemon "$kind" "$url"
-    # A write that times out (busy machine) is logged by the daemon and lost, yet SET answered
-    # +OK; so preload again (upserts) until every row is there.
-    for pass in 1 2 3 4 5; do
-        for f in "$dir"/load.*.resp; do redis-cli -p "$CPORT" --pipe < "$f" > /dev/null; done
-        for _ in $(seq 50); do [ "$(rows "$kind")" -ge "$KEYS" ] && break; sleep 0.1; done
-        [ "$(rows "$kind")" -lt "$KEYS" ] || break
-        echo "# $kind: $(rows "$kind") of $KEYS rows after preload pass $pass" >&2
+    pools=$POOLS
+    [ "$kind" != sqlite ] || pools=8
+    first=1
+    for pool in $pools; do
+        [ "$first" = 1 ] || stop_daemon
+        start_daemon "$kind" "$url" "$pool"
+        if [ "$first" = 1 ]; then
+            first=0
+            echo "# $kind: preloading $KEYS keys through the daemon (SET)" >&2
+            # A write that times out (busy machine) is logged by the daemon and lost, yet SET
+            # answered +OK; so preload again (upserts) until every row is there.
+            for pass in 1 2 3 4 5; do
+                for f in "$dir"/load.*.resp; do redis-cli -p "$CPORT" --pipe < "$f" > /dev/null; done
+                for _ in $(seq 50); do [ "$(rows "$kind")" -ge "$KEYS" ] && break; sleep 0.1; done
+                [ "$(rows "$kind")" -lt "$KEYS" ] || break
+                echo "# $kind: $(rows "$kind") of $KEYS rows after preload pass $pass" >&2
+            done
+            [ "$(rows "$kind")" -ge "$KEYS" ] || { echo "sql.sh: $kind: only $(rows "$kind") of $KEYS rows" >&2; exit 1; }
+        fi
+        redis-cli -p "$CPORT" stats reset > /dev/null
+        echo "# $kind, pool_size $pool: redis-benchmark -c 50 -t get -n $N -r $KEYS, best of $RUNS" >&2
+        read -r rps p50 p99 <<< "$(best_run)"
+        req=$(stat key request_count)
+        hits=$(stat key remote_hit_count)
+        reads=$(redis-cli -p "$CPORT" info storages | tr -d '\r' | grep -o 'reads=[0-9]*' | cut -d= -f2)
+        table+="| $kind | $pool | $(printf '%.0f' "$rps") | $p50 | $p99 | $hits / $req | $reads |"$'\n'
+        printf '%-10s pool %-3s %8.0f req/s  p50 %s ms  p99 %s ms  (hits %s of %s)\n' "$kind" "$pool" \
+            "$rps" "$p50" "$p99" "$hits" "$req"
     done
-    [ "$(rows "$kind")" -ge "$KEYS" ] || { echo "sql.sh: $kind: only $(rows "$kind") of $KEYS rows" >&2; exit 1; }
-    redis-cli -p "$CPORT" stats reset > /dev/null
-    echo "# $kind: redis-benchmark -c 50 -t get -n $N -r $KEYS, best of $RUNS" >&2
-    read -r rps p50 p99 <<< "$(best_run)"
-    req=$(stat key request_count)
-    hits=$(stat key remote_hit_count)
-    reads=$(redis-cli -p "$CPORT" info storages | tr -d '\r' | grep -o 'reads=[0-9]*' | cut -d= -f2)
-    table+="| $kind | $(printf '%.0f' "$rps") | $p50 | $p99 | $hits / $req | $reads |"$'\n'
-    printf '%-10s %10.0f req/s  p50 %s ms  p99 %s ms  (hits %s of %s)\n' "$kind" "$rps" "$p50" "$p99" "$hits" "$req"
     if [ "$kind" != sqlite ]; then
         # PostgreSQL backends that published stats less than a second ago hold new ones back for
         # up to 10 s (PGSTAT_IDLE_INTERVAL): let the benchmark's commits all arrive first.
         [ "$kind" != postgresql ] || sleep 11
-        ctable+=$(counters "$kind" "MGET of $MGET_K stored keys" redis-cli -p "$CPORT" mget "${mget_keys[@]}")$'\n'
+        ctable+=$(counters "$kind" "MGET of $MGET_K stored keys (one node)" redis-cli -p "$CPORT" mget "${mget_keys[@]}")$'\n'
         ctable+=$(counters "$kind" "GET of one stored key" redis-cli -p "$CPORT" get key:000000000007)$'\n'
         ctable+=$(counters "$kind" "GET that misses (1 load)" redis-cli -p "$CPORT" get "ld:miss-$RANDOM$RANDOM")$'\n'
         [ "$(stat ld load_count)" -ge 1 ] || { echo "sql.sh: $kind: the miss did not load" >&2; exit 1; }
@@ -254,7 +264,8 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "Method: one cachemed per storage with \`caches = db:1h\` (no local cache, serializer raw),"
     echo "$KEYS keys preloaded through the daemon with SET (3-byte values), then"
     echo "\`redis-benchmark -c 50 -t get -n $N -r $KEYS --csv\`, best of $RUNS runs by requests/s"
-    echo "(p50/p99 of that run). Pool: ${POOL:-the storage default (50 pg/mysql, 8 sqlite)}."
+    echo "(p50/p99 of that run), for each pool_size (connections to the database; 50 is the"
+    echo "pg/mysql default). Storage reads < requests: concurrent GETs of one key share a flight."
     echo
     printf '%s' "$table"
     echo
