@@ -87,17 +87,27 @@ START_TEST(test_out_of_order_completion_keeps_order)
 }
 END_TEST
 
+static void join_slots(struct cm_req *r)
+{
+    for (size_t i = 0; i < r->nslots; i++) {
+        cm_buf_append(&r->reply, r->slots[i].data, r->slots[i].len);
+    }
+}
+
 START_TEST(test_slots_complete_in_any_order)
 {
     struct cm_req *r = queue_req();
     r->slots = cm_calloc(3, sizeof(*r->slots));
     r->nslots = 3;
     r->pending = 3;
+    r->complete = join_slots;
     cm_req_fill_slot(r, 2, cm_strdup(":2\r\n"), 4);
     cm_req_fill_slot(r, 0, cm_strdup(":0\r\n"), 4);
-    ck_assert_int_eq(r->state, CM_REQ_WAITING);
-    cm_req_fill_slot(r, 1, cm_strdup(":1\r\n"), 4);
-    ck_assert_int_eq(r->state, CM_REQ_DONE);
+    ck_assert_str_eq(drain(), "");              /* slot 1 still pending */
+    ck_assert_int_eq((int)conn->nreqs, 1);
+    cm_req_fill_slot(r, 1, cm_strdup(":1\r\n"), 4);   /* completes, is written and freed */
+    ck_assert_str_eq(drain(), ":0\r\n:1\r\n:2\r\n");
+    ck_assert_int_eq((int)conn->nreqs, 0);
 }
 END_TEST
 
