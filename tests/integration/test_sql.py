@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -55,13 +56,26 @@ def schema(kind, table):
     return [s.strip() for s in sql.replace("cacheme_data", table).split(";") if s.strip()]
 
 
+PORT_VARS = {"postgres": "CM_TEST_PG_PORT", "mariadb": "CM_TEST_MYSQL_PORT",
+             "mongo": "CM_TEST_MONGO_PORT"}
+
+
 def backends(cmd, name):
-    """scripts/backends.sh start|stop|restart NAME on the servers of CM_TEST_SRV_BASE."""
+    """scripts/backends.sh start|stop|restart NAME on the servers of CM_TEST_SRV_BASE; after a
+    stop, the server's port must refuse connections (else the test would not test a down server)."""
     base = env("CM_TEST_SRV_BASE")
     r = subprocess.run([os.path.join(ROOT, "scripts", "backends.sh"), cmd, name, base],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
     if r.returncode != 0:
         raise AssertionError("backends.sh %s %s failed:\n%s" % (cmd, name, r.stdout))
+    port = os.environ.get(PORT_VARS[name])
+    if cmd == "stop" and port:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
+        except OSError:
+            return
+        raise AssertionError("backends.sh stop %s: port %s still accepts connections (a server "
+                             "backends.sh does not know of?)" % (name, port))
 
 
 def skey(key):
@@ -473,10 +487,13 @@ class SqlChain:
             self.assertEqual(json.loads(c.get("lj:down")), self.doc("lj:down"))
             self.assertLess(time.time() - t0, 3)
             self.assertEqual(stats(c, "dj")["load_count"], 1)
+            st = c.info("storages")["storage_db"]   # redis-py parses "k=v,..." into a dict
+            self.assertGreater(st["errors"] + st["timeouts"], 0, st)
         finally:
             backends("start", self.db.server)
         took = self.wait_remote_hits(c, "dj:down", time.time())
         self.assert_row("dj:down", json.loads(c.get("dj:down")))
+        # SPEC §1: an unreachable storage is logged
         self.assertTrue(re.search(r"storage db", d.read_log()), d.read_log()[-2000:])
         print("\n  %s down at start: remote hits %.1f s after it came up"
               % (self.db.kind, took), end=" ")
