@@ -22,12 +22,19 @@ class InvalidateTest(DaemonTest):
                 node("inv", "inv:{id}", caches="mem:60s, shared:60s",
                      loader=self.loader("/inv/{id}"), serializer="json", extra=extra))
 
+    def written(self, key):
+        """Waits until a's write reached Redis (waiters are answered before the writes)."""
+        import redis
+        r = redis.Redis.from_url(redis_url(self))
+        wait_for(lambda: r.exists("cacheme:%s:v1" % key), 5, what="the value in redis")
+
     def test_set_and_del_drop_other_instances_local_copy(self):
         a = self.daemon(self.body())
         b = self.daemon(self.body())
         ca, cb = a.client(), b.client()
         key = "inv:%d" % time.time_ns()
         first = json.loads(ca.get(key))
+        self.written(key)
         self.assertEqual(json.loads(cb.get(key)), first)   # remote hit, now in b's local cache
         ca.set(key, '{"v": 2}')
         wait_for(lambda: json.loads(cb.get(key)) == {"v": 2}, 5, what="b to see the SET")
@@ -41,6 +48,7 @@ class InvalidateTest(DaemonTest):
         ca, cb = a.client(), b.client()
         key = "inv:%d" % time.time_ns()
         first = json.loads(ca.get(key))
+        self.written(key)
         self.assertEqual(json.loads(cb.get(key)), first)
         ca.set(key, '{"v": 3}')
         time.sleep(0.5)
