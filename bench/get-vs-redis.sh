@@ -44,20 +44,30 @@ for i in range(int(sys.argv[1])):
 PY
 for p in $rport $cport; do redis-cli -p "$p" --pipe < "$dir/load.resp" > /dev/null; done
 
-best() {  # port, extra args -> best requests/s of RUNS runs
-    local port=$1; shift; local b=0
+# CPU seconds (user + system) a process has used so far: less sensitive to a noisy machine than
+# throughput, since it does not count time spent waiting for the CPU.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+best() {  # port pid extra args -> "best requests/s" "CPU microseconds per request (min)"
+    local port=$1 pid=$2; shift 2; local b=0 u=999999
     for _ in $(seq "$RUNS"); do
+        c0=$(cpu "$pid")
         r=$(redis-benchmark -p "$port" -t get -n "$N" -r "$KEYS" -c 50 "$@" -q 2>/dev/null \
             | tr '\r' '\n' | grep -oE 'GET: [0-9.]+' | tail -1 | awk '{print $2}')
+        c1=$(cpu "$pid")
         b=$(awk -v a="$b" -v c="${r:-0}" 'BEGIN{print (c>a)?c:a}')
+        u=$(awk -v a="$u" -v d="$(awk -v x="$c0" -v y="$c1" -v n="$N" 'BEGIN{print (y-x)*1e6/n}')" 'BEGIN{print (d<a)?d:a}')
     done
-    echo "$b"
+    echo "$b $u"
 }
-printf "%-22s %14s %14s %8s\n" "mode" "redis-server" "cachemed" "ratio"
+printf "%-18s %13s %13s %8s   %14s %14s %8s\n" "mode" "redis req/s" "cachemed" "ratio" "redis CPU us" "cachemed" "ratio"
 for mode in "P1" "P16"; do
     extra=(); [ "$mode" = P16 ] && extra=(-P 16)
-    r=$(best "$rport" "${extra[@]}"); c=$(best "$cport" "${extra[@]}")
-    printf "%-22s %14.0f %14.0f %7.2fx\n" "GET -c 50 $mode" "$r" "$c" "$(awk -v a="$c" -v b="$r" 'BEGIN{print a/b}')"
+    read -r r ru <<< "$(best "$rport" "${pids[0]}" "${extra[@]}")"
+    read -r c cu <<< "$(best "$cport" "${pids[1]}" "${extra[@]}")"
+    printf "%-18s %13.0f %13.0f %7.2fx   %14.2f %14.2f %7.2fx\n" "GET -c 50 $mode" "$r" "$c" \
+        "$(awk -v a="$c" -v b="$r" 'BEGIN{print a/b}')" "$ru" "$cu" "$(awk -v a="$ru" -v b="$cu" 'BEGIN{print a/b}')"
 done
+echo "(throughput ratio = cachemed/redis, higher is better; CPU ratio = redis CPU per request /"
+echo " cachemed CPU per request, higher is better: the same-run figure least affected by a busy machine)"
 hits=$(redis-cli -p "$cport" stats key | awk 'NR==5')
 echo "(cachemed local hits: $hits; keys: $KEYS, requests per run: $N, best of $RUNS)"
