@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define SQ_CHUNK 32 /* keys per IN (...) statement; statements for 1..32 are cached */
 #define SQ_MAX_THREADS 64
@@ -140,8 +141,21 @@ static struct sq_conn *conn_get(struct sq *s, struct cm_bjob *j)
         }
         sqlite3_busy_timeout(c->db, 5000);
         char *err = NULL;
-        if (sqlite3_exec(c->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
-                         &err) != SQLITE_OK) {
+        int prc;
+        /* Switching a new file to WAL takes a lock the busy handler does not wait for, so
+         * several workers opening it at once can see "database is locked": retry (we are on a
+         * worker thread; the loop never waits here). */
+        for (int tries = 0;; tries++) {
+            prc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL,
+                               NULL, &err);
+            if ((prc != SQLITE_BUSY && prc != SQLITE_LOCKED) || tries == 100) {
+                break;
+            }
+            sqlite3_free(err);
+            err = NULL;
+            usleep(10000);
+        }
+        if (prc != SQLITE_OK) {
             cm_bjob_fail(j, "open %s: %s", s->path, err != NULL ? err : "pragma failed");
             sqlite3_free(err);
             conn_close(c);
