@@ -17,6 +17,9 @@
 
 #define LOADER_MAX_HOST_CONNS 1024 /* per origin; = LOADER_MAX_CONNS, so each one is reused */
 #define LOADER_MAX_CONNS 1024      /* connection cache: idle keep-alive connections kept */
+/* Transfers handed to curl at once; the rest wait in our FIFO. curl scans its own pending list
+ * each time a connection frees up, which made thousands of queued transfers CPU-bound. */
+#define LOADER_MAX_ACTIVE LOADER_MAX_HOST_CONNS
 
 /*
  * Life of a transfer:
@@ -45,6 +48,9 @@ struct xfer {
     cm_load_done_fn *done;
     void *arg;
     LIST_ENTRY(xfer) link; /* l->xfers */
+    bool in_multi;          /* handed to curl (counted in l->active) */
+    TAILQ_ENTRY(xfer) qlink; /* l->waiting while it waits for a free slot */
+    bool waiting;
 };
 
 /* A socket curl asked us to watch; owned by the loader's list, attached with curl_multi_assign. */
@@ -64,8 +70,12 @@ struct cm_loader {
     LIST_HEAD(, xfer) xfers;     /* pending transfers */
     LIST_HEAD(, sockinfo) socks; /* watched sockets */
     size_t pending;
+    size_t active;               /* transfers handed to curl */
+    TAILQ_HEAD(, xfer) waiting;  /* transfers waiting for an active slot, FIFO */
     bool freeing; /* cm_loader_free in progress: refuse new fetches */
 };
+
+static void start_waiting(struct cm_loader *l);
 
 static bool curl_ready;
 
@@ -122,8 +132,17 @@ static void xfer_finish(struct xfer *x, CURLcode rc, const char *reason)
     memset(&res, 0, sizeof(res));
     LIST_REMOVE(x, link);
     l->pending--;
-    if (x->easy != NULL) {
+    if (x->waiting) {
+        TAILQ_REMOVE(&l->waiting, x, qlink);
+        x->waiting = false;
+    }
+    if (x->in_multi) {
         curl_multi_remove_handle(l->multi, x->easy);
+        x->in_multi = false;
+        l->active--;
+        if (!l->freeing) {
+            start_waiting(l);
+        }
     }
     if (reason != NULL) {
         res.outcome = CM_LOAD_FAILED;
@@ -279,6 +298,7 @@ struct cm_loader *cm_loader_new(struct event_base *base)
     curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
     curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
     curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l);
+    TAILQ_INIT(&l->waiting);
     curl_multi_setopt(l->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)LOADER_MAX_HOST_CONNS);
     curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, (long)LOADER_MAX_CONNS);
     return l;
@@ -383,12 +403,19 @@ int cm_loader_fetch(struct cm_loader *l, const char *url, const char *unix_socke
         snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s", curl_easy_strerror(rc));
         goto defer;
     }
+    if (l->active >= LOADER_MAX_ACTIVE) {
+        TAILQ_INSERT_TAIL(&l->waiting, x, qlink);
+        x->waiting = true;
+        return CM_OK;
+    }
     CURLMcode mrc = curl_multi_add_handle(l->multi, x->easy);
     if (mrc != CURLM_OK) {
         snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s",
                  curl_multi_strerror(mrc));
         goto defer;
     }
+    x->in_multi = true;
+    l->active++;
     return CM_OK;
 
 defer:
@@ -402,6 +429,40 @@ defer:
     struct timeval zero = {0, 0};
     evtimer_add(x->defer_ev, &zero);
     return CM_OK;
+}
+
+/* Hands waiting transfers to curl while there is room. A transfer whose timeout ran out while it
+ * waited fails from the loop. Time spent waiting counts against its timeout. */
+static void start_waiting(struct cm_loader *l)
+{
+    struct xfer *x;
+    while (l->active < LOADER_MAX_ACTIVE && (x = TAILQ_FIRST(&l->waiting)) != NULL) {
+        TAILQ_REMOVE(&l->waiting, x, qlink);
+        x->waiting = false;
+        int64_t left_ms = x->timeout_ms - (cm_now_ns() - x->start_ns) / 1000000;
+        CURLMcode mrc = CURLM_OK;
+        if (x->timeout_ms > 0 && left_ms <= 0) {
+            snprintf(x->setup_err, sizeof(x->setup_err), "timeout after %lld ms",
+                     (long long)x->timeout_ms);
+        } else {
+            if (x->timeout_ms > 0) {
+                curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, (long)left_ms);
+            }
+            mrc = curl_multi_add_handle(l->multi, x->easy);
+            if (mrc == CURLM_OK) {
+                x->in_multi = true;
+                l->active++;
+                continue;
+            }
+            snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s",
+                     curl_multi_strerror(mrc));
+        }
+        curl_easy_cleanup(x->easy);
+        x->easy = NULL;
+        x->defer_ev = evtimer_new(l->base, on_deferred_failure, x);
+        struct timeval zero = {0, 0};
+        evtimer_add(x->defer_ev, &zero);
+    }
 }
 
 size_t cm_loader_pending(const struct cm_loader *l)

@@ -425,6 +425,35 @@ START_TEST(test_concurrent_100)
 }
 END_TEST
 
+START_TEST(test_more_than_active_limit)
+{
+    /* 1,500 fetches at once: 1,024 go to curl, the rest wait in the loader's own FIFO and start
+     * as slots free up; every one completes exactly once. */
+    rule("path=/m/&prefix=1&delay_ms=100");
+    enum { N = 1500 };
+    static struct got gs[N];
+    int done = 0;
+    char path[64];
+    for (int i = 0; i < N; i++) {
+        memset(&gs[i], 0, sizeof(gs[i]));
+        gs[i].counter = &done;
+        snprintf(path, sizeof(path), "/m/%d", i);
+        ck_assert_int_eq(cm_loader_fetch(loader, url(path), NULL, 20000, MAX_SIZE, on_done, &gs[i]),
+                         CM_OK);
+    }
+    run_until(&done, N, 30000);
+    ck_assert_int_eq(done, N);
+    ck_assert_uint_eq(cm_loader_pending(loader), 0);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(gs[i].calls, 1);
+        ck_assert_int_eq(gs[i].outcome, CM_LOAD_OK);
+        got_clear(&gs[i]);
+    }
+    ck_assert_int_eq(stat_int("total"), N);
+    ck_assert_int_le(stat_int("max_active"), 1024);
+}
+END_TEST
+
 START_TEST(test_unix_socket)
 {
     snprintf(org.dir, sizeof(org.dir), "/tmp/cm_loader_XXXXXX");
@@ -620,6 +649,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, test_too_big);
     tcase_add_test(tc, test_keepalive);
     tcase_add_test(tc, test_concurrent_100);
+    tcase_add_test(tc, test_more_than_active_limit);
     tcase_add_test(tc, test_raw_path);
     tcase_add_test(tc, test_free_pending);
     tcase_add_test(tc, test_immediate_failures_deferred);
