@@ -57,7 +57,7 @@ def schema(kind, table):
 
 
 PORT_VARS = {"postgres": "CM_TEST_PG_PORT", "mariadb": "CM_TEST_MYSQL_PORT",
-             "mongo": "CM_TEST_MONGO_PORT"}
+             "mongo": "CM_TEST_MONGO_PORT", "redis": "CM_TEST_REDIS_PORT"}
 
 
 def backends(cmd, name):
@@ -68,7 +68,7 @@ def backends(cmd, name):
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
     if r.returncode != 0:
         raise AssertionError("backends.sh %s %s failed:\n%s" % (cmd, name, r.stdout))
-    port = os.environ.get(PORT_VARS[name])
+    port = os.environ.get(PORT_VARS.get(name, ""))
     if cmd == "stop" and port:
         try:
             socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
