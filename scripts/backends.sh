@@ -470,7 +470,14 @@ launch_wait() {
     until "ready_$1" > /dev/null 2>&1; do
         # A server that died during start-up (port taken, bad data dir) fails at once, not in 30 s.
         for pid in $(native_pids "$1"); do
-            alive "$1" "$pid" || die "$1: exited during start-up; $(log_tail "$1")"
+            # Checked twice: a launcher PID can be between exec and the server's own PID for a
+            # moment (seen once with CongoDB under load: it was listening, yet reported dead).
+            alive "$1" "$pid" || {
+                nap 0.3
+                "ready_$1" > /dev/null 2>&1 && break 2
+                alive "$1" "$(native_pids "$1" | head -1)" ||
+                    die "$1: exited during start-up; $(log_tail "$1")"
+            }
         done
         [ "$EPOCHSECONDS" -lt "$end" ] || {
             record_pids "$1"
