@@ -76,5 +76,5 @@ for mode in P1 P16; do
     r=$(best "$rport" "${extra[@]}"); t=$(best "$tport" "${extra[@]}"); c=$(best "$cport" "${extra[@]}")
     printf "%-14s %12.0f %12.0f %12.0f %16s %16s\n" "GET -c50 $mode" "$r" "$t" "$c" "$(ratio "$c" "$t")" "$(ratio "$c" "$r")"
 done
-redis-cli -p "$cport" info storages | grep storage_ | tr -d '\r'
+redis-cli -p "$cport" info storages | grep "^storage_shared:" | tr -d "\r"
 echo "(targets: >= 1.2x twemproxy, >= 0.9x redis; keys $KEYS, requests per run $N, best of $RUNS, pool_size $POOL)"

@@ -67,6 +67,10 @@ void cm_conn_close(struct cm_conn *c, const char *why)
     }
     cm_log(CM_LOG_DEBUG, "conn#%llu %s: closed (%s)", (unsigned long long)c->id, c->addr, why);
     c->state = CM_CONN_CLOSING;
+    if (c->write_queued) {
+        TAILQ_REMOVE(&c->srv->write_queue, c, wlink);
+        c->write_queued = false;
+    }
     event_del(c->rev);
     event_del(c->wev);
     c->reading = c->writing = false;
@@ -194,10 +198,34 @@ void cm_conn_reply_ready(struct cm_conn *c)
     if (c->in_read) {
         return;   /* written once at the end of the read batch */
     }
-    if (write_out(c) != CM_OK) {
+    /* A storage or loader completion can finish hundreds of requests at once: write each
+     * connection once, after the callbacks of this loop pass. */
+    if (!c->write_queued && c->srv->write_ev != NULL) {
+        c->write_queued = true;
+        TAILQ_INSERT_TAIL(&c->srv->write_queue, c, wlink);
+        if (TAILQ_FIRST(&c->srv->write_queue) == c) {
+            event_active(c->srv->write_ev, EV_TIMEOUT, 0);
+        }
         return;
     }
-    check_limits_and_resume(c);
+    if (c->write_queued) {
+        return;
+    }
+    if (write_out(c) == CM_OK) {
+        check_limits_and_resume(c);
+    }
+}
+
+void cm_conn_flush_queued(struct cm_server *srv)
+{
+    struct cm_conn *c;
+    while ((c = TAILQ_FIRST(&srv->write_queue)) != NULL) {
+        TAILQ_REMOVE(&srv->write_queue, c, wlink);
+        c->write_queued = false;
+        if (c->state == CM_CONN_ACTIVE && write_out(c) == CM_OK) {
+            check_limits_and_resume(c);
+        }
+    }
 }
 
 void cm_conn_on_writable(struct cm_conn *c)
@@ -286,7 +314,11 @@ void cm_conn_on_readable(struct cm_conn *c)
         cm_conn_close(c, "client closed the connection");
         return;
     }
-    cm_conn_reply_ready(c);
+    /* The replies of this read batch go out in one write, now. */
+    collect_replies(c);
+    if (!c->write_queued && write_out(c) == CM_OK) {
+        check_limits_and_resume(c);
+    }
     if (c->state == CM_CONN_ACTIVE && c->reading && parsed == CM_CONN_REQS_PER_EVENT &&
         cm_resp_pending(c->parser) > 0) {
         /* Fairness: let other connections run, then continue with what is buffered. */

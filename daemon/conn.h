@@ -45,6 +45,8 @@ struct cm_conn {
     bool close_after_write;         /* QUIT or protocol error: close once wbuf drains */
     bool unix_sock;
     bool in_read;                   /* inside on_readable: replies are flushed once at its end */
+    bool write_queued;              /* on srv->write_queue: written once the loop pass ends */
+    TAILQ_ENTRY(cm_conn) wlink;     /* srv->write_queue */
     char *name;                     /* CLIENT SETNAME, owned */
     char addr[80];                  /* peer, for logs and CLIENT LIST */
     int64_t created_ms;
@@ -61,6 +63,9 @@ void cm_conn_close(struct cm_conn *c, const char *why);
 void cm_conn_free(struct cm_conn *c);
 /* A request of c became DONE: move finished replies to the output and write. */
 void cm_conn_reply_ready(struct cm_conn *c);
+/* Writes every connection whose replies completed outside its own read callback (storage and
+ * loader completions): one write per connection per loop pass instead of one per reply. */
+void cm_conn_flush_queued(struct cm_server *srv);
 /* Readable event logic (also used by tests). */
 void cm_conn_on_readable(struct cm_conn *c);
 void cm_conn_on_writable(struct cm_conn *c);

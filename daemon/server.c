@@ -209,6 +209,13 @@ static int open_metrics(struct cm_server *srv)
     return CM_OK;
 }
 
+static void on_write_queue(evutil_socket_t fd, short what, void *arg)
+{
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    cm_conn_flush_queued(arg);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct cm_server *srv = arg;
@@ -289,6 +296,7 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
     srv->conf = conf;
     TAILQ_INIT(&srv->conns);
     TAILQ_INIT(&srv->to_free);
+    TAILQ_INIT(&srv->write_queue);
     srv->start_ms = cm_now_ms();
     srv->start_wall_us = cm_wall_us();
     signal(SIGPIPE, SIG_IGN);
@@ -329,6 +337,7 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
     if (open_listeners(srv) != CM_OK || open_metrics(srv) != CM_OK) {
         return CM_ERR;
     }
+    srv->write_ev = event_new(srv->base, -1, 0, on_write_queue, srv);
     struct timeval tick = { 0, 100000 };
     srv->cron = event_new(srv->base, -1, EV_PERSIST, on_cron, srv);
     event_add(srv->cron, &tick);
@@ -411,6 +420,7 @@ void cm_server_deinit(struct cm_server *srv)
     if (srv->metrics != NULL) {
         evhttp_free(srv->metrics);
     }
+    if (srv->write_ev) event_free(srv->write_ev);
     if (srv->cron) event_free(srv->cron);
     if (srv->sig_term) event_free(srv->sig_term);
     if (srv->sig_int) event_free(srv->sig_int);

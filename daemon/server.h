@@ -44,6 +44,8 @@ struct cm_server {
     struct cm_inval *inval;            /* cross-instance invalidation, NULL when unused; owned */
     TAILQ_HEAD(, cm_conn) conns;       /* open connections */
     TAILQ_HEAD(, cm_conn) to_free;     /* closed, freed after the current loop iteration */
+    TAILQ_HEAD(, cm_conn) write_queue; /* replies completed by callbacks, written by write_ev */
+    struct event *write_ev;            /* runs cm_conn_flush_queued after the pass's callbacks */
     size_t nclients;
     uint64_t next_conn_id;
     struct cm_server_stats stats;

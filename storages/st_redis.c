@@ -911,6 +911,14 @@ static void redis_submit(struct cm_storage *st, struct cm_st_op *op)
         for (size_t i = 0; i < op->nitems; i++) {
             submit_group(rs, op, &rt[i], 1);
         }
+    } else if (!rs->cluster && op->kind == CM_ST_GET && op->nitems > 1) {
+        /* A batched read goes as one MGET on its first key's connection: splitting it over the
+         * pool cost one command and one reply per connection for the same keys. Order against
+         * writes of the same keys is the daemon's job (one writer per key, reads queued behind). */
+        for (size_t i = 1; i < op->nitems; i++) {
+            rt[i].route = rt[0].route;
+        }
+        submit_group(rs, op, rt, op->nitems);
     } else {
         /* Keys of one slot (cluster) or one connection (standalone) go in one command. */
         qsort(rt, op->nitems, sizeof(*rt), routed_cmp);
