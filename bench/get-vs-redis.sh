@@ -7,12 +7,8 @@ N=${N:-2000000}        # requests per run
 KEYS=${KEYS:-100000}
 RUNS=${RUNS:-3}        # best of RUNS per mode (shared, noisy machines)
 POLICY=${POLICY:-lru}
-dir=$(mktemp -d /tmp/cm-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
-trap cleanup EXIT
+. bench/lib.sh
 
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rport=$(free_port); cport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
     --dir "$dir" > "$dir/redis.log" 2>&1 &
@@ -31,9 +27,7 @@ caches = mem
 CONF
 ./build/cachemed -c "$dir/cachemed.conf" > "$dir/cachemed.log" 2>&1 &
 pids+=($!)
-for p in $rport $cport; do
-    for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
-done
+wait_ping $rport $cport
 # Same keys and 3-byte values as redis-benchmark's own key:__rand_int__ pattern.
 /usr/bin/python3 - "$KEYS" > "$dir/load.resp" <<'PY'
 import sys

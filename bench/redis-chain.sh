@@ -9,11 +9,7 @@ N=${N:-500000}
 KEYS=${KEYS:-10000}
 RUNS=${RUNS:-3}
 POOL=${POOL:-8}
-dir=$(mktemp -d /tmp/cm-bench-redis.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
-trap cleanup EXIT
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 rport=$(free_port); tport=$(free_port); cport=$(free_port)
 
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
@@ -46,9 +42,7 @@ caches = shared
 CONF
 ./build/cachemed -c "$dir/cachemed.conf" > "$dir/cachemed.log" 2>&1 &
 pids+=($!)
-for p in $rport $tport $cport; do
-    for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
-done
+wait_ping $rport $tport $cport
 # The same 3-byte values under the client keys (direct, twemproxy) and under cachemed's storage
 # keys (raw serializer: stored as-is).
 /usr/bin/python3 - "$KEYS" > "$dir/load.resp" <<'PY'
