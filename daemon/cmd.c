@@ -107,30 +107,6 @@ static void setup_slots(struct cm_req *req, size_t n, cm_req_complete_fn *comple
     req->complete = complete;
 }
 
-static void get_keys(struct cm_req *req, int first, cm_req_complete_fn *complete)
-{
-    size_t n = (size_t)(ARGC(req) - first);
-    struct cm_getkey one, *keys = n == 1 ? &one : cm_calloc(n, sizeof(*keys));
-    for (size_t i = 0; i < n; i++) {
-        keys[i].key = ARG(req, first + (int)i);
-        keys[i].klen = ARGLEN(req, first + (int)i);
-        keys[i].slot = i;
-        keys[i].node = node_or_reply(req, keys[i].key, keys[i].klen);
-        if (keys[i].node == NULL) {
-            if (keys != &one) {
-                cm_free(keys);
-            }
-            return;
-        }
-    }
-    setup_slots(req, n, complete);
-    req->pending = n;
-    cm_flight_get(req->srv, req, keys, n);
-    if (keys != &one) {
-        cm_free(keys);
-    }
-}
-
 static void cmd_get(struct cm_req *req)
 {
     struct cm_node *node = node_or_reply(req, ARG(req, 1), ARGLEN(req, 1));
@@ -151,7 +127,22 @@ static void cmd_get(struct cm_req *req)
 
 static void cmd_mget(struct cm_req *req)
 {
-    get_keys(req, 1, complete_array);
+    size_t n = (size_t)ARGC(req) - 1;
+    struct cm_getkey *keys = cm_calloc(n, sizeof(*keys));
+    for (size_t i = 0; i < n; i++) {
+        keys[i].key = ARG(req, (int)i + 1);
+        keys[i].klen = ARGLEN(req, (int)i + 1);
+        keys[i].slot = i;
+        keys[i].node = node_or_reply(req, keys[i].key, keys[i].klen);
+        if (keys[i].node == NULL) {
+            cm_free(keys);
+            return;
+        }
+    }
+    setup_slots(req, n, complete_array);
+    req->pending = n;
+    cm_flight_get(req->srv, req, keys, n);
+    cm_free(keys);
 }
 
 static void cmd_refresh(struct cm_req *req)
