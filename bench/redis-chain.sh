@@ -54,20 +54,13 @@ for i in range(int(sys.argv[1])):
 PY
 redis-cli -p "$rport" --pipe < "$dir/load.resp" > /dev/null
 
-best() {
-    local port=$1; shift; local b=0
-    for _ in $(seq "$RUNS"); do
-        r=$(redis-benchmark -p "$port" -t get -n "$N" -r "$KEYS" -c 50 "$@" -q 2>/dev/null \
-            | tr '\r' '\n' | grep -oE 'GET: [0-9.]+' | tail -1 | awk '{print $2}')
-        b=$(awk -v a="$b" -v c="${r:-0}" 'BEGIN{print (c>a)?c:a}')
-    done
-    echo "$b"
-}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2fx", (b>0)?a/b:0}'; }
 printf "%-14s %12s %12s %12s %16s %16s\n" mode redis twemproxy cachemed "cachemed/twemp" "cachemed/redis"
 for mode in P1 P16; do
     extra=(); [ "$mode" = P16 ] && extra=(-P 16)
-    r=$(best "$rport" "${extra[@]}"); t=$(best "$tport" "${extra[@]}"); c=$(best "$cport" "${extra[@]}")
+    read -r r _ <<< "$(best "$rport" "${pids[0]}" "${extra[@]}")"
+    read -r t _ <<< "$(best "$tport" "${pids[1]}" "${extra[@]}")"
+    read -r c _ <<< "$(best "$cport" "${pids[2]}" "${extra[@]}")"
     printf "%-14s %12.0f %12.0f %12.0f %16s %16s\n" "GET -c50 $mode" "$r" "$t" "$c" "$(ratio "$c" "$t")" "$(ratio "$c" "$r")"
 done
 redis-cli -p "$cport" info storages | grep "^storage_shared:" | tr -d "\r"
