@@ -2,11 +2,17 @@
  * (mysql_*_start/_cont on mysql_get_socket, driven by libevent). pool_size connections
  * (storages/sql_common.c), one statement on the wire per connection.
  *
- * Keys and values reach the server only as hex literals (_utf8mb4 X'6b6579', X'00ff'): the SQL
- * text never contains a byte of client data, so no key or value can alter a statement. The
- * non-blocking prepared-statement calls exist too, but an IN list of n keys would need one
- * prepared statement per n; hex literals give the same guarantee with one round trip.
- * expire is a naive-UTC DATETIME(6), compared with UTC_TIMESTAMP(6). */
+ * Keys and values reach the server only as bound parameters of server-side prepared statements
+ * (binary protocol: MYSQL_BIND, STRING keys and BLOB values with explicit lengths), never in SQL
+ * text. Each connection prepares a statement the first time it needs it and keeps it until the
+ * connection dies (a reconnect prepares again): GET (`key` IN (?, ...)), the upsert and DELETE,
+ * each for batches of 1, 4, 16, 64, 256 and 512 keys. A batch is rounded up to the next size (reads
+ * and deletes pad with NULL, which matches no key; the upsert repeats one of its rows), so at most
+ * 18 statements per connection, one execute per batch of up to 512 keys, and the prepare costs
+ * one more round trip only the first time. The setup (CREATE TABLE, the column probe) runs as
+ * text once per pool: it holds nothing but the validated table name.
+ * expire is a naive-UTC DATETIME(6) computed by the server (UTC_TIMESTAMP(6) + INTERVAL ?
+ * MICROSECOND, the ttl bound; NULL never expires) and compared with UTC_TIMESTAMP(6) on read. */
 #include "conf/conf.h"
 #include "conf/url.h"
 #include "daemon/alloc.h"
@@ -23,7 +29,14 @@
 #include <strings.h>
 
 #define MY_CONNECT_TIMEOUT_S 5
-#define MY_BLOB_MAX 65535u   /* BLOB; the probe at connect finds MEDIUMBLOB/LONGBLOB */
+#define MY_BLOB_MAX 65535u      /* BLOB; the probe at connect finds MEDIUMBLOB/LONGBLOB */
+#define MY_NSIZES 6             /* batch sizes a statement is prepared for */
+#define MY_BATCH_MAX 512u       /* the largest; longer ops run as several batches */
+#define MY_ROW_OVERHEAD 64u     /* per upsert row in the execute packet, beyond key and value */
+#define MY_PACKET_SLACK 4096u   /* kept free below max_allowed_packet */
+#define MY_SCRATCH_KEEP (1u << 20)   /* a larger fetch buffer is freed after its op */
+
+static const size_t my_sizes[MY_NSIZES] = { 1, 4, 16, 64, 256, MY_BATCH_MAX };
 
 enum my_phase {
     MY_CONNECTING,    /* mysql_real_connect_start/_cont */
@@ -31,8 +44,9 @@ enum my_phase {
     MY_SETUP_QUERY,   /* CREATE TABLE IF NOT EXISTS */
     MY_PROBE_QUERY,   /* value column type and max_allowed_packet */
     MY_PROBE_STORE,
-    MY_OP_QUERY,      /* c->cur on the wire */
-    MY_OP_STORE,
+    MY_PREPARE,       /* mysql_stmt_prepare of mc->stmt, for c->cur */
+    MY_EXECUTE,       /* one batch of c->cur on the wire */
+    MY_STMT_STORE,    /* reading that batch's rows */
 };
 
 /* The driver state of one connection (c->drv). Owned by the conn. */
@@ -40,10 +54,29 @@ struct my_conn {
     MYSQL *m;
     enum my_phase phase;
     struct event *ev;     /* the one socket/timeout event, re-armed for every wait */
-    struct cm_buf q;      /* statement text, alive until the statement completes */
-    int qerr;             /* mysql_real_query's result */
+    struct cm_buf q;      /* setup statement, or the text to prepare; alive until it completes */
+    int qerr;             /* the last _start/_cont call's result */
     MYSQL *cret;          /* mysql_real_connect's result */
-    MYSQL_RES *res;       /* mysql_store_result's result */
+    MYSQL_RES *res;       /* mysql_store_result's result (probe) */
+    /* Prepared statements by op kind and batch size; they die with m (mysql_close). */
+    MYSQL_STMT *stmts[3][MY_NSIZES];
+    MYSQL_STMT *stmt;     /* the statement of the current phase (one of stmts) */
+    /* The current op's batches: item indexes to send, in order (SET: the rows not refused and
+     * not superseded by a later item of the same key). */
+    size_t *rows;
+    size_t nrows, rows_cap;
+    size_t off;           /* rows before off are done */
+    size_t batch;         /* rows in the batch on the wire */
+    size_t size_idx;      /* its statement size */
+    long long ttl_us;     /* SET: the bound ttl */
+    MYSQL_BIND *binds;    /* parameters of the batch on the wire */
+    size_t binds_cap;
+    /* GET results: the fetch buffers (grown to the longest key/value seen) and their binds */
+    MYSQL_BIND rbind[2];
+    char *rbuf[2];
+    unsigned long rcap[2];
+    unsigned long rlen[2];
+    my_bool rnull[2];
 };
 
 /* Driver-wide state; the pool comes first so a conn's pool pointer converts to it. */
@@ -63,11 +96,15 @@ static struct my_pool *myp(struct cm_sql_conn *c)
     return (struct my_pool *)c->pool;
 }
 
-static void my_broken(struct cm_sql_conn *c, const char *what)
+/* The connection is unusable: what failed, and the connector's reason (detail, or m's error). */
+static void my_broken(struct cm_sql_conn *c, const char *what, const char *detail)
 {
     struct my_conn *mc = c->drv;
     char msg[256];
-    snprintf(msg, sizeof(msg), "%s: %s", what, mc != NULL && mc->m != NULL ? mysql_error(mc->m) : "");
+    if (detail == NULL) {
+        detail = mc != NULL && mc->m != NULL ? mysql_error(mc->m) : "";
+    }
+    snprintf(msg, sizeof(msg), "%s: %.200s", what, detail);
     cm_sql_conn_broken(c, msg);
 }
 
@@ -84,8 +121,21 @@ static void my_drop(struct cm_sql_conn *c)
         mysql_free_result(mc->res);
     }
     if (mc->m != NULL) {
+        /* First: mysql_close detaches the statements, so closing them below frees memory and
+         * sends nothing on a connection that may be dead. */
         mysql_close(mc->m);
     }
+    for (size_t k = 0; k < 3; k++) {
+        for (size_t i = 0; i < MY_NSIZES; i++) {
+            if (mc->stmts[k][i] != NULL) {
+                mysql_stmt_close(mc->stmts[k][i]);
+            }
+        }
+    }
+    cm_free(mc->rows);
+    cm_free(mc->binds);
+    cm_free(mc->rbuf[0]);
+    cm_free(mc->rbuf[1]);
     cm_buf_deinit(&mc->q);
     cm_free(mc);
     c->drv = NULL;
@@ -202,48 +252,77 @@ static void probe_row(struct cm_sql_conn *c, MYSQL_ROW row)
            (unsigned long long)p->max_value, (unsigned long long)p->max_packet);
 }
 
-static void hex_lit(struct cm_buf *out, const char *intro, const char *s, size_t n)
+/* The smallest statement size that holds n rows (n <= MY_BATCH_MAX). */
+static size_t size_index(size_t n)
 {
-    static const char digits[] = "0123456789abcdef";
-    cm_buf_append_str(out, intro);
-    cm_buf_append(out, "X'", 2);
-    char *dst = cm_buf_reserve(out, 2 * n + 1);
+    size_t i = 0;
+    while (my_sizes[i] < n) {
+        i++;
+    }
+    return i;
+}
+
+/* The text of the statement for op kind `kind` over n rows. */
+static void stmt_text(struct cm_buf *q, const char *qtable, enum cm_st_op_kind kind, size_t n)
+{
+    cm_buf_reset(q);
+    switch (kind) {
+    case CM_ST_GET:
+        cm_buf_printf(q, "SELECT `key`, value FROM %s WHERE `key` IN (", qtable);
+        break;
+    case CM_ST_SET:
+        cm_buf_printf(q, "INSERT INTO %s (`key`, value, expire) VALUES ", qtable);
+        break;
+    case CM_ST_DEL:
+        cm_buf_printf(q, "DELETE FROM %s WHERE `key` IN (", qtable);
+        break;
+    }
     for (size_t i = 0; i < n; i++) {
-        dst[2 * i] = digits[(unsigned char)s[i] >> 4];
-        dst[2 * i + 1] = digits[(unsigned char)s[i] & 15];
+        if (kind == CM_ST_SET) {
+            cm_buf_append_str(q, i ? ", (?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)"
+                                   : "(?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)");
+        } else {
+            cm_buf_append_str(q, i ? ", ?" : "?");
+        }
     }
-    cm_buf_commit(out, 2 * n);
-    cm_buf_append(out, "'", 1);
+    switch (kind) {
+    case CM_ST_GET:
+        cm_buf_append_str(q, ") AND (expire IS NULL OR expire > UTC_TIMESTAMP(6))");
+        break;
+    case CM_ST_SET:
+        cm_buf_append_str(q, " ON DUPLICATE KEY UPDATE value = VALUES(value), "
+                             "expire = VALUES(expire)");
+        break;
+    case CM_ST_DEL:
+        cm_buf_append_str(q, ")");
+        break;
+    }
 }
 
-static void keys_in(struct cm_buf *q, const struct cm_st_op *op)
+static size_t row_bytes(const struct cm_st_item *it)
 {
-    cm_buf_append_str(q, "`key` IN (");
-    for (size_t i = 0; i < op->nitems; i++) {
-        hex_lit(q, i ? ", _utf8mb4 " : "_utf8mb4 ", op->items[i].key, op->items[i].klen);
-    }
-    cm_buf_append(q, ")", 1);
+    return it->klen + it->wlen + MY_ROW_OVERHEAD;
 }
 
-/* Builds the upsert; values larger than the column (or the packet) are refused and counted.
- * Returns the number of rows in the statement. */
-static size_t build_set(struct cm_sql_conn *c, struct cm_st_op *op)
+/* Fills mc->rows with the items op sends. SET: values larger than the column (or the packet) are
+ * refused and counted, and an item superseded by a later one of the same key is left out. */
+static void plan_rows(struct cm_sql_conn *c, struct cm_st_op *op)
 {
     struct my_pool *p = myp(c);
     struct my_conn *mc = c->drv;
-    struct cm_buf *q = &mc->q;
-    char expire[64];
-    size_t rows = 0;
-    if (op->ttl_ms > 0) {
-        snprintf(expire, sizeof(expire), "UTC_TIMESTAMP(6) + INTERVAL %lld MICROSECOND",
-                 (long long)op->ttl_ms * 1000);
-    } else {
-        snprintf(expire, sizeof(expire), "NULL");
+    if (mc->rows_cap < op->nitems) {
+        mc->rows = cm_realloc(mc->rows, op->nitems * sizeof(*mc->rows));
+        mc->rows_cap = op->nitems;
     }
-    cm_buf_printf(q, "INSERT INTO %s (`key`, value, expire) VALUES ", p->qtable);
+    mc->nrows = 0;
+    mc->off = 0;
     for (size_t i = 0; i < op->nitems; i++) {
         const struct cm_st_item *it = &op->items[i];
-        if (it->wlen > p->max_value || 2 * it->wlen + 1024 > p->max_packet) {
+        if (op->kind != CM_ST_SET) {
+            mc->rows[mc->nrows++] = i;
+            continue;
+        }
+        if (it->wlen > p->max_value || row_bytes(it) + MY_PACKET_SLACK > p->max_packet) {
             char k[80];
             cm_log_escape(k, sizeof(k), it->key, it->klen, 64);
             cm_log(CM_LOG_WARN,
@@ -257,65 +336,269 @@ static size_t build_set(struct cm_sql_conn *c, struct cm_st_op *op)
             c->pool->st->stats.rejected++;
             continue;
         }
-        cm_buf_append_str(q, rows ? ", (" : "(");
-        hex_lit(q, "_utf8mb4 ", it->key, it->klen);
-        hex_lit(q, ", ", it->wval != NULL ? it->wval : "", it->wlen);
-        cm_buf_printf(q, ", %s)", expire);
-        rows++;
+        if (!cm_sql_item_superseded(op, i)) {
+            mc->rows[mc->nrows++] = i;
+        }
     }
-    cm_buf_append_str(q, " ON DUPLICATE KEY UPDATE value = VALUES(value), "
-                         "expire = VALUES(expire)");
-    return rows;
+}
+
+/* How many of the rows from mc->off the next batch takes. An upsert batch, padded to its
+ * statement size with copies of its smallest row, stays within max_allowed_packet. */
+static size_t batch_rows(struct cm_sql_conn *c, const struct cm_st_op *op)
+{
+    struct my_conn *mc = c->drv;
+    size_t left = mc->nrows - mc->off;
+    size_t n = left < MY_BATCH_MAX ? left : MY_BATCH_MAX;
+    if (op->kind != CM_ST_SET) {
+        return n;
+    }
+    uint64_t budget = myp(c)->max_packet - MY_PACKET_SLACK;
+    uint64_t total = 0;
+    size_t smallest = SIZE_MAX;
+    for (size_t i = 0; i < n; i++) {
+        size_t b = row_bytes(&op->items[mc->rows[mc->off + i]]);
+        size_t sm = b < smallest ? b : smallest;
+        uint64_t padded = total + b + (uint64_t)(my_sizes[size_index(i + 1)] - (i + 1)) * sm;
+        if (i > 0 && padded > budget) {
+            return i;
+        }
+        total += b;
+        smallest = sm;
+    }
+    return n;
+}
+
+static void bind_str(MYSQL_BIND *b, enum enum_field_types type, const char *s, size_t n)
+{
+    b->buffer_type = type;
+    b->buffer = (char *)(s != NULL ? s : "");
+    b->buffer_length = (unsigned long)n;
+}
+
+/* Binds the batch [mc->off, mc->off + mc->batch) to mc->stmt. Returns CM_OK or CM_ERR. */
+static int bind_batch(struct cm_sql_conn *c, const struct cm_st_op *op)
+{
+    struct my_conn *mc = c->drv;
+    size_t size = my_sizes[mc->size_idx];
+    size_t per = op->kind == CM_ST_SET ? 3 : 1;
+    if (mc->binds_cap < size * per) {
+        cm_free(mc->binds);
+        mc->binds = cm_calloc(size * per, sizeof(*mc->binds));
+        mc->binds_cap = size * per;
+    }
+    memset(mc->binds, 0, size * per * sizeof(*mc->binds));
+    const size_t *rows = mc->rows + mc->off;
+    size_t pad = rows[0];
+    for (size_t i = 1; i < mc->batch && op->kind == CM_ST_SET; i++) {
+        if (row_bytes(&op->items[rows[i]]) < row_bytes(&op->items[pad])) {
+            pad = rows[i];
+        }
+    }
+    mc->ttl_us = op->ttl_ms > 0 ? (long long)op->ttl_ms * 1000 : 0;
+    for (size_t i = 0; i < size; i++) {
+        MYSQL_BIND *b = &mc->binds[i * per];
+        if (op->kind != CM_ST_SET) {
+            /* NULL pads a key list: `key` IN (..., NULL) matches no row */
+            if (i < mc->batch) {
+                const struct cm_st_item *it = &op->items[rows[i]];
+                bind_str(b, MYSQL_TYPE_STRING, it->key, it->klen);
+            } else {
+                b->buffer_type = MYSQL_TYPE_NULL;
+            }
+            continue;
+        }
+        /* the upsert pads with its smallest row again: same key, value and ttl, no change */
+        const struct cm_st_item *it = &op->items[i < mc->batch ? rows[i] : pad];
+        bind_str(&b[0], MYSQL_TYPE_STRING, it->key, it->klen);
+        bind_str(&b[1], MYSQL_TYPE_BLOB, it->wval, it->wlen);
+        if (op->ttl_ms > 0) {
+            b[2].buffer_type = MYSQL_TYPE_LONGLONG;
+            b[2].buffer = &mc->ttl_us;
+        } else {
+            b[2].buffer_type = MYSQL_TYPE_NULL;   /* + INTERVAL NULL = NULL: never expires */
+        }
+    }
+    return mysql_stmt_bind_param(mc->stmt, mc->binds) ? CM_ERR : CM_OK;
+}
+
+/* Client-side errors (CR_*, 2000-2999) mean the connection is gone; server errors do not. */
+static bool client_error(unsigned int e)
+{
+    return e >= 2000 && e < 3000;
+}
+
+/* c->cur is complete (or failed): the connection is idle again. */
+static void op_finished(struct cm_sql_conn *c)
+{
+    struct my_conn *mc = c->drv;
+    for (size_t i = 0; i < 2; i++) {
+        if (mc->rcap[i] > MY_SCRATCH_KEEP) {
+            cm_free(mc->rbuf[i]);
+            mc->rbuf[i] = NULL;
+            mc->rcap[i] = 0;
+        }
+    }
+    my_idle(c);
+    cm_sql_conn_op_done(c);
+}
+
+/* A statement call for c->cur failed: a lost connection breaks it, a server error fails the op. */
+static void stmt_failed(struct cm_sql_conn *c, const char *what)
+{
+    struct my_conn *mc = c->drv;
+    if (client_error(mysql_stmt_errno(mc->stmt))) {
+        my_broken(c, what, mysql_stmt_error(mc->stmt));
+        return;
+    }
+    cm_st_op_fail(c->cur, "%s: %s", what, mysql_stmt_error(mc->stmt));
+    op_finished(c);
+}
+
+/* Sends the next batch of c->cur (preparing its statement first if this connection has not), or
+ * finishes the op when every row is done. */
+static void next_batch(struct cm_sql_conn *c)
+{
+    struct my_conn *mc = c->drv;
+    struct cm_st_op *op = c->cur;
+    if (mc->off >= mc->nrows || op->timed_out) {
+        /* A timed-out op's caller has its answer and may have freed the SET values. */
+        op_finished(c);
+        return;
+    }
+    mc->batch = batch_rows(c, op);
+    mc->size_idx = size_index(mc->batch);
+    MYSQL_STMT **slot = &mc->stmts[op->kind][mc->size_idx];
+    mc->stmt = *slot;
+    if (mc->stmt == NULL) {
+        mc->stmt = *slot = mysql_stmt_init(mc->m);
+        if (mc->stmt == NULL) {
+            my_broken(c, "mysql_stmt_init", NULL);
+            return;
+        }
+        stmt_text(&mc->q, myp(c)->qtable, op->kind, my_sizes[mc->size_idx]);
+        mc->phase = MY_PREPARE;
+        my_step(c, mysql_stmt_prepare_start(&mc->qerr, mc->stmt, cm_buf_start(&mc->q),
+                                            (unsigned long)cm_buf_used(&mc->q)));
+        return;
+    }
+    if (bind_batch(c, op) != CM_OK) {
+        stmt_failed(c, "bind");
+        return;
+    }
+    mc->phase = MY_EXECUTE;
+    my_step(c, mysql_stmt_execute_start(&mc->qerr, mc->stmt));
+}
+
+static void prepare_done(struct cm_sql_conn *c)
+{
+    struct my_conn *mc = c->drv;
+    if (mc->qerr == 0) {
+        next_batch(c);   /* finds the statement prepared and executes it */
+        return;
+    }
+    /* A statement that failed to prepare (say, the table is missing) is not kept: the next op
+     * prepares it again. An unprepared statement is closed without a word to the server. */
+    MYSQL_STMT **slot = &mc->stmts[c->cur->kind][mc->size_idx];
+    unsigned int e = mysql_stmt_errno(mc->stmt);
+    char why[MYSQL_ERRMSG_SIZE];
+    snprintf(why, sizeof(why), "%s", mysql_stmt_error(mc->stmt));
+    mysql_stmt_close(mc->stmt);
+    mc->stmt = *slot = NULL;
+    if (client_error(e)) {
+        my_broken(c, "prepare", why);
+        return;
+    }
+    cm_st_op_fail(c->cur, "prepare: %s", why);
+    op_finished(c);
+}
+
+static void execute_done(struct cm_sql_conn *c)
+{
+    struct my_conn *mc = c->drv;
+    if (mc->qerr != 0) {
+        stmt_failed(c, "execute");
+        return;
+    }
+    if (c->cur->kind == CM_ST_GET) {
+        mc->phase = MY_STMT_STORE;
+        my_step(c, mysql_stmt_store_result_start(&mc->qerr, mc->stmt));
+        return;
+    }
+    mc->off += mc->batch;
+    next_batch(c);
+}
+
+/* Points result column i at its buffer, grown to hold at least need bytes. */
+static void result_buf(struct my_conn *mc, size_t i, unsigned long need)
+{
+    if (mc->rbuf[i] == NULL || mc->rcap[i] < need) {
+        unsigned long cap = need > 4096 ? need : 4096;
+        cm_free(mc->rbuf[i]);
+        mc->rbuf[i] = cm_malloc(cap);
+        mc->rcap[i] = cap;
+    }
+    MYSQL_BIND *b = &mc->rbind[i];
+    memset(b, 0, sizeof(*b));
+    b->buffer_type = i == 0 ? MYSQL_TYPE_STRING : MYSQL_TYPE_BLOB;
+    b->buffer = mc->rbuf[i];
+    b->buffer_length = mc->rcap[i];
+    b->length = &mc->rlen[i];
+    b->is_null = &mc->rnull[i];
+}
+
+/* The rows of a GET batch are in client memory: fetching them does no I/O. A column longer than
+ * its buffer is fetched again, whole, into a bigger one (mysql_stmt_fetch_column). */
+static void stmt_store_done(struct cm_sql_conn *c)
+{
+    struct my_conn *mc = c->drv;
+    if (mc->qerr != 0) {
+        stmt_failed(c, "read result");
+        return;
+    }
+    result_buf(mc, 0, 0);
+    result_buf(mc, 1, 0);
+    int r = mysql_stmt_bind_result(mc->stmt, mc->rbind) ? 1 : 0;
+    while (r == 0 && (r = mysql_stmt_fetch(mc->stmt)) != MYSQL_NO_DATA) {
+        if (r != 0 && r != MYSQL_DATA_TRUNCATED) {
+            break;
+        }
+        r = 0;
+        for (size_t i = 0; i < 2 && r == 0; i++) {
+            if (!mc->rnull[i] && mc->rlen[i] > mc->rcap[i]) {
+                result_buf(mc, i, mc->rlen[i]);
+                r = mysql_stmt_fetch_column(mc->stmt, &mc->rbind[i], (unsigned)i, 0) ||
+                    mysql_stmt_bind_result(mc->stmt, mc->rbind);
+            }
+        }
+        if (r == 0 && !mc->rnull[0] && !mc->rnull[1]) {
+            cm_sql_op_hit(c->cur, mc->rbuf[0], mc->rlen[0], mc->rbuf[1], mc->rlen[1]);
+        }
+    }
+    if (r != MYSQL_NO_DATA) {
+        cm_st_op_fail(c->cur, "fetch: %s", mysql_stmt_error(mc->stmt));
+    }
+    mysql_stmt_free_result(mc->stmt);
+    if (r != MYSQL_NO_DATA) {
+        op_finished(c);
+        return;
+    }
+    mc->off += mc->batch;
+    next_batch(c);
 }
 
 static void my_send(struct cm_sql_conn *c, struct cm_st_op *op)
 {
-    struct my_pool *p = myp(c);
-    struct my_conn *mc = c->drv;
-    struct cm_buf *q = &mc->q;
-    cm_buf_reset(q);
-    switch (op->kind) {
-    case CM_ST_GET:
-        cm_buf_printf(q, "SELECT `key`, value FROM %s WHERE ", p->qtable);
-        keys_in(q, op);
-        cm_buf_append_str(q, " AND (expire IS NULL OR expire > UTC_TIMESTAMP(6))");
-        break;
-    case CM_ST_SET:
-        if (build_set(c, op) == 0) {
-            cm_sql_conn_op_done(c);   /* every value was refused */
-            return;
-        }
-        break;
-    case CM_ST_DEL:
-        cm_buf_printf(q, "DELETE FROM %s WHERE ", p->qtable);
-        keys_in(q, op);
-        break;
-    default:
-        CM_NOT_REACHED();
-    }
-    my_query(c, MY_OP_QUERY);
+    plan_rows(c, op);
+    next_batch(c);   /* no rows (every value refused): finishes at once */
 }
 
-/* Client-side errors (CR_*, 2000-2999) mean the connection is gone; server errors do not. */
-static bool conn_error(MYSQL *m)
-{
-    unsigned int e = mysql_errno(m);
-    return e >= 2000 && e < 3000;
-}
-
-/* A statement of the current phase has completed (mc->qerr holds its result). */
+/* A text statement of the setup has completed (mc->qerr holds its result). */
 static void query_done(struct cm_sql_conn *c)
 {
     struct my_conn *mc = c->drv;
     if (mc->qerr != 0) {
-        if (conn_error(mc->m)) {
-            my_broken(c, "query");
-            return;
-        }
-        if (mc->phase == MY_OP_QUERY) {
-            cm_st_op_fail(c->cur, "%s", mysql_error(mc->m));
-            my_idle(c);
-            cm_sql_conn_op_done(c);
+        if (client_error(mysql_errno(mc->m))) {
+            my_broken(c, "query", NULL);
             return;
         }
         cm_log(CM_LOG_ERR, "storage %s: %s failed: %s", c->pool->st->name,
@@ -333,39 +616,29 @@ static void query_done(struct cm_sql_conn *c)
         return;
     }
     if (mysql_field_count(mc->m) > 0) {
-        mc->phase = mc->phase == MY_OP_QUERY ? MY_OP_STORE : MY_PROBE_STORE;
+        mc->phase = MY_PROBE_STORE;
         my_step(c, mysql_store_result_start(&mc->res, mc->m));
         return;
     }
     my_idle(c);
-    cm_sql_conn_op_done(c);
+    cm_sql_conn_setup_done(c);
 }
 
 static void store_done(struct cm_sql_conn *c)
 {
     struct my_conn *mc = c->drv;
     if (mc->res == NULL) {
-        my_broken(c, "read result");
+        my_broken(c, "read result", NULL);
         return;
     }
     MYSQL_ROW row;
-    bool probe = mc->phase == MY_PROBE_STORE;
     while ((row = mysql_fetch_row(mc->res)) != NULL) {
-        unsigned long *len = mysql_fetch_lengths(mc->res);
-        if (probe) {
-            probe_row(c, row);
-        } else if (row[0] != NULL && row[1] != NULL) {
-            cm_sql_op_hit(c->cur, row[0], len[0], row[1], len[1]);
-        }
+        probe_row(c, row);
     }
     mysql_free_result(mc->res);
     mc->res = NULL;
     my_idle(c);
-    if (probe) {
-        cm_sql_conn_setup_done(c);
-    } else {
-        cm_sql_conn_op_done(c);
-    }
+    cm_sql_conn_setup_done(c);
 }
 
 /* status: what the last _start/_cont returned; 0 = the call completed. */
@@ -379,7 +652,7 @@ static void my_step(struct cm_sql_conn *c, int status)
     switch (mc->phase) {
     case MY_CONNECTING:
         if (mc->cret == NULL) {
-            my_broken(c, "connect");
+            my_broken(c, "connect", NULL);
             return;
         }
         my_idle(c);
@@ -387,12 +660,19 @@ static void my_step(struct cm_sql_conn *c, int status)
         return;
     case MY_SETUP_QUERY:
     case MY_PROBE_QUERY:
-    case MY_OP_QUERY:
         query_done(c);
         return;
     case MY_PROBE_STORE:
-    case MY_OP_STORE:
         store_done(c);
+        return;
+    case MY_PREPARE:
+        prepare_done(c);
+        return;
+    case MY_EXECUTE:
+        execute_done(c);
+        return;
+    case MY_STMT_STORE:
+        stmt_store_done(c);
         return;
     case MY_IDLE:
         break;
@@ -434,12 +714,19 @@ static void my_io_cb(evutil_socket_t fd, short what, void *arg)
         return;
     case MY_SETUP_QUERY:
     case MY_PROBE_QUERY:
-    case MY_OP_QUERY:
         my_step(c, mysql_real_query_cont(&mc->qerr, mc->m, ready));
         return;
     case MY_PROBE_STORE:
-    case MY_OP_STORE:
         my_step(c, mysql_store_result_cont(&mc->res, mc->m, ready));
+        return;
+    case MY_PREPARE:
+        my_step(c, mysql_stmt_prepare_cont(&mc->qerr, mc->stmt, ready));
+        return;
+    case MY_EXECUTE:
+        my_step(c, mysql_stmt_execute_cont(&mc->qerr, mc->stmt, ready));
+        return;
+    case MY_STMT_STORE:
+        my_step(c, mysql_stmt_store_result_cont(&mc->qerr, mc->stmt, ready));
         return;
     }
 }

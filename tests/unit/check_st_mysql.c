@@ -1,4 +1,6 @@
-/* mysql:// storage against a real MariaDB/MySQL (CM_TEST_MYSQL_URL). */
+/* mysql:// storage against a real MariaDB/MySQL (CM_TEST_MYSQL_URL). The server's own counters
+ * (SHOW GLOBAL STATUS Com_stmt_*, Prepared_stmt_count) show that keys and values travel as bound
+ * parameters of prepared statements, prepared once per connection. */
 #include "conf/url.h"
 #include "daemon/buf.h"
 #include "storages/sql_common.h"
@@ -121,10 +123,45 @@ START_TEST(test_expired_rows_are_misses)
 }
 END_TEST
 
-static long long com_select(void)
+static long long status(const char *name)
 {
-    return side_count("SHOW GLOBAL STATUS LIKE 'Com_select'");
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SHOW GLOBAL STATUS LIKE '%s'", name);
+    return side_count(sql);
 }
+
+/* The server counters a test looks at, read together. */
+struct my_counts {
+    long long execute, prepare, select, insert, del, stmts;
+};
+
+static struct my_counts counts(void)
+{
+    struct my_counts n = {
+        .execute = status("Com_stmt_execute"), .prepare = status("Com_stmt_prepare"),
+        .select = status("Com_select"),        .insert = status("Com_insert"),
+        .del = status("Com_delete"),           .stmts = status("Prepared_stmt_count"),
+    };
+    return n;
+}
+
+/* b - a; reading the counters changes none of them (SHOW STATUS is Com_show_status). */
+static struct my_counts delta(struct my_counts a, struct my_counts b)
+{
+    struct my_counts d = {
+        b.execute - a.execute, b.prepare - a.prepare, b.select - a.select,
+        b.insert - a.insert,   b.del - a.del,         b.stmts - a.stmts,
+    };
+    return d;
+}
+
+#define ASSERT_COUNTS(d, ex, pr, sel, ins, dl, st)                                              \
+    ck_assert_msg((d).execute == (ex) && (d).prepare == (pr) && (d).select == (sel) &&           \
+                      (d).insert == (ins) && (d).del == (dl) && (d).stmts == (st),               \
+                  "%s:%d: execute %lld prepare %lld select %lld insert %lld delete %lld "        \
+                  "prepared %lld",                                                               \
+                  __FILE__, __LINE__, (d).execute, (d).prepare, (d).select, (d).insert, (d).del, \
+                  (d).stmts)
 
 START_TEST(test_mget_is_one_query)
 {
@@ -139,23 +176,203 @@ START_TEST(test_mget_is_one_query)
     struct h_res r;
     h_run(&h, CM_ST_SET, 40, keys, vals, NULL, -1, &r);
     ck_assert_int_eq(r.status, CM_OK);
-    long long t0 = com_select();
-    long long base = com_select() - t0;   /* what measuring costs by itself */
-    long long b0 = com_select();
+    h_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);   /* prepares the 64-key read */
+    h_res_free(&r);
+    struct my_counts b0 = counts();
     h_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);
-    long long batch = com_select() - b0 - base;
+    struct my_counts batch = delta(b0, counts());
     ck_assert_int_eq(r.status, CM_OK);
     for (size_t i = 0; i < 40; i++) {
         ck_assert_int_eq(r.result[i], CM_ST_HIT);
     }
     h_res_free(&r);
-    long long s0 = com_select();
+    /* One execute of the prepared SELECT, no new prepare; MariaDB counts the executed
+     * statement's kind in Com_select as well. */
+    ASSERT_COUNTS(batch, 1, 0, 1, 0, 0, 0);
+    for (size_t i = 0; i < 4; i++) {   /* prepare the 1-key read on every connection */
+        ck_assert_int_eq(h_get1(&h, keys[i], "v", 1), CM_ST_HIT);
+    }
+    struct my_counts s0 = counts();
     for (size_t i = 0; i < 4; i++) {
         ck_assert_int_eq(h_get1(&h, keys[i], "v", 1), CM_ST_HIT);
     }
-    long long singles = com_select() - s0 - base;
-    ck_assert_msg(batch == 1 && singles == 4, "Com_select: mget of 40 %lld, 4 gets %lld", batch,
-                  singles);
+    ASSERT_COUNTS(delta(s0, counts()), 4, 0, 4, 0, 0, 0);
+}
+END_TEST
+
+/* One connection: each kind and batch size is prepared once, then only executed; reads,
+ * upserts and deletes are all COM_STMT_EXECUTE. */
+START_TEST(test_statements_prepared_once_per_connection)
+{
+    struct h_st one;
+    h_open(&one, CM_ST_TYPE_MYSQL, h_env("CM_TEST_MYSQL_URL"), MY_TABLE, 1, 3000);
+    ck_assert_int_eq(h_get1(&one, "cacheme:warm:v1", NULL, 0), CM_ST_MISS);   /* setup done */
+    struct my_counts c0 = counts();
+    ck_assert_int_eq(h_set1(&one, "cacheme:p:v1", "one", 3, 60000), CM_OK);
+    ASSERT_COUNTS(delta(c0, counts()), 1, 1, 0, 1, 0, 1);   /* the upsert: prepared, executed */
+    c0 = counts();
+    ck_assert_int_eq(h_set1(&one, "cacheme:p:v1", "two", 3, -1), CM_OK);
+    ck_assert_int_eq(h_get1(&one, "cacheme:p:v1", "two", 3), CM_ST_HIT);
+    ck_assert_int_eq(h_get1(&one, "cacheme:q:v1", NULL, 0), CM_ST_MISS);
+    ASSERT_COUNTS(delta(c0, counts()), 3, 0, 2, 1, 0, 0);
+    const char *keys[] = { "cacheme:p:v1", "cacheme:q:v1", "cacheme:r:v1" };
+    struct h_res r;
+    c0 = counts();
+    h_run(&one, CM_ST_GET, 3, keys, NULL, NULL, 0, &r);   /* 3 keys: the 4-key statement */
+    ck_assert_int_eq(r.status, CM_OK);
+    ck_assert_int_eq(r.result[0], CM_ST_HIT);
+    ck_assert_int_eq(r.result[1] + r.result[2], CM_ST_MISS + CM_ST_MISS);
+    h_res_free(&r);
+    h_run(&one, CM_ST_GET, 2, keys, NULL, NULL, 0, &r);   /* 2 keys: the same statement */
+    ck_assert_int_eq(r.result[0], CM_ST_HIT);
+    h_res_free(&r);
+    ASSERT_COUNTS(delta(c0, counts()), 2, 1, 2, 0, 0, 1);
+    c0 = counts();
+    h_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    h_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
+    ASSERT_COUNTS(delta(c0, counts()), 2, 1, 0, 0, 2, 1);
+    ck_assert_int_eq(h_get1(&one, "cacheme:p:v1", NULL, 0), CM_ST_MISS);
+    /* upsert/1, read/1, read/4, delete/1 stay prepared on the server until the connection ends */
+    struct my_counts before_close = counts();
+    h_close(&one);
+    for (int i = 0; i < 50 && delta(before_close, counts()).stmts != -4; i++) {
+        usleep(20 * 1000);   /* the server frees them when it sees the connection close */
+    }
+    ck_assert_int_eq(delta(before_close, counts()).stmts, -4);
+}
+END_TEST
+
+/* Characters that would matter in SQL text, and a '?' that would matter to a placeholder
+ * scanner, as keys; values with NUL bytes (leading, inner, trailing) and 0xff. */
+START_TEST(test_bound_keys_and_values_exact)
+{
+    static const char *const keys[] = {
+        "cacheme:what?:v1",
+        "cacheme:?, ?) OR 1=1 -- :v1",
+        "cacheme:50%_off;\\'\\\"x:v1",
+        "cacheme:\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e \xc3\xa9 \xf0\x9f\x98\x80:v1",
+        "cacheme:trailing space :v1",
+    };
+    static const char val[] = "\0lead\0inner'\\\xff\0";
+    size_t n = CM_ARRAY_LEN(keys);
+    const char *vals[CM_ARRAY_LEN(keys)];
+    size_t vlens[CM_ARRAY_LEN(keys)];
+    for (size_t i = 0; i < n; i++) {
+        vals[i] = val;
+        vlens[i] = sizeof(val) - 1 - i;   /* every one ends differently, some in NUL */
+    }
+    struct h_res r;
+    h_run(&h, CM_ST_SET, n, keys, vals, vlens, 60000, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    h_run(&h, CM_ST_GET, n, keys, NULL, NULL, 0, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(r.result[i] == CM_ST_HIT, "miss for %s", keys[i]);
+        ck_assert_uint_eq(r.vlen[i], vlens[i]);
+        ck_assert_mem_eq(r.val[i], val, vlens[i]);
+    }
+    h_res_free(&r);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), (long long)n);
+    /* stored exactly: the key's bytes and the value's hex, read back by another client */
+    for (size_t i = 0; i < n; i++) {
+        char esc[256];
+        char hex[64];
+        char sql[640];
+        mysql_real_escape_string(side, esc, keys[i], strlen(keys[i]));
+        mysql_hex_string(hex, val, vlens[i]);
+        snprintf(sql, sizeof(sql),
+                 "SELECT COUNT(*) FROM " MY_TABLE " WHERE BINARY `key` = '%s' AND HEX(value) = "
+                 "'%s' AND expire > UTC_TIMESTAMP(6)",
+                 esc, hex);
+        ck_assert_msg(side_count(sql) == 1, "row for %s", keys[i]);
+    }
+    /* near misses of those keys are misses */
+    const char *near[] = { "cacheme:what:v1", "cacheme:trailing space:v1", "cacheme:%:v1" };
+    h_run(&h, CM_ST_GET, CM_ARRAY_LEN(near), near, NULL, NULL, 0, &r);
+    for (size_t i = 0; i < CM_ARRAY_LEN(near); i++) {
+        ck_assert_int_eq(r.result[i], CM_ST_MISS);
+    }
+    h_res_free(&r);
+    h_run(&h, CM_ST_DEL, n, keys, NULL, NULL, 0, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 0);
+}
+END_TEST
+
+#define BIG_N 600   /* more keys than the largest prepared batch (512) */
+
+/* What a BIG_N-key op came back with (h_res holds only H_MAX items). */
+struct big_res {
+    bool done;
+    int status;
+    size_t hits;
+    size_t bad;   /* hits whose value is not "val-<index>" */
+};
+
+static void big_done(struct cm_st_op *op, void *arg)
+{
+    struct big_res *r = arg;
+    r->done = true;
+    r->status = op->status;
+    for (size_t i = 0; i < op->nitems; i++) {
+        const struct cm_st_item *it = &op->items[i];
+        if (it->result != CM_ST_HIT) {
+            continue;
+        }
+        char want[32];
+        int n = snprintf(want, sizeof(want), "val-%zu", i % BIG_N);
+        r->hits++;
+        r->bad += it->vlen != (size_t)n || memcmp(it->val, want, (size_t)n) != 0;
+    }
+}
+
+/* A GET of n keys, its results checked by big_done (h_run keeps only H_MAX of them). */
+static void big_get(size_t n, const char *const *keys, struct big_res *r)
+{
+    memset(r, 0, sizeof(*r));
+    struct cm_st_op *op = cm_st_op_new(CM_ST_GET, n);
+    for (size_t i = 0; i < n; i++) {
+        cm_st_op_set_key(op, i, keys[i], strlen(keys[i]));
+    }
+    cm_storage_submit(h.st, op, big_done, r);
+    while (!r->done) {
+        event_base_loop(h.base, EVLOOP_ONCE);
+    }
+}
+
+START_TEST(test_batch_larger_than_largest_size)
+{
+    static char names[BIG_N + 10][32];
+    static char vbufs[BIG_N][32];
+    static const char *keys[BIG_N + 10];
+    static const char *vals[BIG_N];
+    for (size_t i = 0; i < BIG_N + 10; i++) {
+        snprintf(names[i], sizeof(names[i]), "cacheme:big%04zu:v1", i);
+        keys[i] = names[i];
+        if (i < BIG_N) {
+            snprintf(vbufs[i], sizeof(vbufs[i]), "val-%zu", i);
+            vals[i] = vbufs[i];
+        }
+    }
+    struct h_res hr;
+    struct big_res r;
+    struct my_counts c0 = counts();
+    h_run(&h, CM_ST_SET, BIG_N, keys, vals, NULL, -1, &hr);   /* 512 + 88 rows (padded to 256) */
+    ck_assert_int_eq(hr.status, CM_OK);
+    struct my_counts d = delta(c0, counts());
+    ck_assert_msg(d.execute == 2 && d.insert == 2, "execute %lld insert %lld", d.execute,
+                  d.insert);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), BIG_N);
+    c0 = counts();
+    big_get(BIG_N + 10, keys, &r);   /* 512 + 98 keys: two executes */
+    ck_assert_int_eq(r.status, CM_OK);
+    ck_assert_uint_eq(r.hits, BIG_N);
+    ck_assert_uint_eq(r.bad, 0);
+    ck_assert_int_eq(delta(c0, counts()).execute, 2);
+    h_run(&h, CM_ST_DEL, BIG_N, keys, NULL, NULL, 0, &hr);
+    ck_assert_int_eq(hr.status, CM_OK);
+    ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 0);
 }
 END_TEST
 
@@ -200,6 +417,13 @@ START_TEST(test_server_restart_reconnects)
     mysql_close(side);
     h_check_restart(&h, "CM_TEST_MYSQL_RESTART_CMD", "mariadb");
     side = side_conn();
+    /* The statements died with the old server; the new one has counted since it started: the
+     * connection of cacheme:rs:v1 prepared its read and its upsert again, once each. */
+    struct my_counts now = counts();
+    ck_assert_msg(now.prepare == 2 && now.stmts == 2, "after the restart: prepare %lld, "
+                  "prepared %lld", now.prepare, now.stmts);
+    ck_assert_int_eq(h_get1(&h, "cacheme:rs:v1", "after", 5), CM_ST_HIT);
+    ASSERT_COUNTS(delta(now, counts()), 1, 0, 1, 0, 0, 0);
 }
 END_TEST
 
@@ -286,6 +510,9 @@ static Suite *mysql_suite(void)
     tcase_add_test(tc, test_cacheme_reads_row);
     tcase_add_test(tc, test_server_down_is_prompt_miss);
     tcase_add_test(tc, test_mget_is_one_query);
+    tcase_add_test(tc, test_statements_prepared_once_per_connection);
+    tcase_add_test(tc, test_bound_keys_and_values_exact);
+    tcase_add_test(tc, test_batch_larger_than_largest_size);
     tcase_add_test(tc, test_server_restart_reconnects);
     suite_add_tcase(s, tc);
     return s;
