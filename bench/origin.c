@@ -9,6 +9,7 @@
  * are neither delayed nor counted. Prints "origin listening PORT" once ready (the real port
  * for --port 0); SIGTERM/SIGINT stop it. tests/origin.py is the full test origin (rules,
  * request log, Unix socket); it serves ~25k requests/s, this one several times more. */
+#include "bench/nofile.h"
 #include "daemon/alloc.h"
 #include "daemon/common.h"
 
@@ -27,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 
 #define ORIGIN_BACKLOG 4096 /* evhttp_bind_socket would listen with 128 */
@@ -148,15 +148,6 @@ static void on_signal(evutil_socket_t fd, short what, void *arg)
     event_base_loopbreak(arg);
 }
 
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
-
 static void usage(void)
 {
     fprintf(stderr, "usage: origin [--port P] [--host 127.0.0.1] [--default-delay-ms 100]\n");
@@ -186,7 +177,7 @@ int main(int argc, char **argv)
     if (port < 0 || port > 65535 || delay_ms < 0) {
         usage();
     }
-    raise_nofile();
+    bench_raise_nofile();
     signal(SIGPIPE, SIG_IGN);
 
     struct origin o = {0};

@@ -2,6 +2,7 @@
  * makespan of a zero-overhead coalescing cache on it (a discrete-event simulation), and one
  * driver that replays the trace against cachemed (RESP, pipelined) or an HTTP cache (Varnish,
  * nginx) with N workers, each one request at a time, checking every reply against its key. */
+#include "bench/nofile.h"
 #include "bench/zipf.h"
 #include "daemon/alloc.h"
 #include "daemon/common.h"
@@ -502,6 +503,15 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     event_base_loopbreak(r->base);
 }
 
+/* CPU seconds (user + system) this process has used so far. */
+static double cpu_sec(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -548,7 +558,7 @@ static int drive(const struct trace *t, enum proto proto, int port, size_t worke
     while (r.connected < nconns && !r.failed) {
         event_base_loop(r.base, EVLOOP_ONCE);
     }
-    double t0 = now_sec();
+    double t0 = now_sec(), cpu0 = cpu_sec();
     for (size_t i = 0; i < nconns && !r.failed; i++) {
         issue(&r.conns[i]); /* workers pull in order: one request per worker, round robin */
     }
@@ -560,10 +570,11 @@ static int drive(const struct trace *t, enum proto proto, int port, size_t worke
     if (!r.failed && r.done < t->nreq) {
         event_base_dispatch(r.base);
     }
-    double wall = now_sec() - t0;
+    double wall = now_sec() - t0, cpu = cpu_sec() - cpu0;
     printf("wall_ms=%.0f requests=%zu done=%zu bad=%zu errors=%zu workers=%zu conns=%zu "
-           "reconnects=%zu failed=%d\n",
-           wall * 1000, t->nreq, r.done, r.bad, r.errors, workers, nconns, r.reconnects, r.failed);
+           "reconnects=%zu failed=%d cpu_s=%.2f\n",
+           wall * 1000, t->nreq, r.done, r.bad, r.errors, workers, nconns, r.reconnects, r.failed,
+           cpu);
     qsort(r.lat, t->nreq, sizeof(double), cmp_double);
     printf("latency_ms p50=%.1f p90=%.1f p99=%.1f max=%.1f\n", r.lat[t->nreq / 2] * 1000,
            r.lat[t->nreq * 9 / 10] * 1000, r.lat[t->nreq * 99 / 100] * 1000,
@@ -584,15 +595,6 @@ static int drive(const struct trace *t, enum proto proto, int port, size_t worke
     cm_free(r.conns);
     event_base_free(r.base);
     return r.failed || r.bad > 0 || r.errors > 0 || r.done != t->nreq ? 1 : 0;
-}
-
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
 }
 
 static void usage(void)
@@ -669,7 +671,7 @@ int main(int argc, char **argv)
         if (workers == 0 || port <= 0 || port > 65535 || (http && batch)) {
             usage();
         }
-        raise_nofile();
+        bench_raise_nofile();
         rc = drive(&t, http ? PROTO_HTTP : PROTO_RESP, (int)port, workers,
                    nconns != 0 ? nconns : workers, path, (int)timeout_s);
     } else {

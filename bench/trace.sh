@@ -5,21 +5,23 @@
 # origin at N = 1,000 and 10,000. Each run starts cold (fresh cachemed/peer, FLUSHALL, origin
 # counters reset). Prints markdown and writes it to bench/RESULTS-trace.md.
 # Knobs: NS="1000 10000 100000" BATCH_NS="1000 10000" PEER_NS="1000 10000" PEERS="varnish nginx"
-#        SEED=1 RESP_CONNS=10000 (cap on cachemed connections) HTTP_CONNS=10000 OUT=file
+#        (an empty list skips that part) SEED=1 RESP_CONNS=10000 (cap on cachemed connections)
+#        HTTP_CONNS=10000 OUT=file
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-NS=${NS:-"1000 10000 100000"}
-BATCH_NS=${BATCH_NS:-"1000 10000"}
-PEER_NS=${PEER_NS:-"1000 10000"}
-PEERS=${PEERS:-"varnish nginx"}
+NS=${NS-"1000 10000 100000"}
+BATCH_NS=${BATCH_NS-"1000 10000"}
+PEER_NS=${PEER_NS-"1000 10000"}
+PEERS=${PEERS-"varnish nginx"}
 SEED=${SEED:-1}
 RESP_CONNS=${RESP_CONNS:-10000}
 HTTP_CONNS=${HTTP_CONNS:-10000}
 OUT=${OUT:-bench/RESULTS-trace.md}
 PY=/usr/bin/python3
 trace=build/bench/trace
-make --no-print-directory -s build/cachemed "$trace"
+origin_bin=build/bench/origin
+make --no-print-directory -s build/cachemed "$trace" "$origin_bin"
 ulimit -n "$(ulimit -Hn)"
 
 dir=$(mktemp -d /tmp/cm-trace.XXXXXX)
@@ -49,14 +51,31 @@ wait_for() { # seconds, command...
     done
 }
 
-# ---- shared servers: one redis-server and the origin (tests/origin.py, 100 ms per load)
+# CPU seconds (user + system) used so far by a process and its descendants (nginx workers,
+# the Varnish child).
+descendants() { local p; echo "$1"; for p in $(pgrep -P "$1"); do descendants "$p"; done; }
+cpu_tree() {
+    local p f=()
+    for p in $(descendants "$1"); do f+=("/proc/$p/stat"); done
+    awk -v hz="$(getconf CLK_TCK)" '{s += $14 + $15} END {printf "%.2f\n", s / hz}' "${f[@]}" 2>/dev/null
+}
+# cpu_of PID...: one line of their CPU seconds so far
+cpu_of() { local p; for p in "$@"; do printf '%s ' "$(cpu_tree "$p")"; done; echo; }
+# cpu_delta "before" "after": the per-process differences, "a/b/c"
+cpu_delta() { awk -v a="$1" -v b="$2" 'BEGIN {n = split(a, x, " "); split(b, y, " ");
+    for (i = 1; i <= n; i++) printf "%s%.1f", (i > 1 ? "/" : ""), y[i] - x[i]; print ""}'; }
+
+# ---- shared servers: one redis-server and the origin (bench/origin.c: C, evhttp, one loop;
+# every load answered after a 100 ms evtimer; the same origin for cachemed, Varnish and nginx)
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
     --dir "$dir" > "$dir/redis.log" 2>&1 &
 pids+=($!)
 wait_for 10 redis-cli -p "$rport" ping
-$PY tests/origin.py --port 0 --default-delay-ms 100 > "$dir/origin.out" 2> "$dir/origin.err" &
-pids+=($!)
+"$origin_bin" --port 0 --default-delay-ms 100 > "$dir/origin.out" 2> "$dir/origin.err" &
+origin_pid=$!
+pids+=("$origin_pid")
+redis_pid=${pids[0]}
 wait_for 10 grep -q 'origin listening' "$dir/origin.out"
 oport=$(awk '/origin listening/ {print $3}' "$dir/origin.out")
 
@@ -116,13 +135,15 @@ rows=()
 peer_rows=()
 failed=0
 run_cachemed() { # N, chain, "" | --batch
-    local n=$1 chain=$2 batch=$3 conns out wall bad gets mgets loads id
+    local n=$1 chain=$2 batch=$3 conns out wall bad gets mgets loads id c0 cpu
     conns=$((n < RESP_CONNS ? n : RESP_CONNS))
     cold_start
     start_cachemed "$chain"
+    c0=$(cpu_of "$cm_pid" "$redis_pid" "$origin_pid")
     out=$("$trace" resp --seed "$SEED" --port "$cm_port" --workers "$n" --conns "$conns" $batch) ||
         failed=1
-    echo "# cachemed $chain N=$n $batch: $out" >&2
+    cpu=$(cpu_delta "$c0" "$(cpu_of "$cm_pid" "$redis_pid" "$origin_pid")")/$(field cpu_s "$out")
+    echo "# cachemed $chain N=$n $batch: $out cpu(cachemed/redis/origin/driver)=$cpu load=$(cut -d' ' -f1 /proc/loadavg)" >&2
     read -r gets mgets <<< "$(redis_reads)"
     loads=$(origin_total)
     stop_pid "$cm_pid"
@@ -130,7 +151,7 @@ run_cachemed() { # N, chain, "" | --batch
     wall=$(field wall_ms "$out")
     bad=$(($(field bad "$out") + $(field errors "$out") + $(field requests "$out") - $(field done "$out")))
     id=$(ideal_of "$n" "$batch")
-    rows+=("$n|$chain${batch:+ (MGET x20)}|$conns|$wall|$id|$loads|$gets|$mgets|$bad|$(field p50 "$out")|$(field p99 "$out")")
+    rows+=("$n|$chain${batch:+ (MGET x20)}|$conns|$wall|$id|$loads|$gets|$mgets|$bad|$(field p50 "$out")|$(field p99 "$out")|$cpu")
 }
 
 start_peer() { # varnish | nginx; sets peer_pid, peer_port
@@ -155,19 +176,21 @@ start_peer() { # varnish | nginx; sets peer_pid, peer_port
 }
 
 run_peer() { # peer, N
-    local peer=$1 n=$2 conns out wall bad loads
+    local peer=$1 n=$2 conns out wall bad loads c0 cpu
     conns=$((n < HTTP_CONNS ? n : HTTP_CONNS))
     start_peer "$peer"
     cold_start # after the start-up probe, so it is not counted
+    c0=$(cpu_of "$peer_pid" "$origin_pid")
     out=$("$trace" http --seed "$SEED" --port "$peer_port" --workers "$n" --conns "$conns") ||
         failed=1
-    echo "# $peer N=$n: $out" >&2
+    cpu=$(cpu_delta "$c0" "$(cpu_of "$peer_pid" "$origin_pid")")/$(field cpu_s "$out")
+    echo "# $peer N=$n: $out cpu($peer/origin/driver)=$cpu load=$(cut -d' ' -f1 /proc/loadavg)" >&2
     loads=$(origin_total)
     stop_pid "$peer_pid"
     forget_pid "$peer_pid"
     wall=$(field wall_ms "$out")
     bad=$(($(field bad "$out") + $(field errors "$out") + $(field requests "$out") - $(field done "$out")))
-    peer_rows+=("$n|$peer|$conns|$wall|$(ideal_of "$n" "")|$loads|$bad|$(field p50 "$out")|$(field p99 "$out")")
+    peer_rows+=("$n|$peer|$conns|$wall|$(ideal_of "$n" "")|$loads|$bad|$(field p50 "$out")|$(field p99 "$out")|$cpu")
 }
 
 t0=$(date +%s)
@@ -195,30 +218,32 @@ bunique=$(field unique "$bkeys")
     echo "($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)),"
     echo "total $(($(date +%s) - t0)) s. Trace: Go's Zipf (bench/zipf.h) s=1.001, v=10, imax=200,000, seed $SEED,"
     echo "200,000 requests, **$unique unique keys**; batch: 10,000 MGETs of 20 distinct keys from"
-    echo "s=1.0001, **$bunique unique keys**. Origin: tests/origin.py, 100 ms per load, body = uid."
+    echo "s=1.0001, **$bunique unique keys**. Origin: bench/origin.c (C, libevent evhttp, one loop),"
+    echo "100 ms per load (an evtimer), body = uid; the same origin behind cachemed, Varnish and nginx."
     echo "Every reply was checked against its key (\"bad\" = wrong, missing or error replies)."
     echo
     echo "## cachemed"
     echo
-    echo "| N | chain | conns | wall s | ideal s | wall/ideal | loader calls | Redis GET | Redis MGET | Cacheme's GETs | bad | p50 ms | p99 ms |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| N | chain | conns | wall s | ideal s | wall/ideal | loader calls | Redis GET | Redis MGET | Cacheme's GETs | bad | p50 ms | p99 ms | CPU s cachemed/redis/origin/driver |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     for r in "${rows[@]}"; do
-        IFS='|' read -r n chain conns wall id loads gets mgets bad p50 p99 <<< "$r"
+        IFS='|' read -r n chain conns wall id loads gets mgets bad p50 p99 cpu <<< "$r"
         pub=${published[$n$chain]:-}
         case $chain in *MGET*) want=$bunique; pub="" ;; *) want=$unique ;; esac
         [ "$loads" = "$want" ] && lmark="$loads" || lmark="$loads (≠ $want)"
         awk -v n="$n" -v c="$chain" -v cn="$conns" -v w="$wall" -v i="$id" -v l="$lmark" \
             -v g="$gets" -v m="$mgets" -v p="${pub:--}" -v b="$bad" -v p50="$p50" -v p99="$p99" \
-            'BEGIN {printf "| %d | %s | %d | %.2f | %.2f | %.2f | %s | %d | %d | %s | %d | %s | %s |\n",
-                    n, c, cn, w / 1000, i / 1000, w / i, l, g, m, p, b, p50, p99}'
+            -v cpu="$cpu" \
+            'BEGIN {printf "| %d | %s | %d | %.2f | %.2f | %.2f | %s | %d | %d | %s | %d | %s | %s | %s |\n",
+                    n, c, cn, w / 1000, i / 1000, w / i, l, g, m, p, b, p50, p99, cpu}'
     done
     echo
     echo "## Peers: the same trace over HTTP/1.1, same origin"
     echo
-    echo "| N | server | conns | wall s | ideal s | wall/ideal | loader calls | bad | p50 ms | p99 ms | cachemed [redis] wall s |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| N | server | conns | wall s | ideal s | wall/ideal | loader calls | bad | p50 ms | p99 ms | CPU s server/origin/driver | cachemed [redis] wall s |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
     for r in "${peer_rows[@]}"; do
-        IFS='|' read -r n peer conns wall id loads bad p50 p99 <<< "$r"
+        IFS='|' read -r n peer conns wall id loads bad p50 p99 cpu <<< "$r"
         cmw=-
         for c in "${rows[@]}"; do
             IFS='|' read -r cn cchain _ cwall _ <<< "$c"
@@ -226,9 +251,9 @@ bunique=$(field unique "$bkeys")
         done
         [ "$loads" = "$unique" ] && lmark="$loads" || lmark="$loads (≠ $unique)"
         awk -v n="$n" -v s="$peer" -v cn="$conns" -v w="$wall" -v i="$id" -v l="$lmark" -v b="$bad" \
-            -v p50="$p50" -v p99="$p99" -v cm="$cmw" \
-            'BEGIN {printf "| %d | %s | %d | %.2f | %.2f | %.2f | %s | %d | %s | %s | %s |\n",
-                    n, s, cn, w / 1000, i / 1000, w / i, l, b, p50, p99, cm}'
+            -v p50="$p50" -v p99="$p99" -v cm="$cmw" -v cpu="$cpu" \
+            'BEGIN {printf "| %d | %s | %d | %.2f | %.2f | %.2f | %s | %d | %s | %s | %s | %s |\n",
+                    n, s, cn, w / 1000, i / 1000, w / i, l, b, p50, p99, cpu, cm}'
     done
     echo
     echo "## How it was measured"
@@ -244,6 +269,8 @@ bunique=$(field unique "$bkeys")
     echo "  its flight, any other key is a 100 ms load (an MGET ends with its last key)."
     echo "- Loader calls: the origin's own counter (/__stats). Redis GET/MGET: INFO commandstats"
     echo "  of the redis-server behind cachemed (CONFIG RESETSTAT and FLUSHALL before each run)."
+    echo "- CPU s: user + system seconds used during the run (from /proc: cachemed, redis-server, the"
+    echo "  origin, a peer with its child processes; the driver's own getrusage), on $(nproc) cores."
     echo "- cachemed: [storage shared] redis pool_size 16, serializer msgpack, loader_timeout 300s, timeout 30s;"
     echo "  [local] = local://tlfu size 3000. Cacheme's published counts: its README (N = 1k/10k/100k)."
     echo "- Peers: Varnish $(varnishd -V 2>&1 | grep -o 'varnish-[0-9.]*' | head -1) (waiting list; bench/varnish.vcl, ttl 10m,"
