@@ -1,7 +1,8 @@
 """The chain through the daemon with the SQL storages (SQLite, PostgreSQL, MariaDB), with real
 clients and real servers: Cacheme's row format (read back the way Cacheme reads it), remote hits
 from a second daemon, expiry checked at read time, one query per MGET, awkward keys, a server
-restarted mid-test or down at start, DEL and SET.
+restarted mid-test or down at start, DEL and SET; with MariaDB, that reads and writes are
+executes of prepared statements (bound parameters).
 
 Servers come from CM_TEST_PG_URL, CM_TEST_MYSQL_URL and CM_TEST_SRV_BASE (scripts/backends.sh
 start-all); a missing variable fails the class with a message saying which. Each class uses its
@@ -224,10 +225,17 @@ class MyDB:
                         (when.astimezone(timezone.utc).replace(tzinfo=None), key))
 
     def select_count(self):
-        """Com_select: every SELECT any session ran (SHOW STATUS itself is not one)."""
+        """Com_stmt_execute: every execute of a prepared statement (the daemon's reads, upserts
+        and deletes are nothing else; the test's own queries are text, SHOW STATUS is none)."""
+        return self.counters()["Com_stmt_execute"]
+
+    def counters(self):
+        """The server's statement counters: Com_stmt_* (binary protocol) and the per-kind Com_*,
+        which MariaDB bumps for text queries and prepared executes alike."""
         with self._cur() as cur:
-            cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")
-            return int(cur.fetchone()[1])
+            cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_stmt_execute', "
+                        "'Com_stmt_prepare', 'Com_select', 'Com_insert', 'Com_delete')")
+            return {k: int(v) for k, v in cur.fetchall()}
 
     def close(self):
         with self._cur() as cur:
@@ -509,3 +517,39 @@ class PostgresTest(SqlChain, DaemonTest):
 
 class MariadbTest(SqlChain, DaemonTest):
     DB = MyDB
+
+    def bound_round(self, c, tag):
+        """Misses (read, load, upsert), an MGET of hits, a SET and a DEL of awkward keys through
+        one daemon; returns the server's counter deltas. The test reads no row meanwhile (its
+        own SELECTs would count): it waits for the upserts on the storage's write counter."""
+        keys = ["dj:%s%s" % (tag, a) for a in AWKWARD]
+        writes = lambda: c.info("storages")["storage_db"]["writes"]   # noqa: E731
+        w0, loads, before = writes(), self.origin.stats()["total"], self.db.counters()
+        loaded = [c.get(k) for k in keys]
+        self.assertEqual(self.origin.stats()["total"], loads + len(keys))
+        # the upserts follow the replies; until they finish, an MGET would join their flights
+        wait_for(lambda: writes() >= w0 + len(keys), 5, step=0.05, what="upserts of " + tag)
+        self.assertEqual(c.mget(keys), loaded)
+        self.assertTrue(c.set(keys[0], json.dumps({"set": tag})))   # replied once written
+        self.assertEqual(c.delete(keys[1]), 1)                      # replied once deleted
+        after = self.db.counters()
+        return {k: after[k] - before[k] for k in after}
+
+    # Issue 6: keys and values reach MariaDB only as bound parameters of prepared statements.
+    # MariaDB counts a prepared execute in Com_stmt_execute and in its kind's Com_select/insert/
+    # delete, a text query in the latter only: equal growth means no text statement at all.
+    def test_reads_and_writes_are_bound_prepared_statements(self):
+        d = self.daemon(self.body(pool_size=1))
+        c = d.client()
+        c.get("dj:warm")   # connect, setup, and prepare the 1-key read and upsert
+        self.row("dj:warm")
+        n = len(AWKWARD)
+        want = {"Com_stmt_execute": 2 * n + 3, "Com_select": n + 1, "Com_insert": n + 1,
+                "Com_delete": 1}
+        first = self.bound_round(c, "a-")
+        second = self.bound_round(c, "b-")
+        for delta in (first, second):
+            self.assertEqual({k: delta[k] for k in want}, want, delta)
+        # first use of the 16-key read (MGET of 11) and of the delete; then nothing new
+        self.assertEqual((first["Com_stmt_prepare"], second["Com_stmt_prepare"]), (2, 0))
+        print("\n  mariadb, per round of %d misses + MGET + SET + DEL: %s" % (n, second), end=" ")
