@@ -5,6 +5,7 @@
  *
  *   slot[]:   [e0][e1][e2]...[e(count-1)]        dense; bucket[] chains by index (hnext)
  *   queues:   head (MRU) <-> ... <-> tail (LRU)  prev/next by index, one list per segment
+ *   lru:      one queue; a hit marks the entry, eviction gives marked tails a second chance
  *   tlfu:     window LRU (1%) -> probation -> protected (80% of main); the window's LRU entry
  *             moves to probation as a candidate and must beat probation's LRU victim in the
  *             frequency sketch to stay. */
@@ -43,7 +44,7 @@ struct lentry {
     uint32_t hnext;       /* next slot of the same bucket, NIL at the end */
     uint32_t hash;        /* low 32 bits of the seeded key hash */
     int64_t expire_ms;    /* monotonic ms at which it expires; 0 = never */
-    uint32_t kq;          /* klen << 2 | queue */
+    uint32_t kq;          /* klen << 3 | referenced << 2 | queue */
     uint32_t vlen;
     char data[];
 };
@@ -94,9 +95,14 @@ static inline uint64_t next_rand(struct cm_local *lc)
     return lc->rng;
 }
 
-static inline size_t e_klen(const struct lentry *e) { return e->kq >> 2; }
+static inline size_t e_klen(const struct lentry *e) { return e->kq >> 3; }
 static inline int e_queue(const struct lentry *e) { return (int)(e->kq & 3); }
 static inline void e_set_queue(struct lentry *e, int q) { e->kq = (e->kq & ~3u) | (uint32_t)q; }
+static inline bool e_referenced(const struct lentry *e) { return (e->kq & 4) != 0; }
+static inline void e_set_referenced(struct lentry *e, bool on)
+{
+    e->kq = on ? e->kq | 4u : e->kq & ~4u;
+}
 static inline uint64_t sketch_hash(const struct cm_local *lc, uint32_t h)
 {
     return mix64((uint64_t)h ^ lc->seed);
@@ -250,7 +256,7 @@ static struct lentry *entry_new(struct cm_local *lc, const char *key, size_t kle
     e->prev = e->next = e->hnext = NIL;
     e->hash = h;
     e->expire_ms = expire_ms;
-    e->kq = (uint32_t)klen << 2;
+    e->kq = (uint32_t)klen << 3;
     e->vlen = (uint32_t)vlen;
     memcpy(e->data, key, klen);
     if (vlen > 0) {
@@ -308,6 +314,25 @@ static void evict(struct cm_local *lc, uint32_t i, uint32_t *track)
 {
     lc->evictions++;
     entry_remove(lc, i, track);
+}
+
+/* LRU with lazy promotion (CLOCK's second chance on a list, as Memcached and Redis approximate
+ * LRU too): a hit only marks the entry referenced, without relinking it, which would touch two
+ * neighbours at random places in memory on every hit (measured: 9% of a GET's CPU). At eviction a
+ * referenced tail moves to the head, unmarked, and the next tail is tried; each such move
+ * consumes one mark that a hit set, so eviction stays O(1) amortized. */
+static void lru_evict(struct cm_local *lc)
+{
+    for (;;) {
+        uint32_t t = lc->q[Q_WINDOW].tail;
+        struct lentry *e = lc->slot[t];
+        if (!e_referenced(e)) {
+            evict(lc, t, NULL);
+            return;
+        }
+        e_set_referenced(e, false);
+        q_move_head(lc, Q_WINDOW, t);
+    }
 }
 
 /* Brings the engine back to size: the ncand newest probation entries (just moved in from the
@@ -494,12 +519,13 @@ bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now
         }
         return false;
     }
-    on_access(lc, i);
-    if (tlfu) {
-        climb(lc, true);
-    }
-    /* climb() only moves entries between queues, so slot i is still this entry. */
     struct lentry *e = lc->slot[i];
+    if (!tlfu) {
+        e_set_referenced(e, true);  /* lazy promotion: see lru_evict */
+    } else {
+        on_access(lc, i);
+        climb(lc, true);    /* only moves entries between queues: e stays live */
+    }
     *val = e->data + e_klen(e);
     *vlen = e->vlen;
     return true;
@@ -537,7 +563,7 @@ void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char 
     q_push_head(lc, Q_WINDOW, i);
     if (lc->policy == CM_LOCAL_LRU) {
         if (lc->count > lc->size) {
-            evict(lc, lc->q[Q_WINDOW].tail, NULL);
+            lru_evict(lc);
         }
         return;
     }

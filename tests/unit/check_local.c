@@ -69,6 +69,30 @@ START_TEST(test_lru_bound_and_order)
 }
 END_TEST
 
+/* LRU's lazy promotion: a hit marks an entry instead of relinking it; eviction gives marked tail
+ * entries one second chance each, so they outlive unmarked older ones, then age out normally. */
+START_TEST(test_lru_second_chance)
+{
+    struct cm_local *lc = cm_local_new(CM_LOCAL_LRU, 4, 1);
+    const char *order[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++) {
+        kset(lc, order[i], "v", -1, 0);
+    }
+    ck_assert(kget(lc, "a", 0, NULL, 0));
+    ck_assert(kget(lc, "b", 0, NULL, 0));
+    kset(lc, "e", "v", -1, 0);   /* a and b are marked: c, the oldest unmarked, goes */
+    ck_assert(!khas(lc, "c") && khas(lc, "a") && khas(lc, "b"));
+    kset(lc, "f", "v", -1, 0);
+    ck_assert(!khas(lc, "d"));
+    kset(lc, "g", "v", -1, 0);
+    ck_assert(!khas(lc, "e"));
+    kset(lc, "h", "v", -1, 0);   /* a's mark was spent: without a new hit it ages out */
+    ck_assert(!khas(lc, "a") && khas(lc, "b"));
+    ck_assert_uint_eq(stats(lc).evictions, 4);
+    cm_local_free(lc);
+}
+END_TEST
+
 /* Binary keys and values, empty values, and many entries through index growth and removal. */
 START_TEST(test_many_entries_and_binary)
 {
@@ -418,6 +442,7 @@ static Suite *local_suite(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, test_lru_bound_and_order);
+    tcase_add_test(tc, test_lru_second_chance);
     tcase_add_test(tc, test_many_entries_and_binary);
     tcase_add_loop_test(tc, test_ttl_never_returned_and_replaced, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
     tcase_add_test(tc, test_expire_sampling_reclaims);
