@@ -186,11 +186,14 @@ counters() {
             "$what" $((s1 - s0)) $((i1 - i0)) $((x1 - x0))
         ;;
     mysql)
-        s0m=$(my_com select); i0m=$(my_com insert)
+        # Reads and upserts are executes of prepared statements: Com_stmt_execute, and MariaDB
+        # also counts each in Com_select / Com_insert (a text query would count there only).
+        s0m=$(my_com select); i0m=$(my_com insert); e0m=$(my_com stmt_execute); p0m=$(my_com stmt_prepare)
         "$@" > /dev/null
         sleep 0.5 # writes follow the reply
-        printf '| mysql | %s | Com_select %d, Com_insert %d |' "$what" \
-            $(($(my_com select) - s0m)) $(($(my_com insert) - i0m))
+        printf '| mysql | %s | Com_stmt_execute %d (Com_select %d, Com_insert %d); Com_stmt_prepare %d |' "$what" \
+            $(($(my_com stmt_execute) - e0m)) $(($(my_com select) - s0m)) $(($(my_com insert) - i0m)) \
+            $(($(my_com stmt_prepare) - p0m))
         ;;
     esac
 }
@@ -277,7 +280,9 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "xact_commit is pg_stat_database's for the daemon's database (read from another database,"
     echo "so the reads commit nothing there); Com_* are MariaDB's SHOW GLOBAL STATUS. A miss is one read (the"
     echo "SELECT that found nothing) and one write (the upsert of the loaded value); an MGET is one"
-    echo "SELECT ... WHERE key = ANY(\$1) (pg) / IN (...) (mysql) for all its keys."
+    echo "SELECT ... WHERE key = ANY(\$1) (pg) / IN (...) (mysql) for all its keys. MySQL statements are"
+    echo "prepared once per connection and batch size (1, 4, 16, 64, 256, 512 keys) and executed with bound"
+    echo "parameters: Com_stmt_prepare is 1 the first time a connection uses one."
 } > "$dir/results.md"
 cp "$dir/results.md" "$RESULTS"
 echo
