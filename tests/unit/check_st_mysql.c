@@ -300,6 +300,41 @@ START_TEST(test_bound_keys_and_values_exact)
 }
 END_TEST
 
+/* A statement the server refuses to prepare (its table is gone) fails the op as a server error
+ * (the connection stays up) and is not kept: once the table is back, the next op prepares it
+ * again on the same connection. */
+START_TEST(test_failed_prepare_is_not_kept)
+{
+    struct h_st one;
+    h_open(&one, CM_ST_TYPE_MYSQL, h_env("CM_TEST_MYSQL_URL"), MY_TABLE, 1, 3000);
+    ck_assert_int_eq(h_set1(&one, "cacheme:fp:v1", "x", 1, -1), CM_OK);   /* connected, set up */
+    side_exec("DROP TABLE " MY_TABLE);
+    struct my_counts c0 = counts();
+    long long rp0 = status("Com_stmt_reprepare");
+    ck_assert_int_eq(h_get1(&one, "cacheme:fp:v1", NULL, 0), -1);
+    ck_assert_uint_eq(one.st->stats.errors, 1);
+    struct cm_buf b;
+    cm_buf_init(&b);
+    cm_sql_schema(&b, CM_SQL_MYSQL, MY_TABLE);
+    while (cm_buf_used(&b) > 0 && strchr(";\n", cm_buf_start(&b)[cm_buf_used(&b) - 1])) {
+        b.len--;
+    }
+    cm_buf_append(&b, "", 1);
+    side_exec(cm_buf_start(&b));
+    cm_buf_deinit(&b);
+    ck_assert_int_eq(h_get1(&one, "cacheme:fp:v1", NULL, 0), CM_ST_MISS);
+    ck_assert_int_eq(h_set1(&one, "cacheme:fp:v1", "y", 1, -1), CM_OK);
+    ck_assert_int_eq(h_get1(&one, "cacheme:fp:v1", "y", 1), CM_ST_HIT);
+    struct my_counts d = delta(c0, counts());
+    long long rp = status("Com_stmt_reprepare") - rp0;
+    /* Two prepares of the read (refused, then kept); the server re-prepares the kept upsert by
+     * itself (its table changed), which it counts in Com_stmt_prepare too. */
+    ck_assert_msg(d.prepare - rp == 2 && rp == 1 && d.execute == 4,
+                  "prepare %lld (reprepare %lld) execute %lld", d.prepare, rp, d.execute);
+    h_close(&one);
+}
+END_TEST
+
 #define BIG_N 600   /* more keys than the largest prepared batch (512) */
 
 /* What a BIG_N-key op came back with (h_res holds only H_MAX items). */
@@ -513,6 +548,7 @@ static Suite *mysql_suite(void)
     tcase_add_test(tc, test_statements_prepared_once_per_connection);
     tcase_add_test(tc, test_bound_keys_and_values_exact);
     tcase_add_test(tc, test_batch_larger_than_largest_size);
+    tcase_add_test(tc, test_failed_prepare_is_not_kept);
     tcase_add_test(tc, test_server_restart_reconnects);
     suite_add_tcase(s, tc);
     return s;
