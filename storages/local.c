@@ -3,7 +3,8 @@
  * entries live in a dense slot array and link to each other by 32-bit slot index, so a removal
  * moves the last slot into the hole (keeping random sampling for expiry cheap and exact).
  *
- *   slot[]:   [e0][e1][e2]...[e(count-1)]        dense; bucket[] chains by index (hnext)
+ *   slot[]:   [e0][e1][e2]...[e(count-1)]        dense; each entry knows its slot
+ *   table[]:  open addressing, linear probing    cell = entry address | 16 hash bits << 48
  *   queues:   head (MRU) <-> ... <-> tail (LRU)  prev/next by index, one list per segment
  *   lru:      one queue; a hit marks the entry, eviction gives marked tails a second chance
  *   tlfu:     window LRU (1%) -> probation -> protected (80% of main); the window's LRU entry
@@ -41,7 +42,7 @@ enum {
 struct lentry {
     uint32_t prev;        /* slot towards the queue head (MRU), NIL at the head */
     uint32_t next;        /* slot towards the queue tail (LRU), NIL at the tail */
-    uint32_t hnext;       /* next slot of the same bucket, NIL at the end */
+    uint32_t slot;        /* its index in slot[] */
     uint32_t hash;        /* low 32 bits of the seeded key hash */
     int64_t expire_ms;    /* monotonic ms at which it expires; 0 = never */
     uint32_t kq;          /* klen << 3 | referenced << 2 | queue */
@@ -66,8 +67,8 @@ struct cm_local {
     struct lentry **slot;       /* owned, count live of slot_cap */
     uint32_t count;
     uint32_t slot_cap;
-    uint32_t *bucket;           /* owned, bucket_mask + 1 heads */
-    uint32_t bucket_mask;
+    uint64_t *table;            /* owned, table_cap cells (see index), 0 = empty */
+    uint32_t table_cap;
     struct lqueue q[4];         /* indexed by Q_* */
     uint64_t window_max;        /* tlfu targets; main = size - window_max */
     uint64_t protected_max;
@@ -152,38 +153,110 @@ static void q_move_head(struct cm_local *lc, int qid, uint32_t i)
 
 /* ---- index ---- */
 
-static uint32_t find(const struct cm_local *lc, const char *key, size_t klen, uint32_t h)
+/* A cell holds an entry's address and 16 bits of its hash in the address's unused top bits
+ * (user-space addresses fit in 48 bits on Linux x86-64 and arm64): a probe rejects other keys
+ * without reading their entries, so a lookup costs one cache miss in the table and one in the
+ * entry. The load stays at most 3/4, so a probe run is short and ends at an empty cell. */
+#define CELL_TAG_SHIFT 48
+#define CELL_ADDR_MASK ((UINT64_C(1) << CELL_TAG_SHIFT) - 1)
+
+static inline uint64_t cell_tag(uint32_t h) { return (uint64_t)(h & 0xffff) << CELL_TAG_SHIFT; }
+static inline struct lentry *cell_entry(uint64_t c)
 {
-    for (uint32_t i = lc->bucket[h & lc->bucket_mask]; i != NIL; i = lc->slot[i]->hnext) {
-        const struct lentry *e = lc->slot[i];
-        if (e->hash == h && e_klen(e) == klen && memcmp(e->data, key, klen) == 0) {
-            return i;
-        }
-    }
-    return NIL;
+    return (struct lentry *)(uintptr_t)(c & CELL_ADDR_MASK);
 }
 
-/* Returns the link (bucket head or hnext) that points at slot i. */
-static uint32_t *chain_ref(struct cm_local *lc, uint32_t i)
+static inline uint64_t cell_make(const struct lentry *e)
 {
-    uint32_t *p = &lc->bucket[lc->slot[i]->hash & lc->bucket_mask];
-    while (*p != i) {
-        p = &lc->slot[*p]->hnext;
+    uint64_t a = (uint64_t)(uintptr_t)e;
+    cm_assert((a & ~CELL_ADDR_MASK) == 0);
+    return a | cell_tag(e->hash);
+}
+
+/* The home cell of hash h: the high bits of h scaled to the table (no power-of-two size). */
+static inline uint32_t cell_home(const struct cm_local *lc, uint32_t h)
+{
+    return (uint32_t)(((uint64_t)h * lc->table_cap) >> 32);
+}
+
+static inline uint32_t cell_next(const struct cm_local *lc, uint32_t p)
+{
+    return p + 1 == lc->table_cap ? 0 : p + 1;
+}
+
+/* Cells for n entries at a load of 3/4. */
+static uint32_t table_cap_for(uint64_t n)
+{
+    return (uint32_t)(n + n / 3 + 2);
+}
+
+/* Returns the cell holding key, or NIL. */
+static uint32_t find_cell(const struct cm_local *lc, const char *key, size_t klen, uint32_t h)
+{
+    uint64_t tag = cell_tag(h);
+    for (uint32_t p = cell_home(lc, h);; p = cell_next(lc, p)) {
+        uint64_t c = lc->table[p];
+        if (c == 0) {
+            return NIL;
+        }
+        if ((c & ~CELL_ADDR_MASK) == tag) {
+            const struct lentry *e = cell_entry(c);
+            if (e->hash == h && e_klen(e) == klen && memcmp(e->data, key, klen) == 0) {
+                return p;
+            }
+        }
+    }
+}
+
+/* Returns the entry of key, or NULL. */
+static struct lentry *find(const struct cm_local *lc, const char *key, size_t klen, uint32_t h)
+{
+    uint32_t p = find_cell(lc, key, klen, h);
+    return p == NIL ? NULL : cell_entry(lc->table[p]);
+}
+
+/* Returns the cell holding e (which is in the table). */
+static uint32_t cell_of(const struct cm_local *lc, const struct lentry *e)
+{
+    uint32_t p = cell_home(lc, e->hash);
+    while (cell_entry(lc->table[p]) != e) {
+        p = cell_next(lc, p);
     }
     return p;
 }
 
-static void grow_buckets(struct cm_local *lc)
+static void table_put(struct cm_local *lc, const struct lentry *e)
 {
-    uint32_t n = (lc->bucket_mask + 1) * 2;
-    cm_free(lc->bucket);
-    lc->bucket = cm_malloc((size_t)n * sizeof(uint32_t));
-    memset(lc->bucket, 0xff, (size_t)n * sizeof(uint32_t));
-    lc->bucket_mask = n - 1;
+    uint32_t p = cell_home(lc, e->hash);
+    while (lc->table[p] != 0) {
+        p = cell_next(lc, p);
+    }
+    lc->table[p] = cell_make(e);
+}
+
+/* Empties cell p by shifting back the cells of its probe run that may move (no tombstones). */
+static void table_delete(struct cm_local *lc, uint32_t p)
+{
+    uint32_t hole = p;
+    for (uint32_t q = cell_next(lc, p); lc->table[q] != 0; q = cell_next(lc, q)) {
+        uint32_t home = cell_home(lc, cell_entry(lc->table[q])->hash);
+        /* The cell at q stays only if its home lies cyclically in (hole, q]. */
+        bool stays = hole <= q ? (home > hole && home <= q) : (home > hole || home <= q);
+        if (!stays) {
+            lc->table[hole] = lc->table[q];
+            hole = q;
+        }
+    }
+    lc->table[hole] = 0;
+}
+
+static void table_resize(struct cm_local *lc, uint32_t cap)
+{
+    cm_free(lc->table);
+    lc->table = cm_calloc(cap, sizeof(uint64_t));
+    lc->table_cap = cap;
     for (uint32_t i = 0; i < lc->count; i++) {
-        struct lentry *e = lc->slot[i];
-        e->hnext = lc->bucket[e->hash & lc->bucket_mask];
-        lc->bucket[e->hash & lc->bucket_mask] = i;
+        table_put(lc, lc->slot[i]);
     }
 }
 
@@ -200,11 +273,14 @@ static uint32_t index_add(struct cm_local *lc, struct lentry *e)
     }
     uint32_t i = lc->count++;
     lc->slot[i] = e;
-    if (lc->count > lc->bucket_mask + 1 && lc->bucket_mask < (UINT32_MAX >> 1)) {
-        grow_buckets(lc);   /* rehashes e too */
+    e->slot = i;
+    if ((uint64_t)lc->count * 4 > (uint64_t)lc->table_cap * 3) {
+        /* Double, but never beyond what size + 1 entries need: a full cache sits at 3/4. */
+        uint64_t cap = (uint64_t)lc->table_cap * 2;
+        uint32_t most = table_cap_for(lc->size + 1);
+        table_resize(lc, cap < most ? (uint32_t)cap : most);   /* puts e too */
     } else {
-        e->hnext = lc->bucket[e->hash & lc->bucket_mask];
-        lc->bucket[e->hash & lc->bucket_mask] = i;
+        table_put(lc, e);
     }
     return i;
 }
@@ -224,14 +300,14 @@ static void entry_remove(struct cm_local *lc, uint32_t i, uint32_t *track)
     if (e_queue(e) != Q_NONE) {
         q_unlink(lc, i);
     }
-    *chain_ref(lc, i) = e->hnext;
+    table_delete(lc, cell_of(lc, e));
     free_entry(lc, e);
     uint32_t last = --lc->count;
     if (i == last) {
         return;
     }
     struct lentry *m = lc->slot[last];
-    *chain_ref(lc, last) = i;
+    m->slot = i;
     int qid = e_queue(m);
     if (m->prev != NIL) {
         lc->slot[m->prev]->next = i;
@@ -253,7 +329,7 @@ static struct lentry *entry_new(struct cm_local *lc, const char *key, size_t kle
                                 const char *val, size_t vlen, uint32_t h, int64_t expire_ms)
 {
     struct lentry *e = cm_malloc(sizeof(*e) + klen + vlen);
-    e->prev = e->next = e->hnext = NIL;
+    e->prev = e->next = e->slot = NIL;
     e->hash = h;
     e->expire_ms = expire_ms;
     e->kq = (uint32_t)klen << 3;
@@ -465,9 +541,8 @@ struct cm_local *cm_local_new(enum cm_local_policy policy, uint64_t size, uint64
     lc->rng = mix64(seed ^ 0x5851f42d4c957f2dULL) | 1;
     lc->slot_cap = size + 1 < 16 ? (uint32_t)size + 1 : 16;
     lc->slot = cm_malloc((size_t)lc->slot_cap * sizeof(*lc->slot));
-    lc->bucket_mask = 15;
-    lc->bucket = cm_malloc(16 * sizeof(uint32_t));
-    memset(lc->bucket, 0xff, 16 * sizeof(uint32_t));
+    lc->table_cap = table_cap_for(lc->slot_cap);
+    lc->table = cm_calloc(lc->table_cap, sizeof(uint64_t));
     for (int q = 0; q < 4; q++) {
         lc->q[q].head = lc->q[q].tail = NIL;
     }
@@ -492,7 +567,7 @@ void cm_local_free(struct cm_local *lc)
         cm_free(lc->slot[i]);
     }
     cm_free(lc->slot);
-    cm_free(lc->bucket);
+    cm_free(lc->table);
     if (lc->policy == CM_LOCAL_TLFU) {
         cm_sketch_deinit(&lc->sketch);
     }
@@ -507,23 +582,22 @@ bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now
     if (tlfu) {
         cm_sketch_increment(&lc->sketch, sketch_hash(lc, h));
     }
-    uint32_t i = find(lc, key, klen, h);
-    if (i != NIL && lc->slot[i]->expire_ms != 0 && lc->slot[i]->expire_ms <= now_ms) {
-        entry_remove(lc, i, NULL);
+    struct lentry *e = find(lc, key, klen, h);
+    if (e != NULL && e->expire_ms != 0 && e->expire_ms <= now_ms) {
+        entry_remove(lc, e->slot, NULL);
         lc->expired++;
-        i = NIL;
+        e = NULL;
     }
-    if (i == NIL) {
+    if (e == NULL) {
         if (tlfu) {
             climb(lc, false);
         }
         return false;
     }
-    struct lentry *e = lc->slot[i];
     if (!tlfu) {
         e_set_referenced(e, true);  /* lazy promotion: see lru_evict */
     } else {
-        on_access(lc, i);
+        on_access(lc, e->slot);
         climb(lc, true);    /* only moves entries between queues: e stays live */
     }
     *val = e->data + e_klen(e);
@@ -546,15 +620,18 @@ void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char 
     if (lc->nttl > 0) {
         sample_expire(lc, now_ms, 2);
     }
-    uint32_t i = find(lc, key, klen, h);
-    if (i != NIL) {
-        struct lentry *old = lc->slot[i];
+    uint32_t p = find_cell(lc, key, klen, h);
+    uint32_t i;
+    if (p != NIL) {
+        struct lentry *old = cell_entry(lc->table[p]);
         struct lentry *e = entry_new(lc, key, klen, val, vlen, h, expire_ms);
+        i = old->slot;
         e->prev = old->prev;
         e->next = old->next;
-        e->hnext = old->hnext;
+        e->slot = i;
         e->kq = old->kq;
         lc->slot[i] = e;
+        lc->table[p] = cell_make(e);
         free_entry(lc, old);
         on_access(lc, i);
         return;
@@ -578,11 +655,11 @@ void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char 
 bool cm_local_del(struct cm_local *lc, const char *key, size_t klen)
 {
     uint32_t h = (uint32_t)cm_hash_seeded(key, klen, lc->seed);
-    uint32_t i = find(lc, key, klen, h);
-    if (i == NIL) {
+    struct lentry *e = find(lc, key, klen, h);
+    if (e == NULL) {
         return false;
     }
-    entry_remove(lc, i, NULL);
+    entry_remove(lc, e->slot, NULL);
     return true;
 }
 
@@ -605,7 +682,7 @@ void cm_local_get_stats(const struct cm_local *lc, struct cm_local_stats *out)
     memset(out, 0, sizeof(*out));
     out->entries = lc->count;
     out->memory_bytes = malloc_usable_size((void *)lc) + lc->entry_bytes +
-                        malloc_usable_size(lc->slot) + malloc_usable_size(lc->bucket);
+                        malloc_usable_size(lc->slot) + malloc_usable_size(lc->table);
     if (lc->policy == CM_LOCAL_TLFU) {
         out->memory_bytes += malloc_usable_size(lc->sketch.table);
         out->window = lc->q[Q_WINDOW].count;
@@ -621,8 +698,8 @@ void cm_local_get_stats(const struct cm_local *lc, struct cm_local_stats *out)
 
 int cm_local_queue_of(struct cm_local *lc, const char *key, size_t klen)
 {
-    uint32_t i = find(lc, key, klen, (uint32_t)cm_hash_seeded(key, klen, lc->seed));
-    return i == NIL ? 0 : e_queue(lc->slot[i]);
+    struct lentry *e = find(lc, key, klen, (uint32_t)cm_hash_seeded(key, klen, lc->seed));
+    return e == NULL ? 0 : e_queue(e);
 }
 
 /* ---- storage adapter ---- */

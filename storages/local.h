@@ -14,7 +14,7 @@ enum cm_local_policy {
 };
 
 /* Largest accepted size (entries); links are 32-bit slot indices. */
-#define CM_LOCAL_MAX_SIZE ((uint64_t)UINT32_MAX - 2)
+#define CM_LOCAL_MAX_SIZE ((uint64_t)1 << 31)
 /* Longest key and value the engine stores; longer ones are not cached. */
 #define CM_LOCAL_MAX_KLEN ((size_t)1 << 28)
 #define CM_LOCAL_MAX_VLEN ((size_t)UINT32_MAX)

@@ -124,6 +124,44 @@ START_TEST(test_many_entries_and_binary)
 }
 END_TEST
 
+/* The open-addressing index against a model: random stores, replacements and deletions over a
+ * small key space, so probe runs wrap and deletions shift cells back; every key is checked. */
+START_TEST(test_index_matches_model)
+{
+    enum { NKEYS = 3000 };
+    struct cm_local *lc = cm_local_new(CM_LOCAL_LRU, NKEYS, 5);
+    static int model[NKEYS];   /* 0 = absent, else the value stored */
+    memset(model, 0, sizeof(model));
+    uint64_t x = 12345;
+    char k[16], v[16];
+    for (int op = 0; op < 200000; op++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        int key = (int)((x >> 33) % NKEYS);
+        snprintf(k, sizeof(k), "k%d", key);
+        if ((x >> 20) % 3 == 0) {
+            ck_assert_int_eq(cm_local_del(lc, k, strlen(k)), model[key] != 0);
+            model[key] = 0;
+        } else {
+            model[key] = op + 1;
+            snprintf(v, sizeof(v), "%d", op + 1);
+            kset(lc, k, v, -1, 0);
+        }
+    }
+    size_t live = 0;
+    for (int key = 0; key < NKEYS; key++) {
+        char buf[16];
+        snprintf(k, sizeof(k), "k%d", key);
+        ck_assert_int_eq(kget(lc, k, 0, buf, sizeof(buf)), model[key] != 0);
+        if (model[key] != 0) {
+            ck_assert_int_eq(atoi(buf), model[key]);
+            live++;
+        }
+    }
+    ck_assert_uint_eq(stats(lc).entries, live);
+    cm_local_free(lc);
+}
+END_TEST
+
 START_TEST(test_ttl_never_returned_and_replaced)
 {
     enum cm_local_policy pol = (enum cm_local_policy)_i;
@@ -410,7 +448,7 @@ START_TEST(test_storage_adapter)
     cm_storage_free(st);
     conf.size = 0;
     ck_assert_ptr_null(cm_storage_new(&conf, NULL, err, sizeof(err)));
-    ck_assert_str_eq(err, "size 0 out of range 1..4294967293");
+    ck_assert_str_eq(err, "size 0 out of range 1..2147483648");
 }
 END_TEST
 
@@ -443,6 +481,7 @@ static Suite *local_suite(void)
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, test_lru_bound_and_order);
     tcase_add_test(tc, test_lru_second_chance);
+    tcase_add_test(tc, test_index_matches_model);
     tcase_add_test(tc, test_many_entries_and_binary);
     tcase_add_loop_test(tc, test_ttl_never_returned_and_replaced, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
     tcase_add_test(tc, test_expire_sampling_reclaims);
