@@ -1,6 +1,6 @@
 /* The upstream loader: libcurl's multi-socket API driven by libevent (the hiper.c pattern).
- * One multi handle per loader keeps idle keep-alive connections for reuse; every transfer
- * ends in exactly one done() call, run from the loop. */
+ * A few multi handles (shards) per loader keep idle keep-alive connections for reuse; every
+ * transfer ends in exactly one done() call, run from the loop. */
 #include "daemon/loader.h"
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
@@ -14,12 +14,20 @@
 #include <stdbool.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <unistd.h>
 
-#define LOADER_MAX_HOST_CONNS 1024 /* per origin; = LOADER_MAX_CONNS, so each one is reused */
-#define LOADER_MAX_CONNS 1024      /* connection cache: idle keep-alive connections kept */
 /* Transfers handed to curl at once; the rest wait in our FIFO. curl scans its own pending list
  * each time a connection frees up, which made thousands of queued transfers CPU-bound. */
-#define LOADER_MAX_ACTIVE LOADER_MAX_HOST_CONNS
+#define LOADER_MAX_ACTIVE 1024
+/* curl looks for a free connection by walking every connection it has to the host, busy ones
+ * included: with 1,000 loads in flight on one multi handle that walk was the largest part of
+ * curl's own CPU time. The transfers are spread over LOADER_SHARDS multi handles (each with its
+ * own connection cache) instead, a new one going to the shard with the fewest active, so no
+ * shard ever holds more than LOADER_SHARD_CONNS of them. */
+#define LOADER_SHARDS 8
+#define LOADER_SHARD_CONNS (LOADER_MAX_ACTIVE / LOADER_SHARDS) /* per origin and shard */
+/* Easy handles kept for reuse after a transfer (curl_easy_init allocates ~20 KB each). */
+#define LOADER_SPARE_EASY 256
 
 /*
  * Life of a transfer:
@@ -48,27 +56,51 @@ struct xfer {
     cm_load_done_fn *done;
     void *arg;
     LIST_ENTRY(xfer) link; /* l->xfers */
-    bool in_multi;          /* handed to curl (counted in l->active) */
+    struct shard *shard;    /* the multi handle it was given to, NULL before */
+    bool in_multi;          /* handed to curl (counted in l->active and shard->active) */
     TAILQ_ENTRY(xfer) qlink; /* l->waiting while it waits for a free slot */
     bool waiting;
 };
 
-/* A socket curl asked us to watch; owned by the loader's list, attached with curl_multi_assign. */
-struct sockinfo {
+/* One multi handle with its own connection cache and timer; owned by its loader. */
+struct shard {
     struct cm_loader *l;
+    CURLM *multi;
+    struct event *timer; /* curl's single timeout for this multi */
+    size_t active;       /* transfers handed to this multi */
+};
+
+/*
+ * A socket of one of curl's connections; owned by the loader from the first time curl asks to
+ * watch it until curl closes it (CURLOPT_CLOSESOCKETFUNCTION), found through l->fds. When a
+ * transfer ends curl stops watching the socket (CURL_POLL_REMOVE) but keeps the connection for
+ * the next one, which asks for CURL_POLL_IN again: the read event stays armed in between
+ * ("idle"), which saves two epoll_ctl calls and an event allocation per load. An idle socket
+ * that turns readable (the origin closed it) is disarmed until curl asks again; curl finds the
+ * connection dead before reusing it and closes it.
+ */
+struct sockinfo {
+    struct shard *shard;       /* whose multi handle watches it now */
     curl_socket_t fd;
     struct event *ev;          /* NULL until curl asks for a direction */
     int what;                  /* CURL_POLL_* the event was built for */
+    bool armed;                /* ev is added */
+    bool idle;                 /* curl does not watch it now (REMOVE) */
+    bool conn;                 /* a connection socket (CURLSOCKTYPE_IPCXN), closed through
+                                  on_curl_close; other sockets are freed at REMOVE */
     LIST_ENTRY(sockinfo) link; /* l->socks */
 };
 
-/* The loader: one multi handle on one event_base; owned by the server. */
+/* The loader: LOADER_SHARDS multi handles on one event_base; owned by the server. */
 struct cm_loader {
     struct event_base *base; /* borrowed */
-    CURLM *multi;
-    struct event *timer;         /* curl's single timeout */
+    struct shard shards[LOADER_SHARDS];
     LIST_HEAD(, xfer) xfers;     /* pending transfers */
-    LIST_HEAD(, sockinfo) socks; /* watched sockets */
+    LIST_HEAD(, sockinfo) socks; /* curl's sockets */
+    struct sockinfo **fds;       /* fd -> its sockinfo, or NULL */
+    size_t nfds;
+    CURL *spare[LOADER_SPARE_EASY]; /* reset easy handles ready for reuse */
+    size_t nspare;
     size_t pending;
     size_t active;               /* transfers handed to curl */
     TAILQ_HEAD(, xfer) waiting;  /* transfers waiting for an active slot, FIFO */
@@ -123,6 +155,42 @@ static void classify(struct xfer *x, CURLcode rc, struct cm_load_result *res)
     }
 }
 
+/* A fresh or reset easy handle; NULL when curl cannot make one. */
+static CURL *easy_get(struct cm_loader *l)
+{
+    return l->nspare > 0 ? l->spare[--l->nspare] : curl_easy_init();
+}
+
+/* Keeps e for a later transfer, or frees it. e must not be in a multi handle. */
+static void easy_put(struct cm_loader *l, CURL *e)
+{
+    if (l->nspare < LOADER_SPARE_EASY && !l->freeing) {
+        curl_easy_reset(e);
+        l->spare[l->nspare++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
+
+/* Hands x to the shard with the fewest active transfers. */
+static CURLMcode add_to_shard(struct cm_loader *l, struct xfer *x)
+{
+    struct shard *best = &l->shards[0];
+    for (size_t i = 1; i < LOADER_SHARDS && best->active > 0; i++) {
+        if (l->shards[i].active < best->active) {
+            best = &l->shards[i];
+        }
+    }
+    CURLMcode mrc = curl_multi_add_handle(best->multi, x->easy);
+    if (mrc == CURLM_OK) {
+        x->shard = best;
+        x->in_multi = true;
+        best->active++;
+        l->active++;
+    }
+    return mrc;
+}
+
 /* Ends a transfer: detaches it from curl and the loader, runs done once, frees it.
  * reason != NULL forces a failure with that text (setup failure, shutdown). */
 static void xfer_finish(struct xfer *x, CURLcode rc, const char *reason)
@@ -137,8 +205,9 @@ static void xfer_finish(struct xfer *x, CURLcode rc, const char *reason)
         x->waiting = false;
     }
     if (x->in_multi) {
-        curl_multi_remove_handle(l->multi, x->easy);
+        curl_multi_remove_handle(x->shard->multi, x->easy);
         x->in_multi = false;
+        x->shard->active--;
         l->active--;
         if (!l->freeing) {
             start_waiting(l);
@@ -155,7 +224,7 @@ static void xfer_finish(struct xfer *x, CURLcode rc, const char *reason)
         cm_log(CM_LOG_DEBUG, "loader: %s", res.reason);
     }
     if (x->easy != NULL) {
-        curl_easy_cleanup(x->easy);
+        easy_put(l, x->easy);
     }
     if (x->defer_ev != NULL) {
         event_free(x->defer_ev);
@@ -180,12 +249,12 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
-/* Drains curl's completion queue. Safe to call after any curl_multi_socket_action. */
-static void check_multi_info(struct cm_loader *l)
+/* Drains a shard's completion queue. Safe to call after any curl_multi_socket_action. */
+static void check_multi_info(struct shard *sh)
 {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(l->multi, &left)) != NULL) {
+    while ((msg = curl_multi_info_read(sh->multi, &left)) != NULL) {
         if (msg->msg != CURLMSG_DONE) {
             continue;
         }
@@ -200,68 +269,113 @@ static void check_multi_info(struct cm_loader *l)
 /* Socket ready: tell curl which directions, then report what finished. */
 static void on_socket_event(evutil_socket_t fd, short what, void *arg)
 {
-    struct cm_loader *l = arg;
+    struct sockinfo *si = arg;
+    if (si->idle) {
+        /* Nobody waits on this connection: the origin closed it (or sent something unasked).
+         * Stop watching; curl checks the connection before it reuses it. */
+        event_del(si->ev);
+        si->armed = false;
+        return;
+    }
+    struct shard *sh = si->shard; /* si may be freed inside curl */
     int action =
         ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     int running = 0;
-    curl_multi_socket_action(l->multi, fd, action, &running);
-    check_multi_info(l);
+    curl_multi_socket_action(sh->multi, fd, action, &running);
+    check_multi_info(sh);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     CM_UNUSED(fd);
     CM_UNUSED(what);
-    struct cm_loader *l = arg;
+    struct shard *sh = arg;
     int running = 0;
-    curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_multi_info(l);
+    curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(sh);
 }
 
 /* CURLMOPT_TIMERFUNCTION: curl wants one timeout; never call back into curl from here. */
 static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
 {
     CM_UNUSED(multi);
-    struct cm_loader *l = userp;
+    struct shard *sh = userp;
     if (timeout_ms < 0) {
-        evtimer_del(l->timer);
+        evtimer_del(sh->timer);
         return 0;
     }
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    evtimer_add(l->timer, &tv);
+    evtimer_add(sh->timer, &tv);
     return 0;
 }
 
-static void sock_free(struct sockinfo *si)
+static void sock_free(struct cm_loader *l, struct sockinfo *si)
 {
     LIST_REMOVE(si, link);
+    if ((size_t)si->fd < l->nfds && l->fds[si->fd] == si) {
+        l->fds[si->fd] = NULL;
+    }
     if (si->ev != NULL) {
         event_free(si->ev);
     }
     cm_free(si);
 }
 
+/* The sockinfo of fd s, made on first use. */
+static struct sockinfo *sock_of(struct cm_loader *l, curl_socket_t s)
+{
+    if ((size_t)s >= l->nfds) {
+        size_t n = l->nfds > 0 ? l->nfds : 64;
+        while (n <= (size_t)s) {
+            n *= 2;
+        }
+        l->fds = cm_realloc(l->fds, n * sizeof(*l->fds));
+        memset(l->fds + l->nfds, 0, (n - l->nfds) * sizeof(*l->fds));
+        l->nfds = n;
+    }
+    struct sockinfo *si = l->fds[s];
+    if (si == NULL) {
+        si = cm_calloc(1, sizeof(*si));
+        si->fd = s;
+        LIST_INSERT_HEAD(&l->socks, si, link);
+        l->fds[s] = si;
+    }
+    return si;
+}
+
 /* CURLMOPT_SOCKETFUNCTION: watch s for what (CURL_POLL_IN/OUT/INOUT) or stop (REMOVE). */
 static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
     CM_UNUSED(easy);
-    struct cm_loader *l = userp;
+    struct shard *sh = userp;
+    struct cm_loader *l = sh->l;
     struct sockinfo *si = socketp;
     if (what == CURL_POLL_REMOVE) {
-        if (si != NULL) {
-            curl_multi_assign(l->multi, s, NULL);
-            sock_free(si);
+        if (si == NULL && (size_t)s < l->nfds) {
+            si = l->fds[s];
+        }
+        if (si != NULL && !si->conn) {
+            sock_free(l, si); /* not a connection (the resolver's socketpair): no reuse */
+        } else if (si != NULL) {
+            si->idle = true;
+            if (si->armed && si->what != CURL_POLL_IN) {
+                event_del(si->ev); /* only a read event may stay armed while idle */
+                si->armed = false;
+            }
         }
         return 0;
     }
     if (si == NULL) {
-        si = cm_calloc(1, sizeof(*si));
-        si->l = l;
-        si->fd = s;
-        LIST_INSERT_HEAD(&l->socks, si, link);
-        curl_multi_assign(l->multi, s, si);
+        si = sock_of(l, s);
+        curl_multi_assign(sh->multi, s, si);
     }
+    si->shard = sh;
+    si->idle = false;
     if (si->ev != NULL && si->what == what) {
+        if (!si->armed) {
+            event_add(si->ev, NULL);
+            si->armed = true;
+        }
         return 0;
     }
     if (si->ev != NULL) {
@@ -269,10 +383,34 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, vo
     }
     short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
                  ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
-    si->ev = event_new(l->base, s, kind, on_socket_event, l);
+    si->ev = event_new(l->base, s, kind, on_socket_event, si);
     si->what = what;
     event_add(si->ev, NULL);
+    si->armed = true;
     return 0;
+}
+
+/* CURLOPT_SOCKOPTFUNCTION: curl made a socket; a connection's is kept until on_curl_close. */
+static int on_curl_sockopt(void *clientp, curl_socket_t s, curlsocktype purpose)
+{
+    struct cm_loader *l = clientp;
+    if (purpose == CURLSOCKTYPE_IPCXN) {
+        if ((size_t)s < l->nfds && l->fds[s] != NULL) {
+            sock_free(l, l->fds[s]); /* a socket closed behind our back had this number */
+        }
+        sock_of(l, s)->conn = true;
+    }
+    return CURL_SOCKOPT_OK;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: curl closes one of its connections (after its REMOVE). */
+static int on_curl_close(void *clientp, curl_socket_t s)
+{
+    struct cm_loader *l = clientp;
+    if ((size_t)s < l->nfds && l->fds[s] != NULL) {
+        sock_free(l, l->fds[s]);
+    }
+    return close(s);
 }
 
 struct cm_loader *cm_loader_new(struct event_base *base)
@@ -288,26 +426,33 @@ struct cm_loader *cm_loader_new(struct event_base *base)
     l->base = base;
     LIST_INIT(&l->xfers);
     LIST_INIT(&l->socks);
-    l->multi = curl_multi_init();
-    l->timer = evtimer_new(base, on_timer, l);
-    if (l->multi == NULL || l->timer == NULL) {
-        cm_log(CM_LOG_ERR, "loader: cannot create the curl multi handle");
-        goto fail;
-    }
-    curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-    curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
-    curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l);
     TAILQ_INIT(&l->waiting);
-    curl_multi_setopt(l->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)LOADER_MAX_HOST_CONNS);
-    curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, (long)LOADER_MAX_CONNS);
+    for (size_t i = 0; i < LOADER_SHARDS; i++) {
+        struct shard *sh = &l->shards[i];
+        sh->l = l;
+        sh->multi = curl_multi_init();
+        sh->timer = evtimer_new(base, on_timer, sh);
+        if (sh->multi == NULL || sh->timer == NULL) {
+            cm_log(CM_LOG_ERR, "loader: cannot create the curl multi handle");
+            goto fail;
+        }
+        curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+        curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
+        curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+        curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
+        /* = the most transfers a shard gets, so each one finds a connection of its own */
+        curl_multi_setopt(sh->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)LOADER_SHARD_CONNS);
+        curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, (long)LOADER_SHARD_CONNS);
+    }
     return l;
 fail:
-    if (l->multi != NULL) {
-        curl_multi_cleanup(l->multi);
-    }
-    if (l->timer != NULL) {
-        event_free(l->timer);
+    for (size_t i = 0; i < LOADER_SHARDS; i++) {
+        if (l->shards[i].multi != NULL) {
+            curl_multi_cleanup(l->shards[i].multi);
+        }
+        if (l->shards[i].timer != NULL) {
+            event_free(l->shards[i].timer);
+        }
     }
     cm_free(l);
     return NULL;
@@ -324,11 +469,17 @@ void cm_loader_free(struct cm_loader *l)
     while (!LIST_EMPTY(&l->xfers)) {
         xfer_finish(LIST_FIRST(&l->xfers), CURLE_OK, "shutting down");
     }
-    curl_multi_cleanup(l->multi);
-    while (!LIST_EMPTY(&l->socks)) {
-        sock_free(LIST_FIRST(&l->socks));
+    for (size_t i = 0; i < LOADER_SHARDS; i++) {
+        curl_multi_cleanup(l->shards[i].multi); /* closes its connections: on_curl_close */
+        event_free(l->shards[i].timer);
     }
-    event_free(l->timer);
+    while (!LIST_EMPTY(&l->socks)) {
+        sock_free(l, LIST_FIRST(&l->socks));
+    }
+    while (l->nspare > 0) {
+        curl_easy_cleanup(l->spare[--l->nspare]);
+    }
+    cm_free(l->fds);
     cm_free(l);
 }
 
@@ -364,6 +515,10 @@ static CURLcode setup_easy(struct xfer *x, const char *url, const char *unix_soc
     SETOPT(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
     SETOPT(CURLOPT_USERAGENT, "cachemed");
+    SETOPT(CURLOPT_SOCKOPTFUNCTION, on_curl_sockopt);
+    SETOPT(CURLOPT_SOCKOPTDATA, x->l);
+    SETOPT(CURLOPT_CLOSESOCKETFUNCTION, on_curl_close);
+    SETOPT(CURLOPT_CLOSESOCKETDATA, x->l);
     SETOPT(CURLOPT_MAXFILESIZE_LARGE,
            (curl_off_t)(x->max_size > INT64_MAX ? INT64_MAX : x->max_size));
     if (x->timeout_ms > 0) {
@@ -393,7 +548,7 @@ int cm_loader_fetch(struct cm_loader *l, const char *url, const char *unix_socke
     LIST_INSERT_HEAD(&l->xfers, x, link);
     l->pending++;
 
-    x->easy = curl_easy_init();
+    x->easy = easy_get(l);
     if (x->easy == NULL) {
         snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: curl_easy_init failed");
         goto defer;
@@ -408,14 +563,12 @@ int cm_loader_fetch(struct cm_loader *l, const char *url, const char *unix_socke
         x->waiting = true;
         return CM_OK;
     }
-    CURLMcode mrc = curl_multi_add_handle(l->multi, x->easy);
+    CURLMcode mrc = add_to_shard(l, x);
     if (mrc != CURLM_OK) {
         snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s",
                  curl_multi_strerror(mrc));
         goto defer;
     }
-    x->in_multi = true;
-    l->active++;
     return CM_OK;
 
 defer:
@@ -448,10 +601,8 @@ static void start_waiting(struct cm_loader *l)
             if (x->timeout_ms > 0) {
                 curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, (long)left_ms);
             }
-            mrc = curl_multi_add_handle(l->multi, x->easy);
+            mrc = add_to_shard(l, x);
             if (mrc == CURLM_OK) {
-                x->in_multi = true;
-                l->active++;
                 continue;
             }
             snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s",
