@@ -171,6 +171,13 @@ static int64_t ideal_makespan(const struct trace *t, size_t workers, int64_t loa
 
 enum proto { PROTO_RESP, PROTO_HTTP };
 
+/* What a request found, seen from the driver when it was written: a key never asked before
+ * (a load in the ideal cache), a key asked but not answered yet (waits for that flight), or a
+ * key already answered (a hit, 0 ms in the ideal cache). A request of several keys takes its
+ * worst key's class. The latency sum of each class over the workers shows where wall time goes. */
+enum req_class { CLASS_NONE, CLASS_HIT, CLASS_WAIT, CLASS_LOAD, CLASS_N };
+static const char *const class_names[CLASS_N] = {"-", "hit", "wait", "load"};
+
 struct run;
 
 /* One client connection; owned by run->conns. */
@@ -203,6 +210,8 @@ struct run {
     size_t reconnects;
     double *sent; /* per request: when it was written */
     double *lat;  /* per request: seconds until its reply */
+    uint8_t *cls; /* per request: enum req_class, fixed when first written */
+    double *kdone; /* per key: when its first reply arrived (0: not yet) */
     bool failed;  /* a connection could not be (re)established */
 };
 
@@ -215,12 +224,32 @@ static double now_sec(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static void classify(struct run *r, size_t idx)
+{
+    if (r->cls[idx] != CLASS_NONE) {
+        return; /* sent again after a reconnect */
+    }
+    uint8_t cls = CLASS_HIT;
+    for (size_t j = 0; j < r->t->per_req; j++) {
+        uint32_t k = r->t->keys[idx * r->t->per_req + j];
+        uint8_t kc = r->kdone[k] > 0 ? CLASS_HIT : r->kdone[k] < 0 ? CLASS_WAIT : CLASS_LOAD;
+        if (r->kdone[k] == 0) {
+            r->kdone[k] = -1; /* asked, not answered */
+        }
+        if (kc > cls) {
+            cls = kc;
+        }
+    }
+    r->cls[idx] = cls;
+}
+
 /* Appends request idx to c's FIFO and writes it. */
 static void send_req(struct dconn *c, size_t idx)
 {
     struct run *r = c->run;
     cm_assert(c->n < c->slots);
     r->sent[idx] = now_sec();
+    classify(r, idx);
     c->fifo[(c->head + c->n++) % c->slots] = (uint32_t)idx;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     const uint32_t *k = &r->t->keys[idx * r->t->per_req];
@@ -277,7 +306,14 @@ static size_t complete(struct dconn *c)
     c->head = (c->head + 1) % c->slots;
     c->n--;
     c->run->done++;
-    c->run->lat[idx] = now_sec() - c->run->sent[idx];
+    double now = now_sec();
+    c->run->lat[idx] = now - c->run->sent[idx];
+    for (size_t j = 0; j < c->run->t->per_req; j++) {
+        double *d = &c->run->kdone[c->run->t->keys[idx * c->run->t->per_req + j]];
+        if (*d <= 0) {
+            *d = now;
+        }
+    }
     return idx;
 }
 
@@ -518,6 +554,32 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* One line per request class: count, mean and p50/p99 latency, and the latency summed over
+ * the class and divided by the workers ("per_worker_s": its share of the wall time when the
+ * workers are always busy; the ideal cache spends 0 on hits and 0.1 s per load). */
+static void print_classes(const struct run *r, size_t workers)
+{
+    double *v = cm_malloc(r->t->nreq * sizeof(double));
+    for (int cls = CLASS_HIT; cls < CLASS_N; cls++) {
+        size_t n = 0;
+        double sum = 0;
+        for (size_t i = 0; i < r->t->nreq; i++) {
+            if (r->cls[i] == cls) {
+                v[n++] = r->lat[i];
+                sum += r->lat[i];
+            }
+        }
+        if (n == 0) {
+            continue;
+        }
+        qsort(v, n, sizeof(double), cmp_double);
+        printf("class_%s n=%zu mean_ms=%.1f p50_ms=%.1f p99_ms=%.1f per_worker_s=%.2f\n",
+               class_names[cls], n, sum / (double)n * 1000, v[n / 2] * 1000, v[n * 99 / 100] * 1000,
+               sum / (double)workers);
+    }
+    cm_free(v);
+}
+
 /* Replays t against 127.0.0.1:port. Prints one line of key=value results. Returns 0 when
  * every request got its own value back. */
 static int drive(const struct trace *t, enum proto proto, int port, size_t workers, size_t nconns,
@@ -526,6 +588,8 @@ static int drive(const struct trace *t, enum proto proto, int port, size_t worke
     struct run r = {.t = t, .proto = proto, .path = path};
     r.sent = cm_calloc(t->nreq, sizeof(double));
     r.lat = cm_calloc(t->nreq, sizeof(double));
+    r.cls = cm_calloc(t->nreq, 1);
+    r.kdone = cm_calloc(t->kmax, sizeof(double));
     r.base = event_base_new();
     r.addr.sin_family = AF_INET;
     r.addr.sin_port = htons((uint16_t)port);
@@ -575,12 +639,15 @@ static int drive(const struct trace *t, enum proto proto, int port, size_t worke
            "reconnects=%zu failed=%d cpu_s=%.2f\n",
            wall * 1000, t->nreq, r.done, r.bad, r.errors, workers, nconns, r.reconnects, r.failed,
            cpu);
+    print_classes(&r, workers);
     qsort(r.lat, t->nreq, sizeof(double), cmp_double);
     printf("latency_ms p50=%.1f p90=%.1f p99=%.1f max=%.1f\n", r.lat[t->nreq / 2] * 1000,
            r.lat[t->nreq * 9 / 10] * 1000, r.lat[t->nreq * 99 / 100] * 1000,
            r.lat[t->nreq - 1] * 1000);
     cm_free(r.sent);
     cm_free(r.lat);
+    cm_free(r.cls);
+    cm_free(r.kdone);
     for (size_t i = 0; i < nconns; i++) {
         struct dconn *c = &r.conns[i];
         if (c->bev != NULL) {
