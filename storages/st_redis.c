@@ -31,10 +31,10 @@
 #include "daemon/log.h"
 #include "daemon/util.h"
 #include "storages/redis_cluster.h"
+#include "storages/redis_ev.h"
 #include "storages/storage.h"
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
@@ -330,7 +330,7 @@ static void conn_connect(struct rconn *c)
         conn_backoff(c);
         return;
     }
-    if (redisLibeventAttach(ac, rs->st->base) != REDIS_OK) {
+    if (cm_redis_ev_attach(ac, rs->st->base) != REDIS_OK) {
         cm_log(CM_LOG_ERR, "storage %s: cannot attach to the event loop", rs->st->name);
         redisAsyncFree(ac);
         conn_backoff(c);

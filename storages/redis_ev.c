@@ -1,0 +1,115 @@
+/* hiredis 0.14 <-> libevent adapter (storages/redis_ev.h).
+ *
+ * hiredis's own adapter (hiredis/adapters/libevent.h) writes a queued command only when the
+ * socket next reports writable: an epoll_ctl to watch for EPOLLOUT, one more epoll round, and an
+ * epoll_ctl to stop watching, for every batch sent on a connection, plus the latency of that
+ * round. A socket to a live server nearly always has room, so here a command queued on a connected
+ * context activates a flush event instead: it runs in the same loop pass, after the callback
+ * that queued the command (so every command of the pass goes out in one write). Only a write the
+ * kernel did not take in full, and connecting, wait for EV_WRITE. */
+#include "storages/redis_ev.h"
+#include "daemon/alloc.h"
+
+#include <hiredis/hiredis.h>
+#include <stddef.h>
+
+struct redis_ev {
+    redisAsyncContext *ac;
+    struct event *rev;   /* EV_READ */
+    struct event *wev;   /* EV_WRITE: connecting, or the rest of a partial write */
+    struct event *flush; /* no fd: activated to write in this loop pass */
+};
+
+/* The attachment whose flush is running: a command still unwritten after it waits for EV_WRITE
+ * (re-activating the flush would spin on a full socket). */
+static struct redis_ev *flushing;
+
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    redisAsyncHandleRead(((struct redis_ev *)arg)->ac);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    redisAsyncHandleWrite(((struct redis_ev *)arg)->ac);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct redis_ev *a = arg;
+    flushing = a;
+    redisAsyncHandleWrite(a->ac); /* may free a (a write error disconnects) */
+    flushing = NULL;
+}
+
+static void add_read(void *priv)
+{
+    event_add(((struct redis_ev *)priv)->rev, NULL);
+}
+
+static void del_read(void *priv)
+{
+    event_del(((struct redis_ev *)priv)->rev);
+}
+
+static void add_write(void *priv)
+{
+    struct redis_ev *a = priv;
+    if (a == flushing || !(a->ac->c.flags & REDIS_CONNECTED)) {
+        event_add(a->wev, NULL);
+    } else {
+        event_active(a->flush, EV_WRITE, 1); /* no-op when already active */
+    }
+}
+
+static void del_write(void *priv)
+{
+    event_del(((struct redis_ev *)priv)->wev);
+}
+
+static void cleanup(void *priv)
+{
+    struct redis_ev *a = priv;
+    if (flushing == a) {
+        flushing = NULL;
+    }
+    struct event *evs[] = {a->rev, a->wev, a->flush};
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
+        if (evs[i] != NULL) {
+            event_free(evs[i]);
+        }
+    }
+    cm_free(a);
+}
+
+int cm_redis_ev_attach(redisAsyncContext *ac, struct event_base *base)
+{
+    if (ac->ev.data != NULL) {
+        return REDIS_ERR;
+    }
+    struct redis_ev *a = cm_calloc(1, sizeof(*a));
+    a->ac = ac;
+    a->rev = event_new(base, ac->c.fd, EV_READ, on_read, a);
+    a->wev = event_new(base, ac->c.fd, EV_WRITE, on_write, a);
+    a->flush = event_new(base, -1, 0, on_flush, a);
+    if (a->rev == NULL || a->wev == NULL || a->flush == NULL) {
+        cleanup(a);
+        return REDIS_ERR;
+    }
+    ac->ev.addRead = add_read;
+    ac->ev.delRead = del_read;
+    ac->ev.addWrite = add_write;
+    ac->ev.delWrite = del_write;
+    ac->ev.cleanup = cleanup;
+    ac->ev.data = a;
+    /* Like hiredis's adapter: watch both until the connect completes. */
+    event_add(a->rev, NULL);
+    event_add(a->wev, NULL);
+    return REDIS_OK;
+}

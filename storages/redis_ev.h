@@ -1,0 +1,14 @@
+/* hiredis 0.14 async contexts on the libevent loop (storages/redis_ev.c). */
+#ifndef CM_REDIS_EV_H
+#define CM_REDIS_EV_H
+
+#include <event2/event.h>
+#include <hiredis/async.h>
+
+/* Attaches ac to base, like hiredis's redisLibeventAttach, except that commands queued on a
+ * connected context are written later in the same loop pass rather than once the socket reports
+ * writable. Returns REDIS_OK or REDIS_ERR (already attached). hiredis frees the attachment with
+ * the context. */
+int cm_redis_ev_attach(redisAsyncContext *ac, struct event_base *base);
+
+#endif
