@@ -411,8 +411,34 @@ static void lru_evict(struct cm_local *lc)
     }
 }
 
+/* Probation entries eligible as the victim, from the LRU end. */
+#define VICTIM_SAMPLE 4
+
+/* The victim a candidate must beat: the least frequent of probation's VICTIM_SAMPLE eldest
+ * entries (the eldest on a tie), never the candidate itself or anything newer. Caffeine takes the
+ * eldest alone; looking at up to three more (three sketch reads per eviction, O(1)) keeps a
+ * frequent entry that was just demoted to probation's tail from being traded for a barely better
+ * candidate (Zipf s=1.0001 +0.03 to +0.31 points, P6 +3.9 at 32,000 entries; the table in
+ * bench/RESULTS-hitratio.md's notes). */
+static uint32_t pick_victim(struct cm_local *lc, uint32_t cursor)
+{
+    uint32_t victim = lc->q[Q_PROBATION].tail;
+    unsigned vf = cm_sketch_frequency(&lc->sketch, sketch_hash(lc, lc->slot[victim]->hash));
+    uint32_t v = lc->slot[victim]->prev;
+    for (int n = 1; n < VICTIM_SAMPLE && vf > 0 && v != NIL && v != cursor; n++) {
+        unsigned f = cm_sketch_frequency(&lc->sketch, sketch_hash(lc, lc->slot[v]->hash));
+        if (f < vf) {
+            victim = v;
+            vf = f;
+        }
+        v = lc->slot[v]->prev;
+    }
+    return victim;
+}
+
 /* Brings the engine back to size: the ncand newest probation entries (just moved in from the
- * window) are candidates, each against probation's LRU victim; the less frequent one goes. */
+ * window) are candidates, each against a victim from probation's LRU end (pick_victim); the
+ * less frequent one goes. */
 static void evict_main(struct cm_local *lc, uint64_t ncand)
 {
     uint32_t cursor = ncand > 0 ? lc->q[Q_PROBATION].head : NIL;
@@ -437,10 +463,11 @@ static void evict_main(struct cm_local *lc, uint64_t ncand)
             continue;
         }
         ncand--;
+        victim = pick_victim(lc, cursor);
         if (admit(lc, cursor, victim)) {
             uint32_t older = lc->slot[cursor]->next;
             if (older == victim) {
-                older = NIL;
+                older = lc->slot[victim]->next;   /* NIL when the victim was the tail */
             }
             evict(lc, victim, &older);
             cursor = older;

@@ -297,6 +297,47 @@ START_TEST(test_tlfu_admission_resists_scan)
 }
 END_TEST
 
+/* Reads a missing key n times (each read counts in the sketch), then stores it. */
+static void kseen(struct cm_local *lc, const char *k, int n)
+{
+    for (int i = 0; i < n; i++) {
+        ck_assert(!kget(lc, k, 0, NULL, 0));
+    }
+    kset(lc, k, "v", -1, 0);
+}
+
+/* The victim is the least frequent of probation's four eldest entries, not the eldest alone:
+ * a candidate seen 3 times beats a once-seen entry second in line, while the eldest (3 times)
+ * and the others stay. With the eldest as the only victim the candidate would lose the tie. */
+START_TEST(test_tlfu_victim_least_frequent_of_eldest)
+{
+    struct cm_local *lc = cm_local_new(CM_LOCAL_TLFU, 1000, 13);   /* window 10 */
+    char k[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(k, sizeof(k), "k%d", i);
+        kseen(lc, k, i == 1 || i == 5 ? 1 : 3);   /* k5: fifth eldest, out of the sample */
+    }
+    /* full: window k990..k999, probation k0 (eldest) .. k989; no halving yet (sample 10,000) */
+    ck_assert_uint_eq(stats(lc).entries, 1000);
+    ck_assert_uint_eq(stats(lc).evictions, 0);
+    ck_assert_int_eq(cm_local_queue_of(lc, "k0", 2), 2);
+    /* a new key pushes k990 out of the window: k990 (3) against min(k0 3, k1 1, k2 3, k3 3) */
+    kseen(lc, "new", 2);
+    ck_assert_uint_eq(stats(lc).evictions, 1);
+    ck_assert(!khas(lc, "k1"));
+    ck_assert(khas(lc, "k990"));
+    ck_assert(khas(lc, "k0"));
+    ck_assert(khas(lc, "k5"));
+    /* next: k991 (3) against min(k0, k2, k3, k4) = 3, a tie: the candidate loses */
+    kseen(lc, "new2", 2);
+    ck_assert_uint_eq(stats(lc).evictions, 2);
+    ck_assert(!khas(lc, "k991"));
+    ck_assert(khas(lc, "k0"));
+    ck_assert(khas(lc, "k5"));
+    cm_local_free(lc);
+}
+END_TEST
+
 START_TEST(test_sketch_counts_and_aging)
 {
     struct cm_sketch s;
@@ -373,6 +414,30 @@ START_TEST(test_climber_direction)
         adj += cm_climber_record(&c, i % 10 < 3);
     }
     ck_assert_int_lt(adj, 0);
+}
+END_TEST
+
+/* A change of 4 standard errors between samples is still noise (the sketch's halving makes
+ * samples vary more than binomially); a clear one moves the window. */
+START_TEST(test_climber_ignores_small_changes)
+{
+    struct cm_climber c;
+    cm_climber_init(&c, 1000);
+    int64_t adj = 0;
+    for (int i = 0; i < 10000; i++) {
+        adj += cm_climber_record(&c, i % 2 == 0);   /* 50% */
+    }
+    ck_assert_int_eq(adj, -62);
+    adj = 0;
+    for (int i = 0; i < 10000; i++) {
+        adj += cm_climber_record(&c, i % 25 < 12);   /* 48%: -2 points = 4.0 standard errors */
+    }
+    ck_assert_int_eq(adj, 0);
+    adj = 0;
+    for (int i = 0; i < 10000; i++) {
+        adj += cm_climber_record(&c, i % 10 < 4);   /* 40%: -8 points, reverse */
+    }
+    ck_assert_int_gt(adj, 0);
 }
 END_TEST
 
@@ -487,8 +552,10 @@ static Suite *local_suite(void)
     tcase_add_test(tc, test_expire_sampling_reclaims);
     tcase_add_test(tc, test_tlfu_queue_movement);
     tcase_add_test(tc, test_tlfu_admission_resists_scan);
+    tcase_add_test(tc, test_tlfu_victim_least_frequent_of_eldest);
     tcase_add_test(tc, test_sketch_counts_and_aging);
     tcase_add_test(tc, test_climber_direction);
+    tcase_add_test(tc, test_climber_ignores_small_changes);
     tcase_add_test(tc, test_climber_grows_window_on_recency);
     tcase_add_loop_test(tc, test_storage_adapter, CM_ST_TYPE_LRU, CM_ST_TYPE_TLFU + 1);
     tcase_add_loop_test(tc, test_memory_overhead, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
