@@ -1,11 +1,13 @@
 /* Hit-ratio simulator: replays a trace (an ARC .lis file or Go's Zipf stream) through the
- * daemon's own local://lru and local://tlfu engine (storages/local.h) and through Belady's
- * optimal policy, at several sizes, and prints one markdown table row per size. Also measures
- * the engine's per-entry memory overhead (--mem).
+ * daemon's own local://lru and local://tlfu engine (storages/local.h), through a reference ARC,
+ * through Belady's optimal policy and, on Zipf, through the best online policy that knows the
+ * key ranking ("bound"), at several sizes, and prints one markdown table row per size. Also
+ * measures the engine's per-entry memory overhead (--mem). --tlfu-only prints just the TLFU
+ * figures on one line (fast, for trying engine changes).
  *
  *   hitratio --zipf S,V,IMAX,N[,SEED] --sizes 500,5000 [--name NAME] [--goal 24.5,39]
- *            [--note TEXT]... [--header] [--go-rng PATH/rng.go]
- *   hitratio --lis FILE --sizes 1000,2000 [--name NAME] [--header]
+ *            [--note TEXT]... [--header] [--go-rng PATH/rng.go] [--tlfu-only]
+ *   hitratio --lis FILE --sizes 1000,2000 [--name NAME] [--header] [--tlfu-only]
  *   hitratio --mem N */
 #include "bench/zipf.h"
 #include "daemon/alloc.h"
@@ -142,6 +144,45 @@ static double run_engine(const struct trace *t, enum cm_local_policy policy, uin
     return t->n ? 100.0 * (double)hits / (double)t->n : 0;
 }
 
+/* Max-heaps of entries whose low 32 bits are a dense id: pos (NULL when not needed) keeps each
+ * id's index in the heap. */
+static void heap_swap(uint64_t *heap, int32_t *pos, size_t a, size_t b)
+{
+    uint64_t tmp = heap[a];
+    heap[a] = heap[b];
+    heap[b] = tmp;
+    if (pos != NULL) {
+        pos[(uint32_t)heap[a]] = (int32_t)a;
+        pos[(uint32_t)heap[b]] = (int32_t)b;
+    }
+}
+
+static void heap_down(uint64_t *heap, size_t hn, size_t j, int32_t *pos)
+{
+    for (;;) {
+        size_t l = 2 * j + 1, r = l + 1, m = j;
+        if (l < hn && heap[l] > heap[m]) {
+            m = l;
+        }
+        if (r < hn && heap[r] > heap[m]) {
+            m = r;
+        }
+        if (m == j) {
+            return;
+        }
+        heap_swap(heap, pos, j, m);
+        j = m;
+    }
+}
+
+static void heap_up(uint64_t *heap, size_t at, int32_t *pos)
+{
+    while (at > 0 && heap[(at - 1) / 2] < heap[at]) {
+        heap_swap(heap, pos, (at - 1) / 2, at);
+        at = (at - 1) / 2;
+    }
+}
+
 /* Belady's OPT (with bypass): on a miss with a full cache, drop whichever of the new key and
  * the cached keys is next used farthest in the future. A max-heap on next use: O(log n). */
 static double run_opt(const struct trace *t, uint64_t size)
@@ -183,40 +224,13 @@ static double run_opt(const struct trace *t, uint64_t size)
             pos[HID(heap[0])] = -1;
             heap[0] = heap[--hn];
             pos[HID(heap[0])] = 0;
-            /* sift the moved last element down */
-            size_t j = 0;
-            for (;;) {
-                size_t l = 2 * j + 1, r = l + 1, m = j;
-                if (l < hn && HKEY(heap[l]) > HKEY(heap[m])) {
-                    m = l;
-                }
-                if (r < hn && HKEY(heap[r]) > HKEY(heap[m])) {
-                    m = r;
-                }
-                if (m == j) {
-                    break;
-                }
-                uint64_t tmp = heap[j];
-                heap[j] = heap[m];
-                heap[m] = tmp;
-                pos[HID(heap[j])] = (int32_t)j;
-                pos[HID(heap[m])] = (int32_t)m;
-                j = m;
-            }
+            heap_down(heap, hn, 0, pos);
             at = hn++;
         }
         /* The key's next use only moves later (or it is new): sift up. */
         heap[at] = ent;
         pos[id] = (int32_t)at;
-        while (at > 0 && HKEY(heap[(at - 1) / 2]) < HKEY(heap[at])) {
-            size_t p = (at - 1) / 2;
-            uint64_t tmp = heap[p];
-            heap[p] = heap[at];
-            heap[at] = tmp;
-            pos[HID(heap[p])] = (int32_t)p;
-            pos[HID(heap[at])] = (int32_t)at;
-            at = p;
-        }
+        heap_up(heap, at, pos);
     }
 #undef HKEY
 #undef HID
@@ -225,6 +239,168 @@ static double run_opt(const struct trace *t, uint64_t size)
     free(pos);
     free(heap);
     return n ? 100.0 * (double)hits / (double)n : 0;
+}
+
+/* ARC (Megiddo and Modha, FAST 2003, figure 4) on dense ids, as a same-stream reference for the
+ * published ARC figures: T1/T2 hold cached keys seen once/more, B1/B2 their ghosts, p is T1's
+ * adaptive target. Lists are index-linked; where[] says which list an id is in. */
+enum { ARC_NONE, ARC_T1, ARC_T2, ARC_B1, ARC_B2, ARC_NLISTS };
+
+struct arc {
+    uint32_t *prev, *next;   /* per id; UINT32_MAX ends a list */
+    uint8_t *where;          /* per id: ARC_* */
+    uint32_t head[ARC_NLISTS], tail[ARC_NLISTS];   /* head = MRU */
+    uint64_t n[ARC_NLISTS];
+};
+
+static void arc_unlink(struct arc *a, uint32_t x)
+{
+    int w = a->where[x];
+    if (a->prev[x] != UINT32_MAX) {
+        a->next[a->prev[x]] = a->next[x];
+    } else {
+        a->head[w] = a->next[x];
+    }
+    if (a->next[x] != UINT32_MAX) {
+        a->prev[a->next[x]] = a->prev[x];
+    } else {
+        a->tail[w] = a->prev[x];
+    }
+    a->n[w]--;
+    a->where[x] = ARC_NONE;
+}
+
+static void arc_push(struct arc *a, int w, uint32_t x)
+{
+    a->prev[x] = UINT32_MAX;
+    a->next[x] = a->head[w];
+    if (a->head[w] != UINT32_MAX) {
+        a->prev[a->head[w]] = x;
+    } else {
+        a->tail[w] = x;
+    }
+    a->head[w] = x;
+    a->n[w]++;
+    a->where[x] = (uint8_t)w;
+}
+
+static void arc_move(struct arc *a, int w, uint32_t x)
+{
+    arc_unlink(a, x);
+    arc_push(a, w, x);
+}
+
+/* REPLACE(x, p): demote T1's LRU to B1 or T2's LRU to B2. */
+static void arc_replace(struct arc *a, bool in_b2, double p)
+{
+    double t1 = (double)a->n[ARC_T1];
+    if (a->n[ARC_T1] > 0 && (t1 > p || (in_b2 && t1 == p))) {
+        arc_move(a, ARC_B1, a->tail[ARC_T1]);
+    } else {
+        arc_move(a, ARC_B2, a->tail[ARC_T2]);
+    }
+}
+
+static double run_arc(const struct trace *t, uint64_t c)
+{
+    struct arc a;
+    size_t nu = t->nuniq ? t->nuniq : 1;
+    a.prev = malloc(nu * sizeof(*a.prev));
+    a.next = malloc(nu * sizeof(*a.next));
+    a.where = calloc(nu, 1);
+    if (a.prev == NULL || a.next == NULL || a.where == NULL) {
+        die("out of memory");
+    }
+    for (int w = 0; w < ARC_NLISTS; w++) {
+        a.head[w] = a.tail[w] = UINT32_MAX;
+        a.n[w] = 0;
+    }
+    double p = 0, dc = (double)c;
+    uint64_t hits = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        uint32_t x = t->ids[i];
+        double d;
+        switch (a.where[x]) {
+        case ARC_T1:
+        case ARC_T2:
+            hits++;
+            arc_move(&a, ARC_T2, x);
+            continue;
+        case ARC_B1:
+            d = a.n[ARC_B1] >= a.n[ARC_B2] ? 1 : (double)a.n[ARC_B2] / (double)a.n[ARC_B1];
+            p = p + d < dc ? p + d : dc;
+            arc_replace(&a, false, p);
+            arc_move(&a, ARC_T2, x);
+            continue;
+        case ARC_B2:
+            d = a.n[ARC_B2] >= a.n[ARC_B1] ? 1 : (double)a.n[ARC_B1] / (double)a.n[ARC_B2];
+            p = p - d > 0 ? p - d : 0;
+            arc_replace(&a, true, p);
+            arc_move(&a, ARC_T2, x);
+            continue;
+        default:
+            break;
+        }
+        uint64_t l1 = a.n[ARC_T1] + a.n[ARC_B1];
+        uint64_t all = l1 + a.n[ARC_T2] + a.n[ARC_B2];
+        if (l1 == c) {
+            if (a.n[ARC_T1] < c) {
+                arc_unlink(&a, a.tail[ARC_B1]);
+                arc_replace(&a, false, p);
+            } else {
+                arc_unlink(&a, a.tail[ARC_T1]);
+            }
+        } else if (all >= c) {
+            if (all == 2 * c) {
+                arc_unlink(&a, a.tail[ARC_B2]);
+            }
+            arc_replace(&a, false, p);
+        }
+        arc_push(&a, ARC_T1, x);
+    }
+    free(a.prev);
+    free(a.next);
+    free(a.where);
+    return t->n ? 100.0 * (double)hits / (double)t->n : 0;
+}
+
+/* The best any online policy can expect on a Zipf stream (independent requests, key k drawn with
+ * probability falling in k): it knows the true ranking, keeps the size most probable keys seen
+ * so far, and never admits a key less probable than all it holds (Aho, Denning and Ullman's A0,
+ * filling free space greedily). Only OPT, which sees the future, does better. A max-heap of
+ * key << 32 | id: the root is the least probable key held. */
+static double run_irm_bound(const struct trace *t, uint64_t size)
+{
+    size_t nu = t->nuniq ? t->nuniq : 1;
+    uint64_t *heap = malloc((size_t)(size ? size : 1) * sizeof(*heap));
+    bool *held = calloc(nu, sizeof(*held));
+    if (heap == NULL || held == NULL) {
+        die("out of memory");
+    }
+    size_t hn = 0;
+    uint64_t hits = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        uint32_t id = t->ids[i];
+        uint64_t ent = t->keys[i] << 32 | id;
+        if (held[id]) {
+            hits++;
+            continue;
+        }
+        if (hn < size) {
+            heap[hn] = ent;
+            heap_up(heap, hn++, NULL);
+        } else if (hn > 0 && ent < heap[0]) {
+            held[(uint32_t)heap[0]] = false;
+            heap[0] = ent;
+            heap_down(heap, hn, 0, NULL);
+        } else {
+            continue;
+        }
+        held[id] = true;
+    }
+    free(heap);
+    free(held);
+    return t->n ? 100.0 * (double)hits / (double)t->n : 0;
 }
 
 /* Per-entry overhead: allocator bytes per entry beyond key and value, for n small entries. */
@@ -276,13 +452,17 @@ int main(int argc, char **argv)
     const char *notes[MAX_NOTES];
     int nsizes = 0, ngoals = 0, nnotes = 0;
     const char *name = "trace", *lis = NULL, *zipf = NULL, *gorng = NULL;
-    bool header = false;
+    bool header = false, tlfu_only = false;
     size_t limit = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--header") == 0) {
             header = true;
+            continue;
+        }
+        if (strcmp(a, "--tlfu-only") == 0) {
+            tlfu_only = true;
             continue;
         }
         if (v == NULL) {
@@ -330,25 +510,39 @@ int main(int argc, char **argv)
         load_lis(&t, lis, limit);
     }
     assign_ids(&t);
-    if (header) {
-        printf("| trace | size | LRU %% | TLFU %% | OPT %% | TLFU - LRU | OPT - TLFU | target "
-               "(published) | met |\n");
-        printf("|---|---:|---:|---:|---:|---:|---:|---|---|\n");
+    if (header && !tlfu_only) {
+        printf("| trace | size | LRU %% | ARC %% | TLFU %% | bound %% | OPT %% | TLFU - LRU | "
+               "TLFU - ARC | target (published) | met |\n");
+        printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     }
     for (int i = 0; i < nsizes; i++) {
         uint64_t size = (uint64_t)sizes[i];
-        double lru = run_engine(&t, CM_LOCAL_LRU, size);
         double tlfu = run_engine(&t, CM_LOCAL_TLFU, size);
+        if (tlfu_only) {
+            printf("%s%.2f", i > 0 ? " " : "", tlfu);
+            fflush(stdout);
+            continue;
+        }
+        double lru = run_engine(&t, CM_LOCAL_LRU, size);
+        double arc = run_arc(&t, size);
         double opt = run_opt(&t, size);
+        char bound[16] = "-";
+        if (zipf != NULL) {
+            snprintf(bound, sizeof(bound), "%.2f", run_irm_bound(&t, size));
+        }
         const char *met;
         if (i < ngoals) {
             met = tlfu >= goals[i] ? "yes" : "**no**";
         } else {
             met = tlfu > lru ? "yes (> LRU)" : "**no**";
         }
-        printf("| %s | %llu | %.2f | %.2f | %.2f | %+.2f | %.2f | %s | %s |\n", name,
-               (unsigned long long)size, lru, tlfu, opt, tlfu - lru, opt - tlfu,
+        printf("| %s | %llu | %.2f | %.2f | %.2f | %s | %.2f | %+.2f | %+.2f | %s | %s |\n", name,
+               (unsigned long long)size, lru, arc, tlfu, bound, opt, tlfu - lru, tlfu - arc,
                i < nnotes ? notes[i] : "", met);
+        fflush(stdout);
+    }
+    if (tlfu_only) {
+        printf("\n");
         fflush(stdout);
     }
     fprintf(stderr, "hitratio: %s: %zu requests, %u unique keys, %.1f s%s\n", name, t.n, t.nuniq,

@@ -338,10 +338,50 @@ START_TEST(test_tlfu_victim_least_frequent_of_eldest)
 }
 END_TEST
 
+/* After a halving took the residents' counts from 1 to 0, a candidate counted once (by the
+ * request that stored it) still does not displace one; a candidate counted twice does. */
+START_TEST(test_tlfu_once_seen_candidate_never_displaces)
+{
+    struct cm_local *lc = cm_local_new(CM_LOCAL_TLFU, 1000, 17);   /* window 10 */
+    char k[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(k, sizeof(k), "k%d", i);
+        kseen(lc, k, 1);
+    }
+    /* 9,200 reads of absent keys: the sketch's 10,000th increment halves it, residents now
+     * count 0; the climber's sample (the 9,700 reads since half full) is not complete yet */
+    for (int i = 0; i < 9200; i++) {
+        snprintf(k, sizeof(k), "x%d", i);
+        ck_assert(!kget(lc, k, 0, NULL, 0));
+    }
+    /* n0..n9 push k990..k999 (0) out of the window; they lose the 0-0 ties */
+    for (int i = 0; i < 10; i++) {
+        snprintf(k, sizeof(k), "n%d", i);
+        kseen(lc, k, i == 1 ? 2 : 1);
+    }
+    ck_assert(!khas(lc, "k990"));
+    ck_assert(khas(lc, "k0"));
+    ck_assert_uint_eq(stats(lc).window_max, 10);
+    kseen(lc, "m0", 1);   /* n0 (1) against k0 (0): stays out */
+    ck_assert(!khas(lc, "n0"));
+    ck_assert(khas(lc, "k0"));
+    kseen(lc, "m1", 1);   /* n1 (2) against k0 (0): admitted */
+    ck_assert(khas(lc, "n1"));
+    ck_assert(!khas(lc, "k0"));
+    ck_assert_uint_eq(stats(lc).entries, 1000);
+    cm_local_free(lc);
+}
+END_TEST
+
 START_TEST(test_sketch_counts_and_aging)
 {
     struct cm_sketch s;
+    struct cm_sketch big;
+    cm_sketch_init(&big, 100000);
+    ck_assert_uint_eq(big.nwords, 131072);   /* 16 counters per entry, a power of two */
+    cm_sketch_deinit(&big);
     cm_sketch_init(&s, 1024);
+    ck_assert_uint_eq(s.nwords, 8192);       /* small caches get the 64 KB floor */
     ck_assert_uint_eq(s.sample_size, 10240);
     uint64_t h = 0x123456789abcdefULL;
     for (int i = 0; i < 12; i++) {
@@ -553,6 +593,7 @@ static Suite *local_suite(void)
     tcase_add_test(tc, test_tlfu_queue_movement);
     tcase_add_test(tc, test_tlfu_admission_resists_scan);
     tcase_add_test(tc, test_tlfu_victim_least_frequent_of_eldest);
+    tcase_add_test(tc, test_tlfu_once_seen_candidate_never_displaces);
     tcase_add_test(tc, test_sketch_counts_and_aging);
     tcase_add_test(tc, test_climber_direction);
     tcase_add_test(tc, test_climber_ignores_small_changes);
