@@ -290,11 +290,12 @@ static void arc_move(struct arc *a, int w, uint32_t x)
     arc_push(a, w, x);
 }
 
-/* REPLACE(x, p): demote T1's LRU to B1 or T2's LRU to B2. */
+/* REPLACE(x, p): demote T1's LRU to B1 or T2's LRU to B2 (T1's when T2 is empty, which the
+ * paper's invariants rule out; a guard, not a change: the figures are the same). */
 static void arc_replace(struct arc *a, bool in_b2, double p)
 {
     double t1 = (double)a->n[ARC_T1];
-    if (a->n[ARC_T1] > 0 && (t1 > p || (in_b2 && t1 == p))) {
+    if (a->n[ARC_T1] > 0 && (t1 > p || (in_b2 && t1 == p) || a->n[ARC_T2] == 0)) {
         arc_move(a, ARC_B1, a->tail[ARC_T1]);
     } else {
         arc_move(a, ARC_B2, a->tail[ARC_T2]);
