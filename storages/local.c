@@ -8,8 +8,8 @@
  *   queues:   head (MRU) <-> ... <-> tail (LRU)  prev/next by index, one list per segment
  *   lru:      one queue; a hit marks the entry, eviction gives marked tails a second chance
  *   tlfu:     window LRU (1%) -> probation -> protected (80% of main); the window's LRU entry
- *             moves to probation as a candidate and must beat probation's LRU victim in the
- *             frequency sketch to stay. */
+ *             moves to probation as a candidate and must beat a victim (the least frequent of
+ *             probation's 4 eldest) in the frequency sketch to stay. */
 #include "storages/local.h"
 #include "conf/conf.h"
 #include "daemon/alloc.h"
