@@ -90,6 +90,13 @@ cold_start() { # empty redis, zeroed counters
     curl -sf "http://127.0.0.1:$oport/__reset" > /dev/null
 }
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<< "$2" | head -1; } # key, text
+# Mean latency of the hits and of the loads (trace's class lines), "hit/load" in ms.
+classes() {
+    local h l
+    h=$(sed -n 's/^class_hit .*mean_ms=\([^ ]*\).*/\1/p' <<< "$1")
+    l=$(sed -n 's/^class_load .*mean_ms=\([^ ]*\).*/\1/p' <<< "$1")
+    echo "${h:--}/${l:--}"
+}
 
 declare -A ideal
 ideal_of() { # N, "" | --batch
@@ -151,7 +158,7 @@ run_cachemed() { # N, chain, "" | --batch
     wall=$(field wall_ms "$out")
     bad=$(($(field bad "$out") + $(field errors "$out") + $(field requests "$out") - $(field done "$out")))
     id=$(ideal_of "$n" "$batch")
-    rows+=("$n|$chain${batch:+ (MGET x20)}|$conns|$wall|$id|$loads|$gets|$mgets|$bad|$(field p50 "$out")|$(field p99 "$out")|$cpu")
+    rows+=("$n|$chain${batch:+ (MGET x20)}|$conns|$wall|$id|$loads|$gets|$mgets|$bad|$(field p50 "$out")|$(field p99 "$out")|$cpu|$(classes "$out")")
 }
 
 start_peer() { # varnish | nginx; sets peer_pid, peer_port
@@ -190,7 +197,7 @@ run_peer() { # peer, N
     forget_pid "$peer_pid"
     wall=$(field wall_ms "$out")
     bad=$(($(field bad "$out") + $(field errors "$out") + $(field requests "$out") - $(field done "$out")))
-    peer_rows+=("$n|$peer|$conns|$wall|$(ideal_of "$n" "")|$loads|$bad|$(field p50 "$out")|$(field p99 "$out")|$cpu")
+    peer_rows+=("$n|$peer|$conns|$wall|$(ideal_of "$n" "")|$loads|$bad|$(field p50 "$out")|$(field p99 "$out")|$cpu|$(classes "$out")")
 }
 
 t0=$(date +%s)
@@ -224,26 +231,26 @@ bunique=$(field unique "$bkeys")
     echo
     echo "## cachemed"
     echo
-    echo "| N | chain | conns | wall s | ideal s | wall/ideal | loader calls | Redis GET | Redis MGET | Cacheme's GETs | bad | p50 ms | p99 ms | CPU s cachemed/redis/origin/driver |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    echo "| N | chain | conns | wall s | ideal s | wall/ideal | loader calls | Redis GET | Redis MGET | Cacheme's GETs | bad | p50 ms | p99 ms | hit/load mean ms | CPU s cachemed/redis/origin/driver |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
     for r in "${rows[@]}"; do
-        IFS='|' read -r n chain conns wall id loads gets mgets bad p50 p99 cpu <<< "$r"
+        IFS='|' read -r n chain conns wall id loads gets mgets bad p50 p99 cpu cls <<< "$r"
         pub=${published[$n$chain]:-}
         case $chain in *MGET*) want=$bunique; pub="" ;; *) want=$unique ;; esac
         [ "$loads" = "$want" ] && lmark="$loads" || lmark="$loads (≠ $want)"
         awk -v n="$n" -v c="$chain" -v cn="$conns" -v w="$wall" -v i="$id" -v l="$lmark" \
             -v g="$gets" -v m="$mgets" -v p="${pub:--}" -v b="$bad" -v p50="$p50" -v p99="$p99" \
-            -v cpu="$cpu" \
-            'BEGIN {printf "| %d | %s | %d | %.2f | %.2f | %.2f | %s | %d | %d | %s | %d | %s | %s | %s |\n",
-                    n, c, cn, w / 1000, i / 1000, w / i, l, g, m, p, b, p50, p99, cpu}'
+            -v cpu="$cpu" -v cls="$cls" \
+            'BEGIN {printf "| %d | %s | %d | %.2f | %.2f | %.2f | %s | %d | %d | %s | %d | %s | %s | %s | %s |\n",
+                    n, c, cn, w / 1000, i / 1000, w / i, l, g, m, p, b, p50, p99, cls, cpu}'
     done
     echo
     echo "## Peers: the same trace over HTTP/1.1, same origin"
     echo
-    echo "| N | server | conns | wall s | ideal s | wall/ideal | loader calls | bad | p50 ms | p99 ms | CPU s server/origin/driver | cachemed [redis] wall s |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    echo "| N | server | conns | wall s | ideal s | wall/ideal | loader calls | bad | p50 ms | p99 ms | hit/load mean ms | CPU s server/origin/driver | cachemed [redis] wall s |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"
     for r in "${peer_rows[@]}"; do
-        IFS='|' read -r n peer conns wall id loads bad p50 p99 cpu <<< "$r"
+        IFS='|' read -r n peer conns wall id loads bad p50 p99 cpu cls <<< "$r"
         cmw=-
         for c in "${rows[@]}"; do
             IFS='|' read -r cn cchain _ cwall _ <<< "$c"
@@ -251,9 +258,9 @@ bunique=$(field unique "$bkeys")
         done
         [ "$loads" = "$unique" ] && lmark="$loads" || lmark="$loads (≠ $unique)"
         awk -v n="$n" -v s="$peer" -v cn="$conns" -v w="$wall" -v i="$id" -v l="$lmark" -v b="$bad" \
-            -v p50="$p50" -v p99="$p99" -v cm="$cmw" -v cpu="$cpu" \
-            'BEGIN {printf "| %d | %s | %d | %.2f | %.2f | %.2f | %s | %d | %s | %s | %s | %s |\n",
-                    n, s, cn, w / 1000, i / 1000, w / i, l, b, p50, p99, cpu, cm}'
+            -v p50="$p50" -v p99="$p99" -v cm="$cmw" -v cpu="$cpu" -v cls="$cls" \
+            'BEGIN {printf "| %d | %s | %d | %.2f | %.2f | %.2f | %s | %d | %s | %s | %s | %s | %s |\n",
+                    n, s, cn, w / 1000, i / 1000, w / i, l, b, p50, p99, cls, cpu, cm}'
     done
     echo
     echo "## How it was measured"
@@ -269,6 +276,9 @@ bunique=$(field unique "$bkeys")
     echo "  its flight, any other key is a 100 ms load (an MGET ends with its last key)."
     echo "- Loader calls: the origin's own counter (/__stats). Redis GET/MGET: INFO commandstats"
     echo "  of the redis-server behind cachemed (CONFIG RESETSTAT and FLUSHALL before each run)."
+    echo "- hit/load mean ms: mean latency of the requests whose key the driver had already seen"
+    echo "  answered (hits: 0 ms in the ideal cache) and of each key's first request (loads: 100 ms"
+    echo "  in the ideal cache); \`trace\` prints both, the waits and each class's share of the wall time."
     echo "- CPU s: user + system seconds used during the run (from /proc: cachemed, redis-server, the"
     echo "  origin, a peer with its child processes; the driver's own getrusage), on $(nproc) cores."
     echo "- cachemed: [storage shared] redis pool_size 16, serializer msgpack, loader_timeout 300s, timeout 30s;"
