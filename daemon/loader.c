@@ -55,9 +55,9 @@ struct xfer {
     char errbuf[CURL_ERROR_SIZE];
     cm_load_done_fn *done;
     void *arg;
-    LIST_ENTRY(xfer) link; /* l->xfers */
-    struct shard *shard;    /* the multi handle it was given to, NULL before */
-    bool in_multi;          /* handed to curl (counted in l->active and shard->active) */
+    LIST_ENTRY(xfer) link;   /* l->xfers */
+    struct shard *shard;     /* the multi handle it was given to, NULL before */
+    bool in_multi;           /* handed to curl (counted in l->active and shard->active) */
     TAILQ_ENTRY(xfer) qlink; /* l->waiting while it waits for a free slot */
     bool waiting;
 };
@@ -80,7 +80,7 @@ struct shard {
  * connection dead before reusing it and closes it.
  */
 struct sockinfo {
-    struct shard *shard;       /* whose multi handle watches it now */
+    struct shard *shard; /* whose multi handle watches it now */
     curl_socket_t fd;
     struct event *ev;          /* NULL until curl asks for a direction */
     int what;                  /* CURL_POLL_* the event was built for */
@@ -102,9 +102,9 @@ struct cm_loader {
     CURL *spare[LOADER_SPARE_EASY]; /* reset easy handles ready for reuse */
     size_t nspare;
     size_t pending;
-    size_t active;               /* transfers handed to curl */
-    TAILQ_HEAD(, xfer) waiting;  /* transfers waiting for an active slot, FIFO */
-    bool freeing; /* cm_loader_free in progress: refuse new fetches */
+    size_t active;              /* transfers handed to curl */
+    TAILQ_HEAD(, xfer) waiting; /* transfers waiting for an active slot, FIFO */
+    bool freeing;               /* cm_loader_free in progress: refuse new fetches */
 };
 
 static void start_waiting(struct cm_loader *l);
