@@ -1,4 +1,4 @@
-/* hiredis 0.14 <-> libevent adapter (storages/redis_ev.h).
+/* hiredis 0.14 <-> libevent adapter, and reply objects from our allocator (storages/redis_ev.h).
  *
  * hiredis's own adapter (hiredis/adapters/libevent.h) writes a queued command only when the
  * socket next reports writable: an epoll_ctl to watch for EPOLLOUT, one more epoll round, and an
@@ -6,12 +6,19 @@
  * round. A socket to a live server nearly always has room, so here a command queued on a connected
  * context activates a flush event instead: it runs in the same loop pass, after the callback
  * that queued the command (so every command of the pass goes out in one write). Only a write the
- * kernel did not take in full, and connecting, wait for EV_WRITE. */
+ * kernel did not take in full, and connecting, wait for EV_WRITE.
+ *
+ * hiredis's reader makes two mallocs per bulk string (the reply and its bytes), and an MGET of
+ * hundreds of keys frees them all at once: past glibc's small per-size cache, then consolidated.
+ * Our reply functions make one allocation per string (the bytes follow the reply) through
+ * daemon/alloc.h, whose chunk cache takes such bursts. The objects are hiredis's redisReply,
+ * built as hiredis's own functions build them, so replies read the same everywhere. */
 #include "storages/redis_ev.h"
 #include "daemon/alloc.h"
 
 #include <hiredis/hiredis.h>
 #include <stddef.h>
+#include <string.h>
 
 struct redis_ev {
     redisAsyncContext *ac;
@@ -88,6 +95,75 @@ static void cleanup(void *priv)
     cm_free(a);
 }
 
+/* ---- reply objects ---- */
+
+static void *reply_link(const redisReadTask *task, redisReply *r)
+{
+    if (task->parent != NULL) {
+        redisReply *parent = task->parent->obj;
+        parent->element[task->idx] = r;
+    }
+    return r;
+}
+
+static redisReply *reply_new(int type, size_t extra)
+{
+    redisReply *r = cm_calloc(1, sizeof(*r) + extra);
+    r->type = type;
+    return r;
+}
+
+static void *create_string(const redisReadTask *task, char *str, size_t len)
+{
+    redisReply *r = reply_new(task->type, len + 1);
+    r->str = (char *)(r + 1);
+    memcpy(r->str, str, len);
+    r->str[len] = '\0';
+    r->len = len;
+    return reply_link(task, r);
+}
+
+static void *create_array(const redisReadTask *task, int elements)
+{
+    redisReply *r = reply_new(REDIS_REPLY_ARRAY, 0);
+    if (elements > 0) {
+        r->element = cm_calloc((size_t)elements, sizeof(*r->element));
+        r->elements = (size_t)elements;
+    }
+    return reply_link(task, r);
+}
+
+static void *create_integer(const redisReadTask *task, long long value)
+{
+    redisReply *r = reply_new(REDIS_REPLY_INTEGER, 0);
+    r->integer = value;
+    return reply_link(task, r);
+}
+
+static void *create_nil(const redisReadTask *task)
+{
+    return reply_link(task, reply_new(REDIS_REPLY_NIL, 0));
+}
+
+static void free_reply(void *obj)
+{
+    redisReply *r = obj;
+    if (r == NULL) {
+        return;
+    }
+    if (r->type == REDIS_REPLY_ARRAY && r->element != NULL) {
+        for (size_t i = 0; i < r->elements; i++) {
+            free_reply(r->element[i]);
+        }
+        cm_free(r->element);
+    }
+    cm_free(r);   /* a string's bytes live in the same block */
+}
+
+static redisReplyObjectFunctions reply_fns = {
+    create_string, create_array, create_integer, create_nil, free_reply,
+};
+
 int cm_redis_ev_attach(redisAsyncContext *ac, struct event_base *base)
 {
     if (ac->ev.data != NULL) {
@@ -108,6 +184,7 @@ int cm_redis_ev_attach(redisAsyncContext *ac, struct event_base *base)
     ac->ev.delWrite = del_write;
     ac->ev.cleanup = cleanup;
     ac->ev.data = a;
+    ac->c.reader->fn = &reply_fns;
     /* Like hiredis's adapter: watch both until the connect completes. */
     event_add(a->rev, NULL);
     event_add(a->wev, NULL);

@@ -7,8 +7,9 @@
 
 /* Attaches ac to base, like hiredis's redisLibeventAttach, except that commands queued on a
  * connected context are written later in the same loop pass rather than once the socket reports
- * writable. Returns REDIS_OK or REDIS_ERR (already attached). hiredis frees the attachment with
- * the context. */
+ * writable, and that its replies are allocated through daemon/alloc.h (one block per string).
+ * Returns REDIS_OK or REDIS_ERR (already attached). hiredis frees the attachment with the
+ * context. */
 int cm_redis_ev_attach(redisAsyncContext *ac, struct event_base *base);
 
 #endif
