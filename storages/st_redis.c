@@ -21,8 +21,9 @@
  *   after each MOVED and after a lost connection, at most once a second) and are connected on
  *   first use; masters that leave the map keep their idle connections until close.
  *   TRYAGAIN/CLUSTERDOWN replies fail the op (a miss).
- * - Hostnames are resolved by hiredis with a blocking getaddrinfo at each (re)connect: use IP
- *   addresses or names in /etc/hosts. */
+ * - A host name is resolved at each (re)connect by getaddrinfo on a one-thread worker pool (the
+ *   first IPv4 address, else the first address), never on the loop as hiredis would; while it
+ *   resolves, the connection is down (its commands are misses). */
 #include "storages/st_redis.h"
 #include "conf/conf.h"
 #include "conf/url.h"
@@ -34,10 +35,14 @@
 #include "storages/redis_ev.h"
 #include "storages/storage.h"
 
+#include "storages/workers.h"
+
+#include <arpa/inet.h>
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -65,6 +70,7 @@ struct rconn {
     size_t npending;       /* our callbacks hiredis holds on ac */
     int64_t progress_ns;   /* last reply, or the send that made npending non-zero */
     bool is_sub;           /* rstore.sub: SUBSCRIBEd, not in its node's pool */
+    struct rlookup *lookup; /* resolving the node's host name, else NULL */
 };
 
 /* One server: the standalone server, or one cluster master. Owned by rstore.nodes. */
@@ -103,6 +109,7 @@ struct rstore {
     struct cm_st_op *deferred; /* ops that ended inside submit, finished by defer_ev or close */
     struct cm_st_op **deferred_tail;
     struct event *defer_ev;
+    struct cm_workers *resolver; /* one thread, created for the first host name */
     struct rconn *sub;   /* pub/sub connection, created by the first subscribe */
     struct rchan *chans; /* nchans subscriptions, in call order (names may repeat) */
     size_t nchans;
@@ -312,6 +319,67 @@ static void on_asking(redisAsyncContext *ac, void *reply, void *priv)
 
 static void sub_send(struct rconn *c, size_t i);
 
+static void conn_open(struct rconn *c, const char *addr);
+
+/* A host name lookup on the resolver thread. Owned by the job; conn_deinit detaches it. */
+struct rlookup {
+    struct rconn *c; /* NULL once detached */
+    char *host;      /* owned copy: the thread must not read loop state */
+    char addr[INET6_ADDRSTRLEN];
+    int err;         /* getaddrinfo's result, or EAI_FAIL for an unusable address */
+};
+
+/* Resolver thread: the first IPv4 address, else the first address. */
+static void lookup_work(void *arg)
+{
+    struct rlookup *l = arg;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    l->err = getaddrinfo(l->host, NULL, &hints, &res);
+    if (l->err != 0) {
+        return;
+    }
+    const struct addrinfo *pick = res;
+    for (const struct addrinfo *a = res; a != NULL; a = a->ai_next) {
+        if (a->ai_family == AF_INET) {
+            pick = a;
+            break;
+        }
+    }
+    const void *in = pick->ai_family == AF_INET
+                         ? (const void *)&((const struct sockaddr_in *)pick->ai_addr)->sin_addr
+                         : (const void *)&((const struct sockaddr_in6 *)pick->ai_addr)->sin6_addr;
+    if (inet_ntop(pick->ai_family, in, l->addr, sizeof(l->addr)) == NULL) {
+        l->err = EAI_FAIL;
+    }
+    freeaddrinfo(res);
+}
+
+/* Loop thread. */
+static void lookup_done(void *arg)
+{
+    struct rlookup *l = arg;
+    struct rconn *c = l->c;
+    if (c != NULL) {
+        c->lookup = NULL;
+        if (l->err != 0) {
+            node_warn(c->node, "cannot resolve %s: %s", l->host, gai_strerror(l->err));
+            conn_backoff(c);
+        } else {
+            conn_open(c, l->addr);
+        }
+    }
+    cm_free(l->host);
+    cm_free(l);
+}
+
+static bool is_numeric_host(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+/* Connects c to its node: at once for an address, after an asynchronous lookup for a name. */
 static void conn_connect(struct rconn *c)
 {
     struct rstore *rs = c->node->rs;
@@ -320,8 +388,33 @@ static void conn_connect(struct rconn *c)
         c->node = rs->nodes[rs->sub_rr++ % rs->nnodes];
         rs->counters.subscribed = 0;
     }
+    if (c->lookup != NULL) {
+        return;
+    }
+    if (is_numeric_host(c->node->host)) {
+        conn_open(c, c->node->host);
+        return;
+    }
+    if (rs->resolver == NULL) {
+        rs->resolver = cm_workers_new(rs->st->base, 1, "redis-dns");
+        if (rs->resolver == NULL) {
+            node_warn(c->node, "cannot resolve %s: no resolver thread", c->node->host);
+            conn_backoff(c);
+            return;
+        }
+    }
+    struct rlookup *l = cm_calloc(1, sizeof(*l));
+    l->c = c;
+    l->host = cm_strdup(c->node->host);
+    c->lookup = l;
+    cm_workers_submit(rs->resolver, lookup_work, lookup_done, l);
+}
+
+static void conn_open(struct rconn *c, const char *addr)
+{
+    struct rstore *rs = c->node->rs;
     struct rnode *n = c->node;
-    redisAsyncContext *ac = redisAsyncConnect(n->host, n->port);
+    redisAsyncContext *ac = redisAsyncConnect(addr, n->port);
     if (ac == NULL || ac->err) {
         node_warn(n, "connect failed: %s", ac != NULL ? ac_err(ac) : "out of memory");
         if (ac != NULL) {
@@ -400,6 +493,10 @@ static struct rconn *node_pick(struct rnode *n, unsigned route)
 
 static void conn_deinit(struct rconn *c)
 {
+    if (c->lookup != NULL) {
+        c->lookup->c = NULL; /* lookup_done frees it */
+        c->lookup = NULL;
+    }
     redisAsyncContext *ac = c->ac;
     if (ac != NULL) {
         ac->data = NULL;
@@ -1068,6 +1165,7 @@ static void rstore_free(struct rstore *rs)
         cm_free(rs->chans[i].name);
     }
     cm_free(rs->chans);
+    cm_workers_free(rs->resolver); /* waits for a lookup in progress; detached ones are freed */
     cm_free(rs->nodes);
     cm_free(rs->slots);
     cm_free(rs->user);

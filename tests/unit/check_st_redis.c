@@ -194,6 +194,44 @@ START_TEST(test_server_down_is_quick_error)
 }
 END_TEST
 
+/* A host name is resolved without blocking (evdns, the hosts file here): "localhost" works like
+ * 127.0.0.1. A name that does not resolve is a down server: quick misses, never a hang, and
+ * closing while the lookup is in flight cancels it. */
+START_TEST(test_host_names)
+{
+    const char *base = rt_env("CM_TEST_REDIS_URL");
+    const char *port = strrchr(base, ':') + 1;
+    char url[128];
+    snprintf(url, sizeof(url), "redis://localhost:%d/0", atoi(port));
+    struct rt t;
+    rt_open(&t, url, 2, 2000, false);
+    char k[96];
+    const char *keys[] = {key(k, sizeof(k), "byname")};
+    const char *vals[] = {"v"};
+    double t0 = h_now_ms();
+    while (h_set(t.st, 1, keys, vals, 60000) != CM_OK && h_now_ms() - t0 < 3000) {
+        rt_run_for(&t, 50);
+    }
+    struct h_result r;
+    h_get(t.st, 1, keys, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    h_assert_val(&r, 0, "v");
+    h_result_deinit(&r);
+    rt_close(&t);
+
+    rt_open(&t, "redis://no-such-host.invalid:6379/0", 2, 2000, false);
+    for (int round = 0; round < 3; round++) {
+        t0 = h_now_ms();
+        h_get(t.st, 1, keys, &r);
+        ck_assert_int_eq(r.status, CM_ERR);
+        h_result_deinit(&r);
+        ck_assert_msg(h_now_ms() - t0 < 500, "a GET took %.0f ms", h_now_ms() - t0);
+        rt_run_for(&t, 100);
+    }
+    rt_close(&t);   /* the lookup may still be in flight: cancelled */
+}
+END_TEST
+
 /* Polls GET key every 100 ms until it hits with want; returns the ms it took (or -1). */
 static double wait_hit(struct rt *t, const char *k, const char *want, int max_ms)
 {
@@ -741,6 +779,7 @@ static Suite *st_redis_suite(void)
     tcase_add_test(tc, test_ttl_rounds_up);
     tcase_add_test(tc, test_miss_is_ok);
     tcase_add_test(tc, test_server_down_is_quick_error);
+    tcase_add_test(tc, test_host_names);
     tcase_add_test(tc, test_sigstop_timeout_then_recover);
     tcase_add_test(tc, test_auth_and_db_from_url);
     tcase_add_test(tc, test_many_concurrent_ops);
