@@ -21,9 +21,9 @@
  *   after each MOVED and after a lost connection, at most once a second) and are connected on
  *   first use; masters that leave the map keep their idle connections until close.
  *   TRYAGAIN/CLUSTERDOWN replies fail the op (a miss).
- * - A host name is resolved at each (re)connect by getaddrinfo on a one-thread worker pool (the
- *   first IPv4 address, else the first address), never on the loop as hiredis would; while it
- *   resolves, the connection is down (its commands are misses). */
+ * - A host name is resolved at each (re)connect off the loop (storages/resolve.h), never by
+ *   hiredis's getaddrinfo on the loop; while it resolves, the connection is down (its commands
+ *   are misses). */
 #include "storages/st_redis.h"
 #include "conf/conf.h"
 #include "conf/url.h"
@@ -33,16 +33,13 @@
 #include "daemon/util.h"
 #include "storages/redis_cluster.h"
 #include "storages/redis_ev.h"
+#include "storages/resolve.h"
 #include "storages/storage.h"
 
-#include "storages/workers.h"
-
-#include <arpa/inet.h>
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -70,7 +67,7 @@ struct rconn {
     size_t npending;       /* our callbacks hiredis holds on ac */
     int64_t progress_ns;   /* last reply, or the send that made npending non-zero */
     bool is_sub;           /* rstore.sub: SUBSCRIBEd, not in its node's pool */
-    struct rlookup *lookup; /* resolving the node's host name, else NULL */
+    struct cm_lookup *lookup; /* resolving the node's host name, else NULL */
 };
 
 /* One server: the standalone server, or one cluster master. Owned by rstore.nodes. */
@@ -109,7 +106,7 @@ struct rstore {
     struct cm_st_op *deferred; /* ops that ended inside submit, finished by defer_ev or close */
     struct cm_st_op **deferred_tail;
     struct event *defer_ev;
-    struct cm_workers *resolver; /* one thread, created for the first host name */
+    struct cm_resolver *resolver; /* created for the first host name */
     struct rconn *sub;   /* pub/sub connection, created by the first subscribe */
     struct rchan *chans; /* nchans subscriptions, in call order (names may repeat) */
     size_t nchans;
@@ -321,62 +318,16 @@ static void sub_send(struct rconn *c, size_t i);
 
 static void conn_open(struct rconn *c, const char *addr);
 
-/* A host name lookup on the resolver thread. Owned by the job; conn_deinit detaches it. */
-struct rlookup {
-    struct rconn *c; /* NULL once detached */
-    char *host;      /* owned copy: the thread must not read loop state */
-    char addr[INET6_ADDRSTRLEN];
-    int err;         /* getaddrinfo's result, or EAI_FAIL for an unusable address */
-};
-
-/* Resolver thread: the first IPv4 address, else the first address. */
-static void lookup_work(void *arg)
+static void on_resolved(void *arg, const char *addr, const char *err)
 {
-    struct rlookup *l = arg;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    l->err = getaddrinfo(l->host, NULL, &hints, &res);
-    if (l->err != 0) {
+    struct rconn *c = arg;
+    c->lookup = NULL;
+    if (addr == NULL) {
+        node_warn(c->node, "cannot resolve %s: %s", c->node->host, err);
+        conn_backoff(c);
         return;
     }
-    const struct addrinfo *pick = res;
-    for (const struct addrinfo *a = res; a != NULL; a = a->ai_next) {
-        if (a->ai_family == AF_INET) {
-            pick = a;
-            break;
-        }
-    }
-    const void *in = pick->ai_family == AF_INET
-                         ? (const void *)&((const struct sockaddr_in *)pick->ai_addr)->sin_addr
-                         : (const void *)&((const struct sockaddr_in6 *)pick->ai_addr)->sin6_addr;
-    if (inet_ntop(pick->ai_family, in, l->addr, sizeof(l->addr)) == NULL) {
-        l->err = EAI_FAIL;
-    }
-    freeaddrinfo(res);
-}
-
-/* Loop thread. */
-static void lookup_done(void *arg)
-{
-    struct rlookup *l = arg;
-    struct rconn *c = l->c;
-    if (c != NULL) {
-        c->lookup = NULL;
-        if (l->err != 0) {
-            node_warn(c->node, "cannot resolve %s: %s", l->host, gai_strerror(l->err));
-            conn_backoff(c);
-        } else {
-            conn_open(c, l->addr);
-        }
-    }
-    cm_free(l->host);
-    cm_free(l);
-}
-
-static bool is_numeric_host(const char *host)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+    conn_open(c, addr);
 }
 
 /* Connects c to its node: at once for an address, after an asynchronous lookup for a name. */
@@ -391,23 +342,19 @@ static void conn_connect(struct rconn *c)
     if (c->lookup != NULL) {
         return;
     }
-    if (is_numeric_host(c->node->host)) {
+    if (cm_host_is_numeric(c->node->host)) {
         conn_open(c, c->node->host);
         return;
     }
     if (rs->resolver == NULL) {
-        rs->resolver = cm_workers_new(rs->st->base, 1, "redis-dns");
+        rs->resolver = cm_resolver_new(rs->st->base, "redis-dns");
         if (rs->resolver == NULL) {
             node_warn(c->node, "cannot resolve %s: no resolver thread", c->node->host);
             conn_backoff(c);
             return;
         }
     }
-    struct rlookup *l = cm_calloc(1, sizeof(*l));
-    l->c = c;
-    l->host = cm_strdup(c->node->host);
-    c->lookup = l;
-    cm_workers_submit(rs->resolver, lookup_work, lookup_done, l);
+    c->lookup = cm_resolve(rs->resolver, c->node->host, on_resolved, c);
 }
 
 static void conn_open(struct rconn *c, const char *addr)
@@ -494,7 +441,7 @@ static struct rconn *node_pick(struct rnode *n, unsigned route)
 static void conn_deinit(struct rconn *c)
 {
     if (c->lookup != NULL) {
-        c->lookup->c = NULL; /* lookup_done frees it */
+        cm_lookup_cancel(c->lookup);
         c->lookup = NULL;
     }
     redisAsyncContext *ac = c->ac;
@@ -1165,7 +1112,7 @@ static void rstore_free(struct rstore *rs)
         cm_free(rs->chans[i].name);
     }
     cm_free(rs->chans);
-    cm_workers_free(rs->resolver); /* waits for a lookup in progress; detached ones are freed */
+    cm_resolver_free(rs->resolver); /* after the conns: their lookups are cancelled */
     cm_free(rs->nodes);
     cm_free(rs->slots);
     cm_free(rs->user);
