@@ -7,10 +7,12 @@
  * submit and a driver may finish ops from anywhere. */
 #include "storages/sql_common.h"
 #include "conf/conf.h"
+#include "conf/url.h"
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
 #include "daemon/log.h"
 #include "daemon/util.h"
+#include "storages/resolve.h"
 #include "storages/storage.h"
 
 #include <event2/event.h>
@@ -56,6 +58,31 @@ static void report_cb(evutil_socket_t fd, short what, void *arg)
     report_all(arg);
 }
 
+static void on_resolved(void *arg, const char *addr, const char *err)
+{
+    struct cm_sql_conn *c = arg;
+    c->lookup = NULL;
+    if (addr == NULL) {
+        char why[200];
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", c->pool->host, err);
+        cm_sql_conn_broken(c, why);
+        return;
+    }
+    snprintf(c->addr, sizeof(c->addr), "%s", addr);
+    c->pool->drv->connect(c);
+}
+
+/* Starts a connect: the driver's, after resolving the host name off the loop if there is one. */
+static void conn_connect(struct cm_sql_conn *c)
+{
+    if (c->pool->resolver == NULL) {
+        c->pool->drv->connect(c);
+        return;
+    }
+    c->addr[0] = '\0';
+    c->lookup = cm_resolve(c->pool->resolver, c->pool->host, on_resolved, c);
+}
+
 int cm_sql_pool_init(struct cm_sql_pool *pool, struct cm_storage *st,
                      const struct cm_sql_driver *drv, char *err, size_t errsz)
 {
@@ -66,6 +93,21 @@ int cm_sql_pool_init(struct cm_sql_pool *pool, struct cm_storage *st,
         return CM_ERR;
     }
     snprintf(pool->table, sizeof(pool->table), "%s", table);
+    struct cm_url u;
+    if (cm_url_parse(st->conf->url, &u, err, errsz) != CM_OK) {
+        return CM_ERR;
+    }
+    if (u.host != NULL && u.host[0] != '\0' && !cm_host_is_numeric(u.host) &&
+        (drv->keep_host == NULL || strcmp(u.host, drv->keep_host) != 0)) {
+        pool->resolver = cm_resolver_new(st->base, "sql-dns");
+        if (pool->resolver == NULL) {
+            snprintf(err, errsz, "cannot start a thread to resolve '%.64s'", u.host);
+            cm_url_deinit(&u);
+            return CM_ERR;
+        }
+        pool->host = cm_strdup(u.host);
+    }
+    cm_url_deinit(&u);
     pool->st = st;
     pool->drv = drv;
     pool->nconns = st->conf->pool_size > 0 ? (size_t)st->conf->pool_size : 1;
@@ -78,7 +120,7 @@ int cm_sql_pool_init(struct cm_sql_pool *pool, struct cm_storage *st,
         c->backoff_ms = SQL_BACKOFF_MIN_MS;
         c->retry = evtimer_new(st->base, retry_cb, c);
         c->state = CM_SQL_CONNECTING;
-        drv->connect(c);
+        conn_connect(c);
     }
     return CM_OK;
 }
@@ -159,11 +201,19 @@ void cm_sql_pool_deinit(struct cm_sql_pool *pool)
 {
     for (size_t i = 0; i < pool->nconns; i++) {
         struct cm_sql_conn *c = &pool->conns[i];
+        if (c->lookup != NULL) {
+            cm_lookup_cancel(c->lookup);
+            c->lookup = NULL;
+        }
         pool->drv->drop(c);
         c->state = CM_SQL_DOWN;
         fail_held(c, "storage closed");
         event_free(c->retry);
     }
+    cm_resolver_free(pool->resolver);   /* after the cancels */
+    pool->resolver = NULL;
+    cm_free(pool->host);
+    pool->host = NULL;
     report_all(pool);
     event_free(pool->dev);
     cm_free(pool->conns);
@@ -252,7 +302,7 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     CM_UNUSED(fd);
     CM_UNUSED(what);
     c->state = CM_SQL_CONNECTING;
-    c->pool->drv->connect(c);
+    conn_connect(c);
 }
 
 bool cm_sql_table_valid(const char *name)

@@ -43,6 +43,8 @@ struct cm_sql_conn {
     bool kicking;                  /* inside kick(): op_done must not recurse */
     bool logged_down;              /* "down" was logged since the last successful connect */
     void *drv;                     /* driver connection state, owned by the driver */
+    struct cm_lookup *lookup;      /* resolving pool->host before a connect, else NULL */
+    char addr[64];                 /* pool->host resolved for the current connect; "" = none */
 };
 
 /* A driver: the client-library half of a SQL storage. Every callback runs on the loop thread. */
@@ -58,6 +60,9 @@ struct cm_sql_driver {
     void (*send)(struct cm_sql_conn *c, struct cm_st_op *op);
     /* Frees the driver's connection state and events (c->drv), if any. Never finishes ops. */
     void (*drop)(struct cm_sql_conn *c);
+    /* A host name the client library handles without DNS (MariaDB: "localhost" is its unix
+     * socket), left unresolved; NULL for none. */
+    const char *keep_host;
 };
 
 /* The shared part of a SQL storage's st->priv. */
@@ -71,6 +76,9 @@ struct cm_sql_pool {
     struct cm_st_op *dtail;
     struct event *dev;             /* reports dhead */
     char table[64];                /* validated table name, as configured */
+    char *host;                    /* the URL's host name, resolved off the loop before each
+                                    * connect (the client libraries would block); or NULL */
+    struct cm_resolver *resolver;  /* when host is set */
     void *priv;                    /* driver-wide state, owned by the driver */
 };
 

@@ -189,7 +189,9 @@ static void my_connect(struct cm_sql_conn *c)
     mysql_options(mc->m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
     mysql_options(mc->m, MYSQL_OPT_CONNECT_TIMEOUT, &ctimeout);
     mc->phase = MY_CONNECTING;
-    int st = mysql_real_connect_start(&mc->cret, mc->m, p->url.host ? p->url.host : "127.0.0.1",
+    /* The URL's host name as sql_common resolved it off the loop; MariaDB would block. */
+    const char *host = c->addr[0] != '\0' ? c->addr : p->url.host ? p->url.host : "127.0.0.1";
+    int st = mysql_real_connect_start(&mc->cret, mc->m, host,
                                       p->url.user ? p->url.user : "root", p->url.password,
                                       p->url.path && p->url.path[0] ? p->url.path : NULL,
                                       p->url.port ? (unsigned)p->url.port : 3306, NULL, 0);
@@ -735,6 +737,7 @@ static int my_open(struct cm_storage *st, char *err, size_t errsz)
 {
     static const struct cm_sql_driver drv = {
         .connect = my_connect, .setup = my_setup, .send = my_send, .drop = my_drop,
+        .keep_host = "localhost",
     };
     struct my_pool *p = cm_calloc(1, sizeof(*p));
     p->max_value = MY_BLOB_MAX;

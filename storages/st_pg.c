@@ -163,8 +163,10 @@ static void pg_ctimer_cb(evutil_socket_t fd, short what, void *arg)
 static void pg_connect(struct cm_sql_conn *c)
 {
     struct pg_conn *pc = cm_calloc(1, sizeof(*pc));
-    const char *kw[] = { "dbname", "application_name", "client_encoding", NULL };
-    const char *vals[] = { c->pool->st->conf->url, "cachemed", "UTF8", NULL };
+    /* hostaddr: the URL's host name as sql_common resolved it off the loop; libpq would block. */
+    const char *kw[] = { "dbname", "application_name", "client_encoding", "hostaddr", NULL };
+    const char *vals[] = { c->pool->st->conf->url, "cachemed", "UTF8",
+                           c->addr[0] != '\0' ? c->addr : NULL, NULL };
     c->drv = pc;
     pc->phase = PG_CONNECTING;
     pc->ctimer = evtimer_new(c->pool->st->base, pg_ctimer_cb, c);

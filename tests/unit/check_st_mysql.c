@@ -462,6 +462,13 @@ START_TEST(test_server_restart_reconnects)
 }
 END_TEST
 
+/* Only the unresolvable name: "localhost" is MariaDB's unix socket, deliberately not resolved. */
+START_TEST(test_host_names)
+{
+    h_check_host_names(CM_ST_TYPE_MYSQL, h_env("CM_TEST_MYSQL_URL"), MY_TABLE, false);
+}
+END_TEST
+
 START_TEST(test_server_down_is_prompt_miss)
 {
     /* Port 1 on loopback: nothing listens, the connect is refused at once. */
@@ -544,6 +551,7 @@ static Suite *mysql_suite(void)
     tcase_add_test(tc, test_oversize_value_refused);
     tcase_add_test(tc, test_cacheme_reads_row);
     tcase_add_test(tc, test_server_down_is_prompt_miss);
+    tcase_add_test(tc, test_host_names);
     tcase_add_test(tc, test_mget_is_one_query);
     tcase_add_test(tc, test_statements_prepared_once_per_connection);
     tcase_add_test(tc, test_bound_keys_and_values_exact);

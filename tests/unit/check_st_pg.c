@@ -281,6 +281,12 @@ START_TEST(test_server_down_is_prompt_miss)
 }
 END_TEST
 
+START_TEST(test_host_names)
+{
+    h_check_host_names(CM_ST_TYPE_PG, h_env("CM_TEST_PG_URL"), PG_TABLE, true);
+}
+END_TEST
+
 START_TEST(test_schema_matches_script)
 {
     struct cm_buf b;
@@ -344,6 +350,7 @@ static Suite *pg_suite(void)
     tcase_set_timeout(tc, 30);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_set_get_mget_del);
+    tcase_add_test(tc, test_host_names);
     tcase_add_test(tc, test_odd_keys_binary_values);
     tcase_add_test(tc, test_expired_rows_are_misses);
     tcase_add_test(tc, test_schema_matches_script);

@@ -230,6 +230,26 @@ static inline void h_check_down(enum cm_st_type type, const char *url, const cha
     h_close(&down);
 }
 
+/* Host names are resolved off the loop (storages/resolve.h): with by_name, url's 127.0.0.1 as
+ * "localhost" reaches the same server; a name that does not resolve is a down server. */
+static inline void h_check_host_names(enum cm_st_type type, const char *url, const char *table,
+                                      bool by_name)
+{
+    const char *ip = strstr(url, "127.0.0.1");
+    ck_assert_ptr_nonnull(ip);
+    char named[512];
+    if (by_name) {
+        struct h_st h;
+        snprintf(named, sizeof(named), "%.*slocalhost%s", (int)(ip - url), url, ip + 9);
+        h_open(&h, type, named, table, 2, 3000);
+        ck_assert_int_eq(h_set1(&h, "cacheme:byname:v1", "named", 5, -1), CM_OK);
+        ck_assert_int_eq(h_get1(&h, "cacheme:byname:v1", "named", 5), CM_ST_HIT);
+        h_close(&h);
+    }
+    snprintf(named, sizeof(named), "%.*sno-such-host.invalid%s", (int)(ip - url), url, ip + 9);
+    h_check_down(type, named, table);   /* the lookup fails in a DNS round trip */
+}
+
 /* Restarts the server under h and checks reads hit again within 6.5 s, then writes work. */
 static inline void h_check_restart(struct h_st *h, const char *env_cmd, const char *name)
 {
