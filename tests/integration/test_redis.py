@@ -438,6 +438,9 @@ class RedisChainTest(DaemonTest):
             wait_for(lambda: self.r.get(skey(k)) != junk, 5, what="the rewrite of " + k)
             self.assert_record(NODES[name][1], self.r.get(skey(k)), self.doc(k))
         self.assertIn("unreadable value", d.read_log())
+        # the storage found values but none was usable: errors, not hits
+        line = c.info("storages")["storage_shared"]
+        self.assertEqual((line["hits"], line["errors"]), (0, 4), line)
 
     # ---------------------------------------------------------------------------------------
     # redis stopped, killed, started again
