@@ -470,11 +470,7 @@ static char *decode_stored(struct flight *f, struct cm_storage *st, const char *
     if (rc != CM_OK) {
         cm_log(CM_LOG_WARN, "node %s: unreadable value for '%s' in %s (treated as a miss): %s",
                f->node->name, f->ckey, st->name, err);
-        /* The storage counted a hit when the value arrived; it was no use: an error instead. */
-        if (st->stats.hits > 0) {
-            st->stats.hits--;
-        }
-        st->stats.errors++;
+        cm_storage_unreadable(st);
         cm_buf_deinit(&out);
         return NULL;
     }

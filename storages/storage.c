@@ -220,3 +220,11 @@ void cm_st_op_fail(struct cm_st_op *op, const char *fmt, ...)
     va_end(ap);
     op->status = CM_ERR;
 }
+
+void cm_storage_unreadable(struct cm_storage *st)
+{
+    if (st->stats.hits > 0) {
+        st->stats.hits--;
+    }
+    st->stats.errors++;
+}

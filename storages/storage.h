@@ -69,7 +69,7 @@ struct cm_st_stats {
     uint64_t hits;        /* keys found */
     uint64_t writes;      /* keys written */
     uint64_t deletes;     /* keys deleted */
-    uint64_t errors;      /* ops that ended with CM_ERR */
+    uint64_t errors;      /* ops that ended with CM_ERR, and values that could not be decoded */
     uint64_t timeouts;    /* ops whose timer fired */
     uint64_t ops;         /* ops completed */
     uint64_t latency_ns;  /* sum of op latencies */
@@ -144,6 +144,9 @@ void cm_st_op_finish(struct cm_st_op *op);
 void cm_st_op_finish_later(struct cm_st_op *op);
 /* Backend side: fills op->err and sets status CM_ERR. */
 void cm_st_op_fail(struct cm_st_op *op, const char *fmt, ...) CM_PRINTF(2, 3);
+/* Reader side: a value st returned (counted as a hit) could not be decoded: it counts as an
+ * error instead. */
+void cm_storage_unreadable(struct cm_storage *st);
 
 /* Backends, one per file in storages/. */
 extern const struct cm_storage_ops cm_st_lru_ops;
