@@ -334,13 +334,13 @@ static void on_resolved(void *arg, const char *addr, const char *err)
 static void conn_connect(struct rconn *c)
 {
     struct rstore *rs = c->node->rs;
+    if (c->lookup != NULL) {
+        return; /* already on its way (its answer connects to c->node) */
+    }
     if (c->is_sub) {
         /* Cluster pub/sub reaches every node: after a failure, try the next one. */
         c->node = rs->nodes[rs->sub_rr++ % rs->nnodes];
         rs->counters.subscribed = 0;
-    }
-    if (c->lookup != NULL) {
-        return;
     }
     if (cm_host_is_numeric(c->node->host)) {
         conn_open(c, c->node->host);
