@@ -123,9 +123,10 @@ static inline size_t usable_for(size_t n)
     return (chunk < 32 ? 32 : chunk) - 8;
 }
 
-/* A cached chunk of exactly usable size u, or NULL. */
-static inline void *cache_take(size_t u)
+/* A cached chunk for a request of n bytes (counted as used), or NULL. */
+static inline void *cache_take(size_t n)
 {
+    size_t u = usable_for(n);
     if (!CHUNK_CACHE || u > CACHE_MAX_USABLE) {
         return NULL;
     }
@@ -135,6 +136,7 @@ static inline void *cache_take(size_t u)
         cc->head[u / 16] = *(void **)p;
         cc->n[u / 16]--;
         cc->bytes -= u;
+        count((int64_t)u);
     }
     return p;
 }
@@ -164,9 +166,8 @@ static void *oom(size_t size, const char *file, int line)
 
 void *cm_malloc_at(size_t size, const char *file, int line)
 {
-    void *p = cache_take(usable_for(size));
+    void *p = cache_take(size);
     if (p != NULL) {
-        count((int64_t)usable_for(size));
         return p;
     }
     p = malloc(size ? size : 1);
@@ -182,9 +183,8 @@ void *cm_calloc_at(size_t n, size_t size, const char *file, int line)
     if (size != 0 && n > SIZE_MAX / size) {
         return oom(SIZE_MAX, file, line);
     }
-    void *p = cache_take(usable_for(n * size));
+    void *p = cache_take(n * size);
     if (p != NULL) {
-        count((int64_t)usable_for(n * size));
         memset(p, 0, n * size);
         return p;
     }

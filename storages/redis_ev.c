@@ -15,6 +15,7 @@
  * built as hiredis's own functions build them, so replies read the same everywhere. */
 #include "storages/redis_ev.h"
 #include "daemon/alloc.h"
+#include "daemon/common.h"
 
 #include <hiredis/hiredis.h>
 #include <stddef.h>
@@ -33,22 +34,22 @@ static struct redis_ev *flushing;
 
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
-    (void)what;
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
     redisAsyncHandleRead(((struct redis_ev *)arg)->ac);
 }
 
 static void on_write(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
-    (void)what;
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
     redisAsyncHandleWrite(((struct redis_ev *)arg)->ac);
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
-    (void)what;
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
     struct redis_ev *a = arg;
     flushing = a;
     redisAsyncHandleWrite(a->ac); /* may free a (a write error disconnects) */
