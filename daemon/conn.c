@@ -189,6 +189,14 @@ static void check_limits_and_resume(struct cm_conn *c)
     }
 }
 
+/* Writes what wbuf holds, then pauses, resumes or closes c by its limits. */
+static void flush_out(struct cm_conn *c)
+{
+    if (write_out(c) == CM_OK) {
+        check_limits_and_resume(c);
+    }
+}
+
 void cm_conn_reply_ready(struct cm_conn *c)
 {
     if (c->state != CM_CONN_ACTIVE) {
@@ -202,9 +210,7 @@ void cm_conn_reply_ready(struct cm_conn *c)
         return;
     }
     if (c->srv->write_ev == NULL) {   /* no loop to defer to (unit tests): write now */
-        if (write_out(c) == CM_OK) {
-            check_limits_and_resume(c);
-        }
+        flush_out(c);
         return;
     }
     /* A storage or loader completion can finish hundreds of requests at once: write each
@@ -222,17 +228,15 @@ void cm_conn_flush_queued(struct cm_server *srv)
     while ((c = TAILQ_FIRST(&srv->write_queue)) != NULL) {
         TAILQ_REMOVE(&srv->write_queue, c, wlink);
         c->write_queued = false;
-        if (c->state == CM_CONN_ACTIVE && write_out(c) == CM_OK) {
-            check_limits_and_resume(c);
+        if (c->state == CM_CONN_ACTIVE) {
+            flush_out(c);
         }
     }
 }
 
 void cm_conn_on_writable(struct cm_conn *c)
 {
-    if (write_out(c) == CM_OK) {
-        check_limits_and_resume(c);
-    }
+    flush_out(c);
 }
 
 static void protocol_error(struct cm_conn *c)
@@ -316,8 +320,8 @@ void cm_conn_on_readable(struct cm_conn *c)
     }
     /* The replies of this read batch go out in one write, now. */
     collect_replies(c);
-    if (!c->write_queued && write_out(c) == CM_OK) {
-        check_limits_and_resume(c);
+    if (!c->write_queued) {
+        flush_out(c);
     }
     if (c->state == CM_CONN_ACTIVE && c->reading && parsed == CM_CONN_REQS_PER_EVENT &&
         cm_resp_pending(c->parser) > 0) {
