@@ -62,11 +62,11 @@ void cm_local_get_stats(const struct cm_local *lc, struct cm_local_stats *out);
 int cm_local_queue_of(struct cm_local *lc, const char *key, size_t klen);
 
 /* The 4-bit count-min sketch of W-TinyLFU (Caffeine's layout): 16 counters per entry of size
- * (at least 8,192 words, 64 KB), the four counters of a key inside one 64-byte block; after
- * 10 x size increments every counter is halved. */
+ * (at least 8,192 words, 64 KB, or 16 words per entry if that is less), the four counters of a
+ * key inside one 64-byte block; after 10 x size increments every counter is halved. */
 struct cm_sketch {
     uint64_t *table;        /* owned; nwords 64-bit words of 16 counters */
-    uint64_t nwords;        /* power of two, at least 8,192 */
+    uint64_t nwords;        /* power of two, at least min(8,192, 16 x size) and 8 */
     uint64_t block_mask;    /* (nwords / 8) - 1 */
     uint64_t additions;     /* increments since the last halving */
     uint64_t sample_size;   /* halve when additions reaches this (10 x size) */

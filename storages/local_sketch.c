@@ -11,8 +11,11 @@
 #define SKETCH_ONE_MASK 0x1111111111111111ULL
 /* At least 8,192 words (64 KB): a 500-entry cache would otherwise get 64 blocks, and the few
  * thousand distinct keys of a sample crowd them (Zipf at 500 entries: +0.26 points; larger floors
- * gain nothing more there). Caches of 8,192 entries and more keep 16 counters per entry. */
+ * gain nothing more there). Caches of 8,192 entries and more keep 16 counters per entry. The
+ * floor is capped at 16 words per entry: the halving reads every word once per 5 to 10 x size
+ * increments, so a full 64 KB table made each request of a 1-entry cache cost a 1.4 us pass. */
 #define SKETCH_MIN_WORDS 8192
+#define SKETCH_FLOOR_WORDS_PER_ENTRY 16
 
 #define CLIMBER_RESTART_THRESHOLD 0.05
 #define CLIMBER_STEP_PERCENT 0.0625
@@ -35,7 +38,10 @@ static uint64_t pow2_at_least(uint64_t x)
 void cm_sketch_init(struct cm_sketch *s, uint64_t size)
 {
     memset(s, 0, sizeof(*s));
-    s->nwords = pow2_at_least(size < SKETCH_MIN_WORDS ? SKETCH_MIN_WORDS : size);
+    uint64_t least = size < SKETCH_MIN_WORDS / SKETCH_FLOOR_WORDS_PER_ENTRY
+                         ? SKETCH_FLOOR_WORDS_PER_ENTRY * size
+                         : SKETCH_MIN_WORDS;
+    s->nwords = pow2_at_least(size > least ? size : least > 8 ? least : 8);
     s->table = cm_calloc(s->nwords, sizeof(uint64_t));
     s->block_mask = (s->nwords >> 3) - 1;
     s->sample_size = size == 0 ? 10 : 10 * size;

@@ -380,6 +380,9 @@ START_TEST(test_sketch_counts_and_aging)
     cm_sketch_init(&big, 100000);
     ck_assert_uint_eq(big.nwords, 131072);   /* 16 counters per entry, a power of two */
     cm_sketch_deinit(&big);
+    cm_sketch_init(&big, 10);
+    ck_assert_uint_eq(big.nwords, 256);      /* tiny caches: the floor is 16 words per entry */
+    cm_sketch_deinit(&big);
     cm_sketch_init(&s, 1024);
     ck_assert_uint_eq(s.nwords, 8192);       /* small caches get the 64 KB floor */
     ck_assert_uint_eq(s.sample_size, 10240);
