@@ -380,10 +380,10 @@ static void on_access(struct cm_local *lc, uint32_t i)
  * P6 within 0.14 points or better; bench/RESULTS-hitratio.md). */
 #define ADMIT_MIN_FREQ 2
 
-static bool admit(struct cm_local *lc, uint32_t cand, uint32_t victim)
+/* vf: the victim's frequency, as pick_victim read it. */
+static bool admit(struct cm_local *lc, uint32_t cand, unsigned vf)
 {
     unsigned cf = cm_sketch_frequency(&lc->sketch, sketch_hash(lc, lc->slot[cand]->hash));
-    unsigned vf = cm_sketch_frequency(&lc->sketch, sketch_hash(lc, lc->slot[victim]->hash));
     if (cf > vf && cf >= ADMIT_MIN_FREQ) {
         return true;
     }
@@ -426,8 +426,8 @@ static void lru_evict(struct cm_local *lc)
  * eldest alone; looking at up to three more (three sketch reads per eviction, O(1)) keeps a
  * frequent entry that was just demoted to probation's tail from being traded for a barely better
  * candidate (Zipf s=1.0001 +0.03 to +0.31 points, P6 +3.9 at 32,000 entries; the table in
- * bench/RESULTS-hitratio.md's notes). */
-static uint32_t pick_victim(struct cm_local *lc, uint32_t cursor)
+ * bench/RESULTS-hitratio.md's notes). Stores the victim's frequency in *vf_out. */
+static uint32_t pick_victim(struct cm_local *lc, uint32_t cursor, unsigned *vf_out)
 {
     uint32_t victim = lc->q[Q_PROBATION].tail;
     unsigned vf = cm_sketch_frequency(&lc->sketch, sketch_hash(lc, lc->slot[victim]->hash));
@@ -440,6 +440,7 @@ static uint32_t pick_victim(struct cm_local *lc, uint32_t cursor)
         }
         v = lc->slot[v]->prev;
     }
+    *vf_out = vf;
     return victim;
 }
 
@@ -470,8 +471,9 @@ static void evict_main(struct cm_local *lc, uint64_t ncand)
             continue;
         }
         ncand--;
-        victim = pick_victim(lc, cursor);
-        if (admit(lc, cursor, victim)) {
+        unsigned vf;
+        victim = pick_victim(lc, cursor, &vf);
+        if (admit(lc, cursor, vf)) {
             uint32_t older = lc->slot[cursor]->next;
             if (older == victim) {
                 older = lc->slot[victim]->next;   /* NIL when the victim was the tail */
