@@ -453,6 +453,12 @@ static void stmt_failed(struct cm_sql_conn *c, const char *what)
         return;
     }
     cm_st_op_fail(c->cur, "%s: %s", what, mysql_stmt_error(mc->stmt));
+    if (mc->phase == MY_PREPARE) {
+        /* A statement the server refused to prepare (say, the table is missing) is not kept: the
+         * next op prepares it again. An unprepared statement closes without a word to the server. */
+        mysql_stmt_close(mc->stmt);
+        mc->stmt = mc->stmts[c->cur->kind][mc->size_idx] = NULL;
+    }
     op_finished(c);
 }
 
@@ -483,35 +489,22 @@ static void next_batch(struct cm_sql_conn *c)
                                             (unsigned long)cm_buf_used(&mc->q)));
         return;
     }
+    mc->phase = MY_EXECUTE;
     if (bind_batch(c, op) != CM_OK) {
         stmt_failed(c, "bind");
         return;
     }
-    mc->phase = MY_EXECUTE;
     my_step(c, mysql_stmt_execute_start(&mc->qerr, mc->stmt));
 }
 
 static void prepare_done(struct cm_sql_conn *c)
 {
     struct my_conn *mc = c->drv;
-    if (mc->qerr == 0) {
-        next_batch(c);   /* finds the statement prepared and executes it */
+    if (mc->qerr != 0) {
+        stmt_failed(c, "prepare");
         return;
     }
-    /* A statement that failed to prepare (say, the table is missing) is not kept: the next op
-     * prepares it again. An unprepared statement is closed without a word to the server. */
-    MYSQL_STMT **slot = &mc->stmts[c->cur->kind][mc->size_idx];
-    unsigned int e = mysql_stmt_errno(mc->stmt);
-    char why[MYSQL_ERRMSG_SIZE];
-    snprintf(why, sizeof(why), "%s", mysql_stmt_error(mc->stmt));
-    mysql_stmt_close(mc->stmt);
-    mc->stmt = *slot = NULL;
-    if (client_error(e)) {
-        my_broken(c, "prepare", why);
-        return;
-    }
-    cm_st_op_fail(c->cur, "prepare: %s", why);
-    op_finished(c);
+    next_batch(c);   /* finds the statement prepared and executes it */
 }
 
 static void execute_done(struct cm_sql_conn *c)
