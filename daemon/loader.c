@@ -71,8 +71,8 @@ struct shard {
 };
 
 /*
- * A socket of one of curl's connections; owned by the loader from the first time curl asks to
- * watch it until curl closes it (CURLOPT_CLOSESOCKETFUNCTION), found through l->fds. When a
+ * A socket of one of curl's connections; owned by the loader (l->fds) from the first time curl
+ * asks to watch it until curl closes it (CURLOPT_CLOSESOCKETFUNCTION). When a
  * transfer ends curl stops watching the socket (CURL_POLL_REMOVE) but keeps the connection for
  * the next one, which asks for CURL_POLL_IN again: the read event stays armed in between
  * ("idle"), which saves two epoll_ctl calls and an event allocation per load. An idle socket
@@ -82,22 +82,20 @@ struct shard {
 struct sockinfo {
     struct shard *shard; /* whose multi handle watches it now */
     curl_socket_t fd;
-    struct event *ev;          /* NULL until curl asks for a direction */
-    int what;                  /* CURL_POLL_* the event was built for */
-    bool armed;                /* ev is added */
-    bool idle;                 /* curl does not watch it now (REMOVE) */
-    bool conn;                 /* a connection socket (CURLSOCKTYPE_IPCXN), closed through
-                                  on_curl_close; other sockets are freed at REMOVE */
-    LIST_ENTRY(sockinfo) link; /* l->socks */
+    struct event *ev; /* NULL until curl asks for a direction */
+    int what;         /* CURL_POLL_* the event was built for */
+    bool armed;       /* ev is added */
+    bool idle;        /* curl does not watch it now (REMOVE) */
+    bool conn;        /* a connection socket (CURLSOCKTYPE_IPCXN), closed through
+                         on_curl_close; other sockets are freed at REMOVE */
 };
 
 /* The loader: LOADER_SHARDS multi handles on one event_base; owned by the server. */
 struct cm_loader {
     struct event_base *base; /* borrowed */
     struct shard shards[LOADER_SHARDS];
-    LIST_HEAD(, xfer) xfers;     /* pending transfers */
-    LIST_HEAD(, sockinfo) socks; /* curl's sockets */
-    struct sockinfo **fds;       /* fd -> its sockinfo, or NULL */
+    LIST_HEAD(, xfer) xfers; /* pending transfers */
+    struct sockinfo **fds;   /* fd -> its sockinfo (owned), or NULL */
     size_t nfds;
     CURL *spare[LOADER_SPARE_EASY]; /* reset easy handles ready for reuse */
     size_t nspare;
@@ -311,10 +309,7 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
 
 static void sock_free(struct cm_loader *l, struct sockinfo *si)
 {
-    LIST_REMOVE(si, link);
-    if ((size_t)si->fd < l->nfds && l->fds[si->fd] == si) {
-        l->fds[si->fd] = NULL;
-    }
+    l->fds[si->fd] = NULL;
     if (si->ev != NULL) {
         event_free(si->ev);
     }
@@ -337,7 +332,6 @@ static struct sockinfo *sock_of(struct cm_loader *l, curl_socket_t s)
     if (si == NULL) {
         si = cm_calloc(1, sizeof(*si));
         si->fd = s;
-        LIST_INSERT_HEAD(&l->socks, si, link);
         l->fds[s] = si;
     }
     return si;
@@ -425,7 +419,6 @@ struct cm_loader *cm_loader_new(struct event_base *base)
     struct cm_loader *l = cm_calloc(1, sizeof(*l));
     l->base = base;
     LIST_INIT(&l->xfers);
-    LIST_INIT(&l->socks);
     TAILQ_INIT(&l->waiting);
     for (size_t i = 0; i < LOADER_SHARDS; i++) {
         struct shard *sh = &l->shards[i];
@@ -473,8 +466,10 @@ void cm_loader_free(struct cm_loader *l)
         curl_multi_cleanup(l->shards[i].multi); /* closes its connections: on_curl_close */
         event_free(l->shards[i].timer);
     }
-    while (!LIST_EMPTY(&l->socks)) {
-        sock_free(l, LIST_FIRST(&l->socks));
+    for (size_t fd = 0; fd < l->nfds; fd++) {
+        if (l->fds[fd] != NULL) {
+            sock_free(l, l->fds[fd]);
+        }
     }
     while (l->nspare > 0) {
         curl_easy_cleanup(l->spare[--l->nspare]);
