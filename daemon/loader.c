@@ -488,6 +488,19 @@ static void on_deferred_failure(evutil_socket_t fd, short what, void *arg)
     xfer_finish(x, CURLE_OK, reason);
 }
 
+/* Fails x from the loop on its next pass with x->setup_err (done must not run inside
+ * cm_loader_fetch). An owned event, not event_base_once, so that cm_loader_free can cancel it. */
+static void fail_later(struct xfer *x)
+{
+    if (x->easy != NULL) {
+        easy_put(x->l, x->easy);
+        x->easy = NULL;
+    }
+    x->defer_ev = evtimer_new(x->l->base, on_deferred_failure, x);
+    struct timeval zero = {0, 0};
+    evtimer_add(x->defer_ev, &zero);
+}
+
 /* Applies the per-transfer options; returns CURLE_OK or the first failure. */
 static CURLcode setup_easy(struct xfer *x, const char *url, const char *unix_socket)
 {
@@ -546,12 +559,14 @@ int cm_loader_fetch(struct cm_loader *l, const char *url, const char *unix_socke
     x->easy = easy_get(l);
     if (x->easy == NULL) {
         snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: curl_easy_init failed");
-        goto defer;
+        fail_later(x);
+        return CM_OK;
     }
     CURLcode rc = setup_easy(x, url, unix_socket);
     if (rc != CURLE_OK) {
         snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s", curl_easy_strerror(rc));
-        goto defer;
+        fail_later(x);
+        return CM_OK;
     }
     if (l->active >= LOADER_MAX_ACTIVE) {
         TAILQ_INSERT_TAIL(&l->waiting, x, qlink);
@@ -562,20 +577,8 @@ int cm_loader_fetch(struct cm_loader *l, const char *url, const char *unix_socke
     if (mrc != CURLM_OK) {
         snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s",
                  curl_multi_strerror(mrc));
-        goto defer;
+        fail_later(x);
     }
-    return CM_OK;
-
-defer:
-    /* done must not run inside cm_loader_fetch: report from the loop on the next iteration.
-     * An owned event (not event_base_once) so that cm_loader_free can cancel it. */
-    if (x->easy != NULL) {
-        curl_easy_cleanup(x->easy);
-        x->easy = NULL;
-    }
-    x->defer_ev = evtimer_new(l->base, on_deferred_failure, x);
-    struct timeval zero = {0, 0};
-    evtimer_add(x->defer_ev, &zero);
     return CM_OK;
 }
 
@@ -603,11 +606,7 @@ static void start_waiting(struct cm_loader *l)
             snprintf(x->setup_err, sizeof(x->setup_err), "upstream error: %s",
                      curl_multi_strerror(mrc));
         }
-        curl_easy_cleanup(x->easy);
-        x->easy = NULL;
-        x->defer_ev = evtimer_new(l->base, on_deferred_failure, x);
-        struct timeval zero = {0, 0};
-        evtimer_add(x->defer_ev, &zero);
+        fail_later(x);
     }
 }
 
