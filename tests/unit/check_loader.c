@@ -616,6 +616,19 @@ START_TEST(test_fetch_from_done)
 }
 END_TEST
 
+/* Restarts the TCP origin on the same port, running the loop for idle_ms while it is down. */
+static void origin_restart(int idle_ms)
+{
+    char port[16];
+    snprintf(port, sizeof(port), "%d", org.port);
+    origin_stop(&org);
+    if (idle_ms > 0) {
+        run_for(idle_ms);
+    }
+    const char *args[] = {"--port", port, NULL};
+    origin_start(&org, args);
+}
+
 /* A kept-alive connection the origin has since closed (restart) is not reused as if alive. */
 START_TEST(test_origin_restart)
 {
@@ -623,15 +636,33 @@ START_TEST(test_origin_restart)
     fetch(url("/users/1"), NULL, 2000, MAX_SIZE, &g);
     ck_assert_int_eq(g.outcome, CM_LOAD_OK);
     got_clear(&g);
-    char port[16];
-    snprintf(port, sizeof(port), "%d", org.port);
-    origin_stop(&org);
-    const char *args[] = {"--port", port, NULL};
-    origin_start(&org, args);
+    origin_restart(0);
     fetch(url("/users/1"), NULL, 2000, MAX_SIZE, &g);
     ck_assert_int_eq(g.outcome, CM_LOAD_OK);
     ck_assert_str_eq(g.body, "{\"path\": \"/users/1\", \"n\": 1}");
     got_clear(&g);
+}
+END_TEST
+
+/* The origin closes an idle kept-alive connection while the loop runs: its armed read event fires
+ * while no transfer uses it, and the next fetch still gets a working connection. */
+START_TEST(test_idle_connection_closed)
+{
+    struct got g;
+    fetch(url("/users/2"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    got_clear(&g);
+    origin_restart(200); /* the idle socket turns readable (EOF) with nobody waiting on it */
+    run_for(100);
+    for (int i = 1; i <= 2; i++) {
+        fetch(url("/users/2"), NULL, 2000, MAX_SIZE, &g);
+        ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+        char want[64];
+        snprintf(want, sizeof(want), "{\"path\": \"/users/2\", \"n\": %d}", i);
+        ck_assert_str_eq(g.body, want);
+        got_clear(&g);
+    }
+    ck_assert_int_eq(stat_int("connections"), 1);
 }
 END_TEST
 
@@ -656,6 +687,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, test_origin_closes);
     tcase_add_test(tc, test_fetch_from_done);
     tcase_add_test(tc, test_origin_restart);
+    tcase_add_test(tc, test_idle_connection_closed);
     suite_add_tcase(s, tc);
 
     TCase *tu = tcase_create("unix");
