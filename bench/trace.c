@@ -211,7 +211,7 @@ struct run {
     double *sent; /* per request: when it was written */
     double *lat;  /* per request: seconds until its reply */
     uint8_t *cls; /* per request: enum req_class, fixed when first written */
-    double *kdone; /* per key: when its first reply arrived (0: not yet) */
+    double *kdone; /* per key: when its first reply arrived (0: not asked, -1: asked, no reply) */
     bool failed;  /* a connection could not be (re)established */
 };
 
