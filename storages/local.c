@@ -546,7 +546,6 @@ static void climb(struct cm_local *lc, bool hit)
     } else if (adj < 0) {
         decrease_window(lc, (uint64_t)-adj);
     }
-    demote_protected(lc);
 }
 
 /* Removes up to n random expired entries out of n samples; returns how many were expired. */
