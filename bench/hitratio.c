@@ -222,9 +222,14 @@ static double run_opt(const struct trace *t, uint64_t size)
             continue;   /* bypass: the new key is the one used farthest ahead */
         } else {
             pos[HID(heap[0])] = -1;
-            heap[0] = heap[--hn];
-            pos[HID(heap[0])] = 0;
-            heap_down(heap, hn, 0, pos);
+            /* In a one-entry heap the last entry is the evicted root itself: moving it to the
+             * root would mark the evicted key cached again (at size 1, its next request would
+             * count as a hit). */
+            if (--hn > 0) {
+                heap[0] = heap[hn];
+                pos[HID(heap[0])] = 0;
+                heap_down(heap, hn, 0, pos);
+            }
             at = hn++;
         }
         /* The key's next use only moves later (or it is new): sift up. */
