@@ -9,9 +9,9 @@
  * are neither delayed nor counted. Prints "origin listening PORT" once ready (the real port
  * for --port 0); SIGTERM/SIGINT stop it. tests/origin.py is the full test origin (rules,
  * request log, Unix socket); it serves ~25k requests/s, this one several times more. */
-#include "bench/nofile.h"
 #include "daemon/alloc.h"
 #include "daemon/common.h"
+#include "daemon/util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -177,7 +177,7 @@ int main(int argc, char **argv)
     if (port < 0 || port > 65535 || delay_ms < 0) {
         usage();
     }
-    bench_raise_nofile();
+    cm_raise_nofile();
     signal(SIGPIPE, SIG_IGN);
 
     struct origin o = {0};

@@ -2,10 +2,10 @@
  * makespan of a zero-overhead coalescing cache on it (a discrete-event simulation), and one
  * driver that replays the trace against cachemed (RESP, pipelined) or an HTTP cache (Varnish,
  * nginx) with N workers, each one request at a time, checking every reply against its key. */
-#include "bench/nofile.h"
 #include "bench/zipf.h"
 #include "daemon/alloc.h"
 #include "daemon/common.h"
+#include "daemon/util.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -738,7 +738,7 @@ int main(int argc, char **argv)
         if (workers == 0 || port <= 0 || port > 65535 || (http && batch)) {
             usage();
         }
-        bench_raise_nofile();
+        cm_raise_nofile();
         rc = drive(&t, http ? PROTO_HTTP : PROTO_RESP, (int)port, workers,
                    nconns != 0 ? nconns : workers, path, (int)timeout_s);
     } else {

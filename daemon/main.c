@@ -3,12 +3,12 @@
 #include "daemon/common.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
+#include "daemon/util.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <malloc.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #define CM_VERSION "0.1.0"
 
@@ -18,16 +18,6 @@ static void usage(FILE *out)
                  "       cachemed --version | --help\n"
                  "  -c, --config FILE   configuration file (INI)\n"
                  "      --check         validate the configuration, print errors, exit 0 or 2\n");
-}
-
-/* Raises the open-files limit to its hard limit: each client is one descriptor. */
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
 }
 
 int main(int argc, char **argv)
@@ -69,7 +59,7 @@ int main(int argc, char **argv)
         cm_conf_free(conf);
         return 2;
     }
-    raise_nofile();
+    cm_raise_nofile();  /* each client is one descriptor */
     /* zlib's ~270 KB of deflate state would otherwise be trimmed back to the OS after every
      * compressed write (measured: 727 us per compress2 instead of 5 us). */
     mallopt(M_TRIM_THRESHOLD, 32 << 20);

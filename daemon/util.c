@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -228,4 +229,13 @@ void cm_pct_encode(struct cm_buf *out, const char *s, size_t len)
         }
     }
     cm_buf_commit(out, o);
+}
+
+void cm_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }

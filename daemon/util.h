@@ -1,4 +1,5 @@
-/* Small helpers: time, checked number parsing, durations and sizes, hashing, percent-encoding. */
+/* Small helpers: time, checked number parsing, durations and sizes, hashing, percent-encoding,
+ * the open-file limit. */
 #ifndef CM_DAEMON_UTIL_H
 #define CM_DAEMON_UTIL_H
 
@@ -36,5 +37,11 @@ uint64_t cm_rand64(void);
 
 /* Appends bytes percent-encoded per RFC 3986: unreserved characters (ALPHA DIGIT - . _ ~) kept. */
 void cm_pct_encode(struct cm_buf *out, const char *s, size_t len);
+
+/* Raises the process's soft open-file limit (RLIMIT_NOFILE) to its hard limit, for processes
+ * that hold one descriptor per client or connection (the daemon, bench/trace, bench/origin).
+ * Best effort and silent: on failure the limit stays as it was and the process runs with fewer
+ * descriptors. */
+void cm_raise_nofile(void);
 
 #endif
