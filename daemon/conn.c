@@ -132,7 +132,7 @@ static void set_writing(struct cm_conn *c, bool on)
 static int write_out(struct cm_conn *c)
 {
     while (cm_buf_used(&c->wbuf) > 0) {
-        ssize_t n = write(c->fd, cm_buf_start(&c->wbuf), cm_buf_used(&c->wbuf));
+        ssize_t n = send(c->fd, cm_buf_start(&c->wbuf), cm_buf_used(&c->wbuf), MSG_NOSIGNAL);
         if (n > 0) {
             c->srv->stats.bytes_out += (uint64_t)n;
             cm_buf_consume(&c->wbuf, (size_t)n);
@@ -266,7 +266,7 @@ void cm_conn_on_readable(struct cm_conn *c)
     /* Read what is there (bounded), then parse. */
     for (int rounds = 0; rounds < 4; rounds++) {
         char *dst = cm_resp_reserve(c->parser, 16384);
-        ssize_t n = read(c->fd, dst, 16384);
+        ssize_t n = recv(c->fd, dst, 16384, 0);
         if (n > 0) {
             cm_resp_commit(c->parser, (size_t)n);
             srv->stats.bytes_in += (uint64_t)n;
