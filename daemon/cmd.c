@@ -82,9 +82,11 @@ static struct cm_node *node_or_reply(struct cm_req *req, const char *key, size_t
 
 /* ---- GET / MGET / REFRESH ---- */
 
+/* Keyed replies are built from their slots once the last one is filled, straight into the
+ * connection's output when every earlier reply is already there (cm_req_out). */
 static void complete_single(struct cm_req *req)
 {
-    cm_buf_append(&req->reply, req->slots[0].data, req->slots[0].len);
+    cm_buf_append(cm_req_out(req), req->slots[0].data, req->slots[0].len);
 }
 
 static void complete_array(struct cm_req *req)
@@ -93,18 +95,12 @@ static void complete_array(struct cm_req *req)
     for (size_t i = 0; i < req->nslots; i++) {
         total += req->slots[i].len;
     }
-    cm_buf_reserve(&req->reply, total);
-    cm_resp_array(&req->reply, req->nslots);
+    struct cm_buf *out = cm_req_out(req);
+    cm_buf_reserve(out, total);
+    cm_resp_array(out, req->nslots);
     for (size_t i = 0; i < req->nslots; i++) {
-        cm_buf_append(&req->reply, req->slots[i].data, req->slots[i].len);
+        cm_buf_append(out, req->slots[i].data, req->slots[i].len);
     }
-}
-
-static void setup_slots(struct cm_req *req, size_t n, cm_req_complete_fn *complete)
-{
-    req->slots = cm_calloc(n, sizeof(*req->slots));
-    req->nslots = n;
-    req->complete = complete;
 }
 
 static void cmd_get(struct cm_req *req)
@@ -120,7 +116,7 @@ static void cmd_get(struct cm_req *req)
     }
     struct cm_getkey key = { .node = node, .key = ARG(req, 1), .klen = ARGLEN(req, 1),
                              .slot = 0, .local_checked = true };
-    setup_slots(req, 1, complete_single);
+    cm_req_setup_slots(req, 1, complete_single);
     req->pending = 1;
     cm_flight_get(req->srv, req, &key, 1);
 }
@@ -139,7 +135,7 @@ static void cmd_mget(struct cm_req *req)
             return;
         }
     }
-    setup_slots(req, n, complete_array);
+    cm_req_setup_slots(req, n, complete_array);
     req->pending = n;
     cm_flight_get(req->srv, req, keys, n);
     cm_free(keys);
@@ -156,7 +152,7 @@ static void cmd_refresh(struct cm_req *req)
             return;
         }
     }
-    setup_slots(req, n, complete_array);
+    cm_req_setup_slots(req, n, complete_array);
     req->pending = n;
     for (size_t i = 0; i < n; i++) {
         cm_flight_refresh(req->srv, req, i, nodes[i], ARG(req, (int)i + 1), ARGLEN(req, (int)i + 1));

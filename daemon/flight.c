@@ -51,10 +51,10 @@ struct flight {
     enum fl_state state;
     bool superseded;               /* a later mutation happened: write nothing */
     bool answered;                 /* waiters have their reply */
-    char *ckey;                    /* client key, owned */
     size_t cklen;
-    struct cm_waiter *waiters;     /* owned array */
+    struct cm_waiter *waiters;     /* &waiter0, or an owned array once a second waiter joins */
     size_t nwaiters, capwaiters;
+    struct cm_waiter waiter0;      /* most flights have one waiter: no array to allocate */
     enum fl_result res;
     char *val;                     /* client-form value, owned */
     size_t vlen;
@@ -69,17 +69,18 @@ struct flight {
     struct cm_buf bare;
     bool have_wrapped, have_bare;
     int64_t load_start_ns;
+    char ckey[];                   /* client key, NUL-terminated, allocated with the flight */
 };
 
 struct keyent {
     struct keyent *hnext;
     uint64_t hash;
-    char *skey;                    /* storage key, owned */
     size_t sklen;
     struct flight *joinable;
     struct flight *writer;
     TAILQ_HEAD(, flight) queue;
     int refs;                      /* flights pointing here */
+    char skey[];                   /* storage key, NUL-terminated, allocated with the entry */
 };
 
 struct cm_flights {
@@ -173,9 +174,9 @@ static struct keyent *ke_get(struct cm_flights *fl, const char *skey, size_t skl
     if (fl->count >= fl->nbuckets) {
         table_grow(fl);
     }
-    struct keyent *ke = cm_calloc(1, sizeof(*ke));
+    struct keyent *ke = cm_calloc(1, sizeof(*ke) + sklen + 1);
     ke->hash = h;
-    ke->skey = cm_strndup(skey, sklen);
+    memcpy(ke->skey, skey, sklen);
     ke->sklen = sklen;
     TAILQ_INIT(&ke->queue);
     ke->hnext = fl->buckets[h & (fl->nbuckets - 1)];
@@ -196,7 +197,6 @@ static void ke_maybe_free(struct cm_flights *fl, struct keyent *ke)
     }
     *pp = ke->hnext;
     fl->count--;
-    cm_free(ke->skey);
     cm_free(ke);
 }
 
@@ -215,14 +215,16 @@ static void ke_run(struct keyent *ke)
 static struct flight *flight_new(struct cm_server *srv, struct keyent *ke, struct cm_node *node,
                                  enum fl_kind kind, const char *key, size_t klen)
 {
-    struct flight *f = cm_calloc(1, sizeof(*f));
+    struct flight *f = cm_calloc(1, sizeof(*f) + klen + 1);
     f->srv = srv;
     f->ke = ke;
     f->node = node;
     f->kind = kind;
     f->state = FL_QUEUED;
-    f->ckey = cm_strndup(key, klen);
+    memcpy(f->ckey, key, klen);
     f->cklen = klen;
+    f->waiters = &f->waiter0;
+    f->capwaiters = 1;
     cm_buf_init(&f->wrapped);
     cm_buf_init(&f->bare);
     ke->refs++;
@@ -232,8 +234,14 @@ static struct flight *flight_new(struct cm_server *srv, struct keyent *ke, struc
 static void add_waiter(struct flight *f, struct cm_req *req, size_t slot, bool get)
 {
     if (f->nwaiters == f->capwaiters) {
-        f->capwaiters = f->capwaiters ? f->capwaiters * 2 : 4;
-        f->waiters = cm_realloc(f->waiters, f->capwaiters * sizeof(*f->waiters));
+        if (f->waiters == &f->waiter0) {
+            f->capwaiters = 4;
+            f->waiters = cm_malloc(f->capwaiters * sizeof(*f->waiters));
+            f->waiters[0] = f->waiter0;
+        } else {
+            f->capwaiters *= 2;
+            f->waiters = cm_realloc(f->waiters, f->capwaiters * sizeof(*f->waiters));
+        }
     }
     f->waiters[f->nwaiters].req = req;
     f->waiters[f->nwaiters].slot = slot;
@@ -294,8 +302,9 @@ static void answer_waiters(struct flight *f)
 
 static void flight_free(struct flight *f)
 {
-    cm_free(f->ckey);
-    cm_free(f->waiters);
+    if (f->waiters != &f->waiter0) {
+        cm_free(f->waiters);
+    }
     cm_free(f->val);
     cm_free(f->err);
     cm_buf_deinit(&f->wrapped);
@@ -456,17 +465,25 @@ static void batch_free(struct batch *b)
     cm_free(b);
 }
 
-/* Decodes a stored value found in cache c into the client form. NULL when it cannot be read. */
-static char *decode_stored(struct flight *f, struct cm_storage *st, const char *data, size_t len,
+/* Decodes the value a read of storage st found (it) into the client form, owned by the caller.
+ * NULL when it cannot be read. */
+static char *decode_stored(struct flight *f, struct cm_storage *st, struct cm_st_item *it,
                            size_t *outlen)
 {
     enum cm_ser ser = f->node->conf->serializer;
     struct cm_buf out;
     char err[160];
     int rc;
+    if (ser == CM_SER_RAW && it->val != NULL) {
+        /* Raw values are stored in client form everywhere: take the op's copy. */
+        char *val = it->val;
+        *outlen = it->vlen;
+        it->val = NULL;
+        return val;
+    }
     cm_buf_init(&out);
-    rc = st->ops->wrapped ? cm_ser_decode_wrapped(ser, data, len, &out, err, sizeof(err))
-                          : cm_ser_decode(ser, data, len, &out, err, sizeof(err));
+    rc = st->ops->wrapped ? cm_ser_decode_wrapped(ser, it->val, it->vlen, &out, err, sizeof(err))
+                          : cm_ser_decode(ser, it->val, it->vlen, &out, err, sizeof(err));
     if (rc != CM_OK) {
         cm_log(CM_LOG_WARN, "node %s: unreadable value for '%s' in %s (treated as a miss): %s",
                f->node->name, f->ckey, st->name, err);
@@ -498,7 +515,7 @@ static void on_batch_read(struct cm_st_op *op, void *arg)
         char *val = NULL;
         size_t vlen = 0;
         if (it->result == CM_ST_HIT) {
-            val = decode_stored(f, op->st, it->val, it->vlen, &vlen);
+            val = decode_stored(f, op->st, it, &vlen);
         }
         if (val != NULL) {
             f->from_cache = true;
@@ -736,25 +753,43 @@ static void start_mutation_writes(struct flight *f)
 
 /* ---- public entry points ---- */
 
-static void storage_key(struct cm_server *srv, struct cm_node *node, const char *key, size_t klen,
-                        struct cm_buf *out)
+#define SKEY_SMALL 256
+
+/* Builds key's storage key in small (SKEY_SMALL bytes) when it fits, else in a cm_malloc'd block
+ * that the caller frees when the result is not small. Nearly every key fits: no allocation. */
+static char *skey_build(struct cm_server *srv, struct cm_node *node, const char *key, size_t klen,
+                        char *small, size_t *sklen)
 {
-    cm_buf_reset(out);
-    cm_node_storage_key(node, srv->conf->prefix, key, klen, out);
+    *sklen = cm_node_storage_key_into(node, srv->conf->prefix, key, klen, small, SKEY_SMALL);
+    if (*sklen <= SKEY_SMALL) {
+        return small;
+    }
+    char *skey = cm_malloc(*sklen);
+    cm_node_storage_key_into(node, srv->conf->prefix, key, klen, skey, *sklen);
+    return skey;
+}
+
+/* The key entry of key's storage key, created when there is none. */
+static struct keyent *ke_of(struct cm_server *srv, struct cm_node *node, const char *key,
+                            size_t klen)
+{
+    char small[SKEY_SMALL];
+    size_t sklen;
+    char *skey = skey_build(srv, node, key, klen, small, &sklen);
+    struct keyent *ke = ke_get(srv->flights, skey, sklen, true);
+    if (skey != small) {
+        cm_free(skey);
+    }
+    return ke;
 }
 
 bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char *key,
                          size_t klen, struct cm_buf *out)
 {
-    char small[256];
-    char *skey = small;
-    size_t sklen = cm_node_storage_key_into(node, srv->conf->prefix, key, klen, small,
-                                            sizeof(small));
+    char small[SKEY_SMALL];
+    size_t sklen;
+    char *skey = skey_build(srv, node, key, klen, small, &sklen);
     bool hit = false;
-    if (sklen > sizeof(small)) {
-        skey = cm_malloc(sklen);
-        cm_node_storage_key_into(node, srv->conf->prefix, key, klen, skey, sklen);
-    }
     for (size_t i = 0; i < node->nlocal && !hit; i++) {
         struct cm_node_cache *nc = &node->caches[node->local_idx[i]];
         const char *val;
@@ -783,8 +818,6 @@ bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char
 void cm_flight_get(struct cm_server *srv, struct cm_req *req, const struct cm_getkey *keys,
                    size_t n)
 {
-    struct cm_buf skey;
-    cm_buf_init(&skey);
     for (size_t k = 0; k < n; k++) {
         struct cm_node *node = keys[k].node;
         if (!keys[k].local_checked && node->nlocal > 0) {
@@ -800,8 +833,7 @@ void cm_flight_get(struct cm_server *srv, struct cm_req *req, const struct cm_ge
         }
 
         /* 2. join the key's flight, or start one */
-        storage_key(srv, node, keys[k].key, keys[k].klen, &skey);
-        struct keyent *ke = ke_get(srv->flights, cm_buf_start(&skey), cm_buf_used(&skey), true);
+        struct keyent *ke = ke_of(srv, node, keys[k].key, keys[k].klen);
         struct flight *f = ke->joinable;
         if (f != NULL) {
             node->stats.coalesced_count++;
@@ -824,17 +856,12 @@ void cm_flight_get(struct cm_server *srv, struct cm_req *req, const struct cm_ge
         /* 3. the remote reads of new flights are batched per node */
         queue_read(f);
     }
-    cm_buf_deinit(&skey);
 }
 
 static struct flight *new_mutation(struct cm_server *srv, struct cm_node *node, enum fl_kind kind,
                                    const char *key, size_t klen)
 {
-    struct cm_buf skey;
-    cm_buf_init(&skey);
-    storage_key(srv, node, key, klen, &skey);
-    struct keyent *ke = ke_get(srv->flights, cm_buf_start(&skey), cm_buf_used(&skey), true);
-    cm_buf_deinit(&skey);
+    struct keyent *ke = ke_of(srv, node, key, klen);
     supersede(ke);
     return flight_new(srv, ke, node, kind, key, klen);
 }

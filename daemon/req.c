@@ -33,7 +33,9 @@ static void req_free(struct cm_req *req)
     for (size_t i = 0; i < req->nslots; i++) {
         cm_free(req->slots[i].data);
     }
-    cm_free(req->slots);
+    if (req->slots != &req->slot0) {
+        cm_free(req->slots);
+    }
     cm_buf_deinit(&req->reply);
     cm_argv_free(req->argv);
     cm_free(req);
@@ -63,6 +65,13 @@ static void complete(struct cm_req *req)
         req->complete(req);
     }
     cm_req_done(req);
+}
+
+void cm_req_setup_slots(struct cm_req *req, size_t n, cm_req_complete_fn *fn)
+{
+    req->slots = n == 1 ? &req->slot0 : cm_calloc(n, sizeof(*req->slots));
+    req->nslots = n;
+    req->complete = fn;
 }
 
 void cm_req_fill_slot(struct cm_req *req, size_t i, char *data, size_t len)

@@ -39,8 +39,9 @@ struct cm_req {
     enum cm_req_state state;
     bool resp3;                    /* encode the reply in RESP3 */
     struct cm_buf reply;           /* the encoded reply, owned */
-    struct cm_slot *slots;         /* multi-key replies: nslots elements, owned */
+    struct cm_slot *slots;         /* keyed replies: nslots elements, &slot0 or owned */
     size_t nslots;
+    struct cm_slot slot0;          /* a single-key request's slot: no array to allocate */
     size_t pending;                /* slots or operations still outstanding */
     int refs;                      /* flights/ops holding this request */
     int64_t intval;                /* DEL: keys matched */
@@ -53,6 +54,9 @@ struct cm_req *cm_req_new(struct cm_conn *c, struct cm_argv *argv);
 struct cm_buf *cm_req_out(struct cm_req *req);
 /* Marks the reply complete and lets the connection write it (if the client is still there). */
 void cm_req_done(struct cm_req *req);
+/* Gives req n empty reply slots, filled by cm_req_fill_slot; complete builds the reply from
+ * them once the last one is filled. */
+void cm_req_setup_slots(struct cm_req *req, size_t n, cm_req_complete_fn *fn);
 /* Fills slot i with an encoded element (takes ownership of data) and completes the request when
  * it was the last one. */
 void cm_req_fill_slot(struct cm_req *req, size_t i, char *data, size_t len);

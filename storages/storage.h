@@ -38,7 +38,8 @@ struct cm_st_item {
     const char *wval;     /* SET: value to write, borrowed; the submitter keeps it alive until done */
     size_t wlen;
     int result;           /* GET: enum cm_st_result, written by the backend */
-    char *val;            /* GET hit: stored bytes, cm_malloc'd by the backend, owned by the op */
+    char *val;            /* GET hit: stored bytes, cm_malloc'd by the backend, owned by the op
+                           * (done() may take them and leave NULL) */
     size_t vlen;
 };
 
