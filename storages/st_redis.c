@@ -941,24 +941,27 @@ static void redis_submit(struct cm_storage *st, struct cm_st_op *op)
         op_unref(op, true);
         return;
     }
+    /* A standalone batched read goes as one MGET on its first key's connection: splitting it
+     * over the pool cost one command and one reply per connection for the same keys. Order
+     * against writes of the same keys is the daemon's job (one writer per key, reads queued
+     * behind). */
+    bool one_mget = !rs->cluster && op->kind == CM_ST_GET && op->nitems > 1;
     struct routed *rt = cm_malloc((op->nitems ? op->nitems : 1) * sizeof(*rt));
     for (size_t i = 0; i < op->nitems; i++) {
         const struct cm_st_item *it = &op->items[i];
         rt[i].idx = i;
-        rt[i].route = rs->cluster ? cm_redis_key_slot(it->key, it->klen)
-                                  : (unsigned)(cm_hash(it->key, it->klen) % rs->pool);
+        if (one_mget && i > 0) {
+            rt[i].route = rt[0].route;
+        } else {
+            rt[i].route = rs->cluster ? cm_redis_key_slot(it->key, it->klen)
+                                      : (unsigned)(cm_hash(it->key, it->klen) % rs->pool);
+        }
     }
     if (op->kind == CM_ST_SET) {
         for (size_t i = 0; i < op->nitems; i++) {
             submit_group(rs, op, &rt[i], 1);
         }
-    } else if (!rs->cluster && op->kind == CM_ST_GET && op->nitems > 1) {
-        /* A batched read goes as one MGET on its first key's connection: splitting it over the
-         * pool cost one command and one reply per connection for the same keys. Order against
-         * writes of the same keys is the daemon's job (one writer per key, reads queued behind). */
-        for (size_t i = 1; i < op->nitems; i++) {
-            rt[i].route = rt[0].route;
-        }
+    } else if (one_mget) {
         submit_group(rs, op, rt, op->nitems);
     } else {
         /* Keys of one slot (cluster) or one connection (standalone) go in one command. */
