@@ -82,13 +82,8 @@ static struct cm_node *node_or_reply(struct cm_req *req, const char *key, size_t
 
 /* ---- GET / MGET / REFRESH ---- */
 
-/* Keyed replies are built from their slots once the last one is filled, straight into the
+/* Multi-key replies are built from their slots once the last one is filled, straight into the
  * connection's output when every earlier reply is already there (cm_req_out). */
-static void complete_single(struct cm_req *req)
-{
-    cm_buf_append(cm_req_out(req), req->slots[0].data, req->slots[0].len);
-}
-
 static void complete_array(struct cm_req *req)
 {
     size_t total = 16;
@@ -116,8 +111,7 @@ static void cmd_get(struct cm_req *req)
     }
     struct cm_getkey key = { .node = node, .key = ARG(req, 1), .klen = ARGLEN(req, 1),
                              .slot = 0, .local_checked = true };
-    cm_req_setup_slots(req, 1, complete_single);
-    req->pending = 1;
+    req->pending = 1;   /* no slots: its one element is the whole reply (flight.c) */
     cm_flight_get(req->srv, req, &key, 1);
 }
 

@@ -33,9 +33,7 @@ static void req_free(struct cm_req *req)
     for (size_t i = 0; i < req->nslots; i++) {
         cm_free(req->slots[i].data);
     }
-    if (req->slots != &req->slot0) {
-        cm_free(req->slots);
-    }
+    cm_free(req->slots);
     cm_buf_deinit(&req->reply);
     cm_argv_free(req->argv);
     cm_free(req);
@@ -69,7 +67,7 @@ static void complete(struct cm_req *req)
 
 void cm_req_setup_slots(struct cm_req *req, size_t n, cm_req_complete_fn *fn)
 {
-    req->slots = n == 1 ? &req->slot0 : cm_calloc(n, sizeof(*req->slots));
+    req->slots = cm_calloc(n, sizeof(*req->slots));
     req->nslots = n;
     req->complete = fn;
 }

@@ -39,9 +39,8 @@ struct cm_req {
     enum cm_req_state state;
     bool resp3;                    /* encode the reply in RESP3 */
     struct cm_buf reply;           /* the encoded reply, owned */
-    struct cm_slot *slots;         /* keyed replies: nslots elements, &slot0 or owned */
-    size_t nslots;
-    struct cm_slot slot0;          /* a single-key request's slot: no array to allocate */
+    struct cm_slot *slots;         /* multi-key replies: nslots elements, owned */
+    size_t nslots;                 /* 0 for GET: its one element is the whole reply */
     size_t pending;                /* slots or operations still outstanding */
     int refs;                      /* flights/ops holding this request */
     int64_t intval;                /* DEL: keys matched */
