@@ -427,7 +427,7 @@ static void write_cache(struct flight *f, size_t c)
         nc->st->stats.writes++;
         return;
     }
-    struct cm_st_op *op = cm_st_op_new(CM_ST_SET, 1);
+    struct cm_st_op *op = cm_st_op_new_keys(CM_ST_SET, 1, f->ke->sklen + 1);
     cm_st_op_set_key(op, 0, f->ke->skey, f->ke->sklen);
     op->items[0].wval = data;
     op->items[0].wlen = len;
@@ -537,7 +537,11 @@ static void on_batch_read(struct cm_st_op *op, void *arg)
 /* One multi-get of every flight in b from b's storage. */
 static void batch_submit(struct batch *b)
 {
-    struct cm_st_op *op = cm_st_op_new(CM_ST_GET, b->n);
+    size_t key_bytes = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        key_bytes += b->fl[i]->ke->sklen + 1;
+    }
+    struct cm_st_op *op = cm_st_op_new_keys(CM_ST_GET, b->n, key_bytes);
     for (size_t i = 0; i < b->n; i++) {
         cm_st_op_set_key(op, i, b->fl[i]->ke->skey, b->fl[i]->ke->sklen);
     }
@@ -748,7 +752,7 @@ static void start_mutation_writes(struct flight *f)
             write_cache(f, node->remote_idx[i]);
         } else if (!f->srv->closing) {
             struct cm_storage *st = node->caches[node->remote_idx[i]].st;
-            struct cm_st_op *op = cm_st_op_new(CM_ST_DEL, 1);
+            struct cm_st_op *op = cm_st_op_new_keys(CM_ST_DEL, 1, f->ke->sklen + 1);
             cm_st_op_set_key(op, 0, f->ke->skey, f->ke->sklen);
             f->pending_writes++;
             cm_storage_submit(st, op, on_delete_done, f);
@@ -792,6 +796,9 @@ static struct keyent *ke_of(struct cm_server *srv, struct cm_node *node, const c
 bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char *key,
                          size_t klen, struct cm_buf *out)
 {
+    if (node->nlocal == 0) {
+        return false;
+    }
     char small[SKEY_SMALL];
     size_t sklen;
     char *skey = skey_build(srv, node, key, klen, small, &sklen);

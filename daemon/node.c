@@ -90,7 +90,9 @@ bool cm_tpl_match(const struct cm_tpl *t, const char *key, size_t klen, struct c
                 goto backtrack;
             }
             pstart[pidx[seg]] = s;
-            s++;
+            /* A param that ends the template takes the rest of the key: where widening it one
+             * byte at a time would end. */
+            s = seg + 1 == t->nsegs ? klen : s + 1;
             star_seg = (ssize_t)seg;
             star_end = s;
             pend[pidx[seg]] = s;

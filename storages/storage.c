@@ -53,24 +53,43 @@ void cm_storage_free(struct cm_storage *st)
     cm_free(st);
 }
 
-struct cm_st_op *cm_st_op_new(enum cm_st_op_kind kind, size_t nitems)
+struct cm_st_op *cm_st_op_new_keys(enum cm_st_op_kind kind, size_t nitems, size_t key_bytes)
 {
     struct cm_st_op *op = cm_calloc(1, sizeof(*op));
+    size_t isize = (nitems ? nitems : 1) * sizeof(*op->items);
     op->kind = kind;
     op->nitems = nitems;
-    op->items = cm_calloc(nitems ? nitems : 1, sizeof(*op->items));
+    op->items = cm_malloc(isize + key_bytes);
+    memset(op->items, 0, isize);
+    op->kfree = (char *)op->items + isize;
+    op->kleft = key_bytes;
     op->ttl_ms = -1;
     return op;
 }
 
+struct cm_st_op *cm_st_op_new(enum cm_st_op_kind kind, size_t nitems)
+{
+    return cm_st_op_new_keys(kind, nitems, 0);
+}
+
 void cm_st_op_set_key(struct cm_st_op *op, size_t i, const char *key, size_t klen)
 {
+    struct cm_st_item *it = &op->items[i];
     cm_assert(i < op->nitems);
-    cm_free(op->items[i].key);
-    op->items[i].key = cm_malloc(klen + 1);   /* keys are binary: they may hold NUL bytes */
-    memcpy(op->items[i].key, key, klen);
-    op->items[i].key[klen] = '\0';
-    op->items[i].klen = klen;
+    if (!it->key_in_block) {
+        cm_free(it->key);
+    }
+    it->key_in_block = klen + 1 <= op->kleft;
+    if (it->key_in_block) {
+        it->key = op->kfree;
+        op->kfree += klen + 1;
+        op->kleft -= klen + 1;
+    } else {
+        it->key = cm_malloc(klen + 1);
+    }
+    memcpy(it->key, key, klen);   /* keys are binary: they may hold NUL bytes */
+    it->key[klen] = '\0';
+    it->klen = klen;
 }
 
 void cm_st_op_free(struct cm_st_op *op)
@@ -79,7 +98,9 @@ void cm_st_op_free(struct cm_st_op *op)
         return;
     }
     for (size_t i = 0; i < op->nitems; i++) {
-        cm_free(op->items[i].key);
+        if (!op->items[i].key_in_block) {
+            cm_free(op->items[i].key);
+        }
         cm_free(op->items[i].val);
     }
     cm_free(op->items);

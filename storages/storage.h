@@ -34,6 +34,7 @@ typedef void cm_st_done_fn(struct cm_st_op *op, void *arg);
 /* One key of an operation. */
 struct cm_st_item {
     char *key;            /* owned by the op (copied by cm_st_op_set_key), NUL-terminated */
+    bool key_in_block;    /* framework-private: key lives in the op's key block, not freed alone */
     size_t klen;
     const char *wval;     /* SET: value to write, borrowed; the submitter keeps it alive until done */
     size_t wlen;
@@ -60,6 +61,8 @@ struct cm_st_op {
     struct event *timer;        /* per-op timeout (storage conf timeout) */
     int64_t start_ns;
     bool timed_out;             /* done() already ran because the timer fired */
+    char *kfree;                /* unused part of the key block allocated with the items */
+    size_t kleft;
     void *bpriv;                /* backend-private, free for the backend to use */
     struct cm_st_op *bnext;     /* backend-private list link, free for the backend to use */
 };
@@ -129,6 +132,9 @@ void cm_storage_free(struct cm_storage *st);
 
 /* Allocates an op with nitems zeroed items. */
 struct cm_st_op *cm_st_op_new(enum cm_st_op_kind kind, size_t nitems);
+/* The same, with room for key_bytes of keys (each key takes klen + 1) in the items' allocation,
+ * so that cm_st_op_set_key allocates nothing while they fit. */
+struct cm_st_op *cm_st_op_new_keys(enum cm_st_op_kind kind, size_t nitems, size_t key_bytes);
 /* Copies key into item i. */
 void cm_st_op_set_key(struct cm_st_op *op, size_t i, const char *key, size_t klen);
 /* Frees an op that was never submitted. */
