@@ -3,9 +3,9 @@
 # both measured in this run with redis-benchmark: -c 50, then -c 50 -P 16. Prints the ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-2000000}        # requests per run
+N=${N:-500000}         # requests per run
 KEYS=${KEYS:-100000}
-RUNS=${RUNS:-3}        # best of RUNS per mode (shared, noisy machines)
+RUNS=${RUNS:-5}        # interleaved rounds per mode, medians reported (shared, noisy machines)
 POLICY=${POLICY:-lru}
 . bench/lib.sh
 
@@ -41,12 +41,12 @@ for p in $rport $cport; do redis-cli -p "$p" --pipe < "$dir/load.resp" > /dev/nu
 printf "%-18s %13s %13s %8s   %14s %14s %8s\n" "mode" "redis req/s" "cachemed" "ratio" "redis CPU us" "cachemed" "ratio"
 for mode in "P1" "P16"; do
     extra=(); [ "$mode" = P16 ] && extra=(-P 16)
-    read -r r ru <<< "$(best "$rport" "${pids[0]}" "${extra[@]}")"
-    read -r c cu <<< "$(best "$cport" "${pids[1]}" "${extra[@]}")"
+    PORTS=("$rport" "$cport") PIDS=("${pids[0]}" "${pids[1]}")
+    { read -r r ru; read -r c cu; } < <(interleaved "${extra[@]}")
     printf "%-18s %13.0f %13.0f %7.2fx   %14.2f %14.2f %7.2fx\n" "GET -c 50 $mode" "$r" "$c" \
         "$(awk -v a="$c" -v b="$r" 'BEGIN{print a/b}')" "$ru" "$cu" "$(awk -v a="$ru" -v b="$cu" 'BEGIN{print a/b}')"
 done
 echo "(throughput ratio = cachemed/redis, higher is better; CPU ratio = redis CPU per request /"
 echo " cachemed CPU per request, higher is better: the same-run figure least affected by a busy machine)"
 hits=$(redis-cli -p "$cport" stats key | awk 'NR==5')
-echo "(cachemed local hits: $hits; keys: $KEYS, requests per run: $N, best of $RUNS)"
+echo "(cachemed local hits: $hits; keys: $KEYS, requests per run: $N, medians of $RUNS interleaved rounds)"

@@ -16,17 +16,30 @@ wait_ping() {
 # CPU seconds (user + system) a process has used so far: less sensitive to a noisy machine than
 # throughput, since it does not count time spent waiting for the CPU.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
-# best PORT PID [redis-benchmark args]: GET with -c 50 over $KEYS keys, $N requests, $RUNS times;
-# prints the best requests/s and the lowest CPU microseconds per request of PID.
-best() {  # port pid extra args -> "best requests/s" "CPU microseconds per request (min)"
-    local port=$1 pid=$2; shift 2; local b=0 u=999999
-    for _ in $(seq "$RUNS"); do
-        c0=$(cpu "$pid")
-        r=$(redis-benchmark -p "$port" -t get -n "$N" -r "$KEYS" -c 50 "$@" -q 2>/dev/null \
-            | tr '\r' '\n' | grep -oE 'GET: [0-9.]+' | tail -1 | awk '{print $2}')
-        c1=$(cpu "$pid")
-        b=$(awk -v a="$b" -v c="${r:-0}" 'BEGIN{print (c>a)?c:a}')
-        u=$(awk -v a="$u" -v d="$(awk -v x="$c0" -v y="$c1" -v n="$N" 'BEGIN{print (y-x)*1e6/n}')" 'BEGIN{print (d<a)?d:a}')
+# Median of the numbers on stdin, one per line.
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# interleaved [redis-benchmark args]: GET with -c 50 over $KEYS keys, $N requests, against every
+# server of the arrays PORTS and PIDS, $RUNS rounds. Each round runs every server once, in an order
+# rotated from round to round, so load that drifts on a shared machine falls on all of them alike
+# (running one server's runs, then the next's, let one server take the quiet minutes and another
+# the busy ones: 0.87x-1.22x for the same binaries). Prints one line per server, in PORTS order:
+# "median requests/s" "median CPU microseconds per request of its PID".
+interleaved() {
+    local n=${#PORTS[@]} r k i rps c0 c1
+    local -a rows
+    for ((r = 0; r < RUNS; r++)); do
+        for ((k = 0; k < n; k++)); do
+            i=$(( (k + r) % n ))
+            c0=$(cpu "${PIDS[$i]}")
+            rps=$(redis-benchmark -p "${PORTS[$i]}" -t get -n "$N" -r "$KEYS" -c 50 "$@" -q 2>/dev/null \
+                | tr '\r' '\n' | grep -oE 'GET: [0-9.]+' | tail -1 | awk '{print $2}')
+            c1=$(cpu "${PIDS[$i]}")
+            rows[$i]+="${rps:-0} $(awk -v x="$c0" -v y="$c1" -v n="$N" 'BEGIN{print (y-x)*1e6/n}')"$'\n'
+        done
     done
-    echo "$b $u"
+    for ((i = 0; i < n; i++)); do
+        echo "$(printf '%s' "${rows[$i]}" | awk '{print $1}' | median)" \
+             "$(printf '%s' "${rows[$i]}" | awk '{print $2}' | median)"
+    done
 }

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-500000}
 KEYS=${KEYS:-10000}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 POOL=${POOL:-8}
 . bench/lib.sh
 rport=$(free_port); tport=$(free_port); cport=$(free_port)
@@ -58,10 +58,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2fx", (b>0)?a/b:0}'; }
 printf "%-14s %12s %12s %12s %16s %16s\n" mode redis twemproxy cachemed "cachemed/twemp" "cachemed/redis"
 for mode in P1 P16; do
     extra=(); [ "$mode" = P16 ] && extra=(-P 16)
-    read -r r _ <<< "$(best "$rport" "${pids[0]}" "${extra[@]}")"
-    read -r t _ <<< "$(best "$tport" "${pids[1]}" "${extra[@]}")"
-    read -r c _ <<< "$(best "$cport" "${pids[2]}" "${extra[@]}")"
+    PORTS=("$rport" "$tport" "$cport") PIDS=("${pids[0]}" "${pids[1]}" "${pids[2]}")
+    { read -r r _; read -r t _; read -r c _; } < <(interleaved "${extra[@]}")
     printf "%-14s %12.0f %12.0f %12.0f %16s %16s\n" "GET -c50 $mode" "$r" "$t" "$c" "$(ratio "$c" "$t")" "$(ratio "$c" "$r")"
 done
 redis-cli -p "$cport" info storages | grep "^storage_shared:" | tr -d "\r"
-echo "(targets: >= 1.2x twemproxy, >= 0.9x redis; keys $KEYS, requests per run $N, best of $RUNS, pool_size $POOL)"
+echo "(targets: >= 1.2x twemproxy, >= 0.9x redis; keys $KEYS, requests per run $N, medians of $RUNS interleaved rounds, pool_size $POOL)"
