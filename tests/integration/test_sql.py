@@ -38,6 +38,13 @@ LOCAL = ("lj", "lm")
 AWKWARD = ["it's", 'say "hi"', "back\\slash\\", "100%_off", "a;DROP TABLE x;--", "é ü",
            "日本語", "snow☃", "emoji\U0001F600", "%27%3B", "x' OR '1'='1"]
 SQLITE_EXPIRE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00")
+
+
+def parse_secs(d):
+    """A config duration of the tests ("500ms", "2s") in seconds."""
+    return float(d[:-2]) / 1000 if d.endswith("ms") else float(d.rstrip("s"))
+
+
 RESUME_SECS = 8.0      # remote hits must resume this soon after a server is back (SPEC §1: 5 s backoff)
 
 
@@ -461,8 +468,9 @@ class SqlChain:
             i = 0
             while not stop.is_set():
                 k = "dj:t%d" % i
+                t0 = time.time()
                 try:
-                    replies.append((k, json.loads(cc.get(k))))
+                    replies.append((k, json.loads(cc.get(k)), time.time() - t0))
                 except Exception as e:   # noqa: BLE001  (any error fails the test below)
                     errors.append("%s: %r" % (k, e))
                 i += 1
@@ -476,12 +484,18 @@ class SqlChain:
             stop.set()
             t.join()
         self.assertEqual(errors, [])
-        self.assertGreaterEqual(len(replies), 3)   # a down storage costs up to its timeout per request
-        for k, doc in replies:
+        # A down storage costs each request up to its op timeout, then the loader answers. Checked
+        # per request: how many fit in the restart window depends on how long the restart takes
+        # (a count of 3 was met with 3-5 by MongoDB, whose driver reports it down only after its
+        # server selection timeout, so every request of a short window waits the op timeout).
+        self.assertGreaterEqual(len(replies), 1)
+        slowest = max(lat for _, _, lat in replies)
+        self.assertLess(slowest, parse_secs(self.OP_TIMEOUT) + 1.0, "slowest request while restarting")
+        for k, doc, _ in replies:
             self.assertEqual(doc["path"], self.path(k))
         took = self.wait_remote_hits(c, "dj:r", time.time())
-        print("\n  %s restart: %d requests answered meanwhile, remote hits again after %.1f s"
-              % (self.db.kind, len(replies), took), end=" ")
+        print("\n  %s restart: %d requests answered meanwhile (slowest %.2f s), remote hits again "
+              "after %.1f s" % (self.db.kind, len(replies), slowest, took), end=" ")
 
     def test_database_down_at_start(self):
         if self.db.server is None:
