@@ -65,7 +65,7 @@ cpu_of() { local p; for p in "$@"; do printf '%s ' "$(cpu_tree "$p")"; done; ech
 cpu_delta() { awk -v a="$1" -v b="$2" 'BEGIN {n = split(a, x, " "); split(b, y, " ");
     for (i = 1; i <= n; i++) printf "%s%.1f", (i > 1 ? "/" : ""), y[i] - x[i]; print ""}'; }
 
-# ---- shared servers: one redis-server and the origin (bench/origin.c: C, evhttp, one loop;
+# ---- shared servers: one redis-server and the origin (bench/origin.c: C, libevent, one loop;
 # every load answered after a 100 ms evtimer; the same origin for cachemed, Varnish and nginx)
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
@@ -225,7 +225,7 @@ bunique=$(field unique "$bkeys")
     echo "($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)),"
     echo "total $(($(date +%s) - t0)) s. Trace: Go's Zipf (bench/zipf.h) s=1.001, v=10, imax=200,000, seed $SEED,"
     echo "200,000 requests, **$unique unique keys**; batch: 10,000 MGETs of 20 distinct keys from"
-    echo "s=1.0001, **$bunique unique keys**. Origin: bench/origin.c (C, libevent evhttp, one loop),"
+    echo "s=1.0001, **$bunique unique keys**. Origin: bench/origin.c (C, libevent, HTTP/1.1 on raw sockets, one loop),"
     echo "100 ms per load (an evtimer), body = uid; the same origin behind cachemed, Varnish and nginx."
     echo "Every reply was checked against its key (\"bad\" = wrong, missing or error replies)."
     echo
