@@ -9,12 +9,12 @@
 
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,10 +24,12 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define TRACE_REQUESTS 200000 /* Cacheme's REQUESTS */
 #define TRACE_BATCH_KEYS 20   /* keys per MGET in the batch variant */
 #define TRACE_MAX_BAD 5       /* mismatching replies printed */
+#define TRACE_RECV_BYTES 65536 /* read at once from a connection */
 
 /* The request stream: nreq requests of per_req keys each, keys[i * per_req + j]. */
 struct trace {
@@ -180,10 +182,18 @@ static const char *const class_names[CLASS_N] = {"-", "hit", "wait", "load"};
 
 struct run;
 
-/* One client connection; owned by run->conns. */
+/* One client connection; owned by run->conns. Its socket is read through one persistent read
+ * event and written at once (send); the write event is armed only for the connect and for what a
+ * send did not take. So a request costs one send and one recv, no epoll_ctl: bufferevents added
+ * an epoll_ctl pair per request and an ioctl per read, on the cores of the servers measured. */
 struct dconn {
     struct run *run;
-    struct bufferevent *bev;
+    int fd;              /* -1 while down */
+    struct event *rev;   /* persistent read event while up */
+    struct event *wev;   /* connect completion, then output the socket did not take */
+    bool connecting;
+    struct evbuffer *in; /* bytes received, not yet parsed */
+    struct evbuffer *out; /* requests not yet sent */
     redisReader *rd; /* RESP replies */
     uint32_t *fifo;  /* request indexes awaiting a reply, oldest first */
     size_t slots;    /* workers on this connection = FIFO capacity */
@@ -216,6 +226,7 @@ struct run {
 };
 
 static void dconn_connect(struct dconn *c);
+static void conn_lost(struct dconn *c, const char *why);
 
 static double now_sec(void)
 {
@@ -251,7 +262,7 @@ static void send_req(struct dconn *c, size_t idx)
     r->sent[idx] = now_sec();
     classify(r, idx);
     c->fifo[(c->head + c->n++) % c->slots] = (uint32_t)idx;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->out;
     const uint32_t *k = &r->t->keys[idx * r->t->per_req];
     if (r->proto == PROTO_HTTP) {
         evbuffer_add_printf(out, "GET %s%" PRIu32 " HTTP/1.1\r\nHost: trace\r\n\r\n", r->path,
@@ -344,7 +355,7 @@ static void check_resp(struct run *r, size_t idx, const redisReply *rep)
 
 static void read_resp(struct dconn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->in;
     size_t len = evbuffer_get_length(in);
     if (len > 0) {
         redisReaderFeed(c->rd, (const char *)evbuffer_pullup(in, -1), len);
@@ -413,11 +424,24 @@ static int parse_http(struct evbuffer *in, int *status, const char **body, size_
     return 1;
 }
 
+/* Closes c's socket and drops what it had buffered either way. */
+static void dconn_close(struct dconn *c)
+{
+    if (c->fd >= 0) {
+        event_free(c->rev);
+        event_free(c->wev);
+        close(c->fd);
+    }
+    c->fd = -1;
+    c->up = c->connecting = false;
+    evbuffer_drain(c->in, evbuffer_get_length(c->in));
+    evbuffer_drain(c->out, evbuffer_get_length(c->out));
+}
+
 /* Drops c's socket and opens a new one; its unanswered requests are sent again once it is up. */
 static void reconnect(struct dconn *c)
 {
-    bufferevent_free(c->bev);
-    c->bev = NULL;
+    dconn_close(c);
     c->reconnects++;
     c->run->reconnects++;
     dconn_connect(c);
@@ -426,7 +450,7 @@ static void reconnect(struct dconn *c)
 static void read_http(struct dconn *c)
 {
     struct run *r = c->run;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->in;
     for (;;) {
         int status = 0;
         const char *body = NULL;
@@ -457,59 +481,113 @@ static void read_http(struct dconn *c)
     }
 }
 
-static void on_read(struct bufferevent *bev, void *arg)
+/* Sends what c's output holds; arms the write event for what the socket does not take. */
+static void flush(struct dconn *c)
 {
-    CM_UNUSED(bev);
+    if (!c->up || evbuffer_get_length(c->out) == 0) {
+        return;
+    }
+    while (evbuffer_get_length(c->out) > 0) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n > 0) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            event_add(c->wev, NULL);
+            return;
+        }
+        conn_lost(c, n == 0 ? "send returned 0" : strerror(errno));
+        return;
+    }
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    CM_UNUSED(what);
     struct dconn *c = arg;
-    if (c->run->proto == PROTO_RESP) {
+    struct run *r = c->run;
+    char buf[TRACE_RECV_BYTES];
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            return;
+        }
+        conn_lost(c, n == 0 ? "closed by the server" : strerror(errno));
+        return;
+    }
+    evbuffer_add(c->in, buf, (size_t)n);
+    if (r->proto == PROTO_RESP) {
         read_resp(c);
     } else {
         read_http(c);
     }
-    if (c->bev != NULL) {
-        fill(c);
-    }
-    if (c->run->done == c->run->t->nreq) {
-        event_base_loopbreak(c->run->base);
+    fill(c);
+    flush(c);
+    if (r->done == r->t->nreq) {
+        event_base_loopbreak(r->base);
     }
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg)
+/* The socket is up: send again what the old connection did not answer, then refill. */
+static void conn_up(struct dconn *c)
 {
-    CM_UNUSED(bev);
-    struct dconn *c = arg;
     struct run *r = c->run;
-    if (what & BEV_EVENT_CONNECTED) {
-        int one = 1;
-        setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        c->up = true;
-        if (!c->connected) {
-            c->connected = true;
-            r->connected++;
-        }
-        /* Reconnected: send again what the old connection did not answer, then refill. */
-        size_t n = c->n;
-        uint32_t *pending = cm_malloc((n > 0 ? n : 1) * sizeof(*pending));
-        for (size_t i = 0; i < n; i++) {
-            pending[i] = c->fifo[(c->head + i) % c->slots];
-        }
-        c->head = c->n = 0;
-        for (size_t i = 0; i < n; i++) {
-            send_req(c, pending[i]);
-        }
-        cm_free(pending);
-        if (r->next > 0) {
-            fill(c);
-        }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->connecting = false;
+    c->up = true;
+    event_add(c->rev, NULL);
+    if (!c->connected) {
+        c->connected = true;
+        r->connected++;
+    }
+    size_t n = c->n;
+    uint32_t *pending = cm_malloc((n > 0 ? n : 1) * sizeof(*pending));
+    for (size_t i = 0; i < n; i++) {
+        pending[i] = c->fifo[(c->head + i) % c->slots];
+    }
+    c->head = c->n = 0;
+    for (size_t i = 0; i < n; i++) {
+        send_req(c, pending[i]);
+    }
+    cm_free(pending);
+    if (r->next > 0) {
+        fill(c);
+    }
+    flush(c);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    CM_UNUSED(what);
+    struct dconn *c = arg;
+    if (!c->connecting) {
+        flush(c);
         return;
     }
-    /* EOF or error: an HTTP peer may close an idle or used-up keep-alive connection. */
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+        err = errno;
+    }
+    if (err != 0) {
+        errno = err;
+        conn_lost(c, strerror(err));
+        return;
+    }
+    conn_up(c);
+}
+
+/* EOF or error: an HTTP peer may close an idle or used-up keep-alive connection. */
+static void conn_lost(struct dconn *c, const char *why)
+{
+    struct run *r = c->run;
     if (r->proto == PROTO_HTTP && c->reconnects < 1000) {
         reconnect(c);
         return;
     }
-    fprintf(stderr, "trace: connection %s (%s)\n", (what & BEV_EVENT_EOF) ? "closed" : "error",
-            evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    fprintf(stderr, "trace: connection lost (%s)\n", why);
+    dconn_close(c);
     r->failed = true;
     event_base_loopbreak(r->base);
 }
@@ -518,14 +596,25 @@ static void dconn_connect(struct dconn *c)
 {
     struct run *r = c->run;
     c->up = false;
-    c->bev = bufferevent_socket_new(r->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&r->addr, sizeof(r->addr)) != 0) {
-        fprintf(stderr, "trace: connect: %s\n", strerror(errno));
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        fprintf(stderr, "trace: socket: %s\n", strerror(errno));
         r->failed = true;
         event_base_loopbreak(r->base);
+        return;
     }
+    c->rev = event_new(r->base, c->fd, EV_READ | EV_PERSIST, on_readable, c);
+    c->wev = event_new(r->base, c->fd, EV_WRITE, on_writable, c);
+    c->connecting = true;
+    if (connect(c->fd, (struct sockaddr *)&r->addr, sizeof(r->addr)) == 0) {
+        conn_up(c);
+        return;
+    }
+    if (errno != EINPROGRESS) {
+        conn_lost(c, strerror(errno));
+        return;
+    }
+    event_add(c->wev, NULL);
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
@@ -608,6 +697,9 @@ static int drive(const struct trace *t, enum proto proto, int port, size_t worke
         c->slots = workers / nconns + (i < workers % nconns ? 1 : 0);
         c->fifo = cm_malloc(c->slots * sizeof(*c->fifo));
         c->rd = proto == PROTO_RESP ? redisReaderCreate() : NULL;
+        c->fd = -1;
+        c->in = evbuffer_new();
+        c->out = evbuffer_new();
     }
     /* Connect in waves so no listen backlog overflows, then start the clock. */
     struct event *deadline = evtimer_new(r.base, on_deadline, &r);
@@ -631,6 +723,9 @@ static int drive(const struct trace *t, enum proto proto, int port, size_t worke
             issue(&r.conns[i]);
         }
     }
+    for (size_t i = 0; i < nconns && !r.failed; i++) {
+        flush(&r.conns[i]);
+    }
     if (!r.failed && r.done < t->nreq) {
         event_base_dispatch(r.base);
     }
@@ -650,9 +745,9 @@ static int drive(const struct trace *t, enum proto proto, int port, size_t worke
     cm_free(r.kdone);
     for (size_t i = 0; i < nconns; i++) {
         struct dconn *c = &r.conns[i];
-        if (c->bev != NULL) {
-            bufferevent_free(c->bev);
-        }
+        dconn_close(c);
+        evbuffer_free(c->in);
+        evbuffer_free(c->out);
         if (c->rd != NULL) {
             redisReaderFree(c->rd);
         }
@@ -739,6 +834,7 @@ int main(int argc, char **argv)
             usage();
         }
         cm_raise_nofile();
+        signal(SIGPIPE, SIG_IGN); /* writev to a peer that closed: an error, not a kill */
         rc = drive(&t, http ? PROTO_HTTP : PROTO_RESP, (int)port, workers,
                    nconns != 0 ? nconns : workers, path, (int)timeout_s);
     } else {
