@@ -74,8 +74,8 @@ struct cm_st_op *cm_st_op_new(enum cm_st_op_kind kind, size_t nitems)
 
 void cm_st_op_set_key(struct cm_st_op *op, size_t i, const char *key, size_t klen)
 {
-    struct cm_st_item *it = &op->items[i];
     cm_assert(i < op->nitems);
+    struct cm_st_item *it = &op->items[i];
     if (!it->key_in_block) {
         cm_free(it->key);
     }
