@@ -15,6 +15,7 @@ static void add_seg(struct cm_tpl *t, bool param, const char *s, size_t len)
     t->segs[t->nsegs].param = param;
     t->segs[t->nsegs].text = cm_strndup(s, len);
     t->segs[t->nsegs].len = len;
+    t->segs[t->nsegs].pidx = t->nparams;
     t->nsegs++;
     t->nparams += param;
 }
@@ -75,27 +76,21 @@ bool cm_tpl_match(const struct cm_tpl *t, const char *key, size_t klen, struct c
     ssize_t star_seg = -1;     /* the last param seen */
     size_t star_end = 0;       /* where that param currently ends in the key */
     size_t pstart[CM_NODE_MAX_PARAMS], pend[CM_NODE_MAX_PARAMS];
-    size_t pidx[CM_NODE_MAX_PARAMS + 1];
     size_t np = 0;
 
-    for (size_t i = 0, k = 0; i < t->nsegs; i++) {
-        if (t->segs[i].param) {
-            pidx[i] = k++;
-        }
-    }
     for (;;) {
         if (seg < t->nsegs && t->segs[seg].param) {
             /* Start a param: it takes one byte, then grows only on backtracking. */
             if (s >= klen) {
                 goto backtrack;
             }
-            pstart[pidx[seg]] = s;
+            pstart[t->segs[seg].pidx] = s;
             /* A param that ends the template takes the rest of the key: where widening it one
              * byte at a time would end. */
             s = seg + 1 == t->nsegs ? klen : s + 1;
             star_seg = (ssize_t)seg;
             star_end = s;
-            pend[pidx[seg]] = s;
+            pend[t->segs[seg].pidx] = s;
             seg++;
             off = 0;
             continue;
@@ -121,7 +116,7 @@ bool cm_tpl_match(const struct cm_tpl *t, const char *key, size_t klen, struct c
         }
         /* Widen the last param by one byte and retry what follows it. */
         star_end++;
-        pend[pidx[star_seg]] = star_end;
+        pend[t->segs[star_seg].pidx] = star_end;
         s = star_end;
         seg = (size_t)star_seg + 1;
         off = 0;
@@ -131,7 +126,7 @@ bool cm_tpl_match(const struct cm_tpl *t, const char *key, size_t klen, struct c
             if (!t->segs[i].param) {
                 continue;
             }
-            size_t k = pidx[i];
+            size_t k = t->segs[i].pidx;
             params->name[np] = t->segs[i].text;
             params->name_len[np] = t->segs[i].len;
             params->val[np] = key + pstart[k];

@@ -20,6 +20,7 @@ struct cm_tpl_seg {
     bool param;
     char *text;     /* literal bytes, or the param name; owned */
     size_t len;
+    size_t pidx;    /* param: its position among the template's params */
 };
 
 /* A parsed template ("user:{id}:info" or a loader URL). */

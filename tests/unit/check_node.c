@@ -78,6 +78,34 @@ START_TEST(test_match_is_linear_on_long_keys)
 }
 END_TEST
 
+START_TEST(test_regression_template_more_segments_than_params)
+{
+    /* cm_tpl_match kept each param's position in an array indexed by segment but sized by
+     * params (17): a template of more than 17 segments wrote past it on the stack at every
+     * match (found by tests/fuzz/fuzz_template.c). 16 params between literals: 33 segments. */
+    struct cm_tpl t;
+    struct cm_params p;
+    char tpl[256] = "", key[256] = "", err[128];
+    for (int i = 0; i < CM_NODE_MAX_PARAMS; i++) {
+        snprintf(tpl + strlen(tpl), sizeof(tpl) - strlen(tpl), "x{p%d}", i);
+        snprintf(key + strlen(key), sizeof(key) - strlen(key), "x%d", i + 10);
+    }
+    strcat(tpl, "x");
+    strcat(key, "x");
+    ck_assert_int_eq(cm_tpl_parse(&t, tpl, err, sizeof(err)), CM_OK);
+    ck_assert_int_eq(t.nsegs, 2 * CM_NODE_MAX_PARAMS + 1);
+    ck_assert(cm_tpl_match(&t, key, strlen(key), &p));
+    ck_assert_int_eq(p.n, CM_NODE_MAX_PARAMS);
+    for (int i = 0; i < CM_NODE_MAX_PARAMS; i++) {
+        char want[8];
+        snprintf(want, sizeof(want), "%d", i + 10);
+        ck_assert_int_eq(p.val_len[i], strlen(want));
+        ck_assert(memcmp(p.val[i], want, p.val_len[i]) == 0);
+    }
+    cm_tpl_deinit(&t);
+}
+END_TEST
+
 START_TEST(test_parse_errors)
 {
     struct cm_tpl t;
@@ -138,6 +166,7 @@ static Suite *node_suite(void)
     tcase_set_timeout(tc, 10);
     tcase_add_loop_test(tc, test_match_table, 0, (int)(sizeof(cases) / sizeof(cases[0])));
     tcase_add_test(tc, test_match_is_linear_on_long_keys);
+    tcase_add_test(tc, test_regression_template_more_segments_than_params);
     tcase_add_test(tc, test_parse_errors);
     tcase_add_test(tc, test_storage_key_and_loader_url);
     suite_add_tcase(s, tc);
