@@ -238,7 +238,11 @@ void cm_node_loader_url(const struct cm_node *node, const struct cm_params *para
             if (params->name_len[p] == seg->len && memcmp(params->name[p], seg->text, seg->len) == 0) {
                 const char *v = params->val[p];
                 size_t vl = params->val_len[p];
-                if (strspn(v, ".") >= vl) {
+                size_t dots = 0;   /* v is a span of the key, not NUL-terminated: no strspn */
+                while (dots < vl && v[dots] == '.') {
+                    dots++;
+                }
+                if (dots == vl) {
                     /* "." and ".." would be dot segments: encode them so no path can climb. */
                     for (size_t d = 0; d < vl; d++) {
                         cm_buf_append(out, "%2E", 3);

@@ -159,6 +159,36 @@ START_TEST(test_storage_key_and_loader_url)
 }
 END_TEST
 
+START_TEST(test_regression_loader_url_dot_param_not_terminated)
+{
+    /* Whether a param is only dots was asked of strspn, which reads to a NUL: a key whose
+     * buffer ends with such a param (params are spans of the key, not C strings) was read past
+     * its end (found by tests/fuzz/fuzz_template.c). The key here is exactly 7 bytes. */
+    struct cm_node n;
+    struct cm_conf_node cn;
+    struct cm_params p;
+    struct cm_buf b;
+    char *key = cm_malloc(7);
+    memcpy(key, "user:..", 7);
+    make_node(&n, &cn, "user:{id}", "http://h:1/users/{id}");
+    cm_buf_init(&b);
+    ck_assert(cm_tpl_match(&n.key, key, 7, &p));
+    cm_node_loader_url(&n, &p, &b);
+    cm_buf_append(&b, "", 1);
+    ck_assert_str_eq(cm_buf_start(&b), "http://h:1/users/%2E%2E");
+    memcpy(key, "user:.x", 7);   /* not only dots: kept as is (unreserved) */
+    cm_buf_reset(&b);
+    ck_assert(cm_tpl_match(&n.key, key, 7, &p));
+    cm_node_loader_url(&n, &p, &b);
+    cm_buf_append(&b, "", 1);
+    ck_assert_str_eq(cm_buf_start(&b), "http://h:1/users/.x");
+    cm_free(key);
+    cm_buf_deinit(&b);
+    cm_tpl_deinit(&n.key);
+    cm_tpl_deinit(&n.loader);
+}
+END_TEST
+
 static Suite *node_suite(void)
 {
     Suite *s = suite_create("node");
@@ -169,6 +199,7 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_regression_template_more_segments_than_params);
     tcase_add_test(tc, test_parse_errors);
     tcase_add_test(tc, test_storage_key_and_loader_url);
+    tcase_add_test(tc, test_regression_loader_url_dot_param_not_terminated);
     suite_add_tcase(s, tc);
     return s;
 }
