@@ -3,8 +3,11 @@
  * agree with a reference matcher written straight from SPEC §3 (each {param} captures one or
  * more bytes, the shortest that lets the rest of the template match, params left to right):
  * same verdict and the same captures. A match's captures put back into the template must give
- * the key again. */
+ * the key again, and put into a loader URL (one path segment per param) they must stay inside
+ * their segment: only unreserved bytes or %XX, decoding back to the param, never "." or ".."
+ * (SPEC §3, §10). */
 #include "daemon/alloc.h"
+#include "daemon/buf.h"
 #include "daemon/node.h"
 
 #include <stdint.h>
@@ -54,6 +57,96 @@ static bool ref_match(struct ref *r, size_t seg, size_t pos)
     return false;
 }
 
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Checks one encoded path segment [s, e) against the raw param value v. */
+static void check_segment(const char *s, const char *e, const char *v, size_t vl)
+{
+    size_t n = 0;
+    if ((e - s == 1 && s[0] == '.') || (e - s == 2 && s[0] == '.' && s[1] == '.')) {
+        abort();   /* a dot segment would let the key climb the loader's path */
+    }
+    while (s < e) {
+        char c;
+        if (*s == '%') {
+            if (e - s < 3 || hexval(s[1]) < 0 || hexval(s[2]) < 0) {
+                abort();
+            }
+            c = (char)(hexval(s[1]) * 16 + hexval(s[2]));
+            s += 3;
+        } else {
+            c = *s++;
+            bool unreserved = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                              (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+                              c == '~';
+            if (!unreserved) {
+                abort();   /* a byte that could change the URL's structure went through as is */
+            }
+        }
+        if (n >= vl || v[n++] != c) {
+            abort();   /* does not decode back to the param */
+        }
+    }
+    if (n != vl) {
+        abort();
+    }
+}
+
+/* Builds "http://o/x/{p0}/{p1}/.../" from t's param names and checks every segment of the URL
+ * the matched params give. */
+static void check_loader_url(const struct cm_tpl *t, const struct cm_params *p)
+{
+    struct cm_buf src, url;
+    cm_buf_init(&src);
+    cm_buf_init(&url);
+    cm_buf_append_str(&src, "http://o/x/");
+    for (size_t s = 0; s < t->nsegs; s++) {
+        if (t->segs[s].param) {
+            cm_buf_append(&src, "{", 1);
+            cm_buf_append(&src, t->segs[s].text, t->segs[s].len);
+            cm_buf_append(&src, "}/", 2);
+        }
+    }
+    cm_buf_append(&src, "", 1);
+    struct cm_node node;
+    char err[160];
+    memset(&node, 0, sizeof(node));
+    if (cm_tpl_parse(&node.loader, cm_buf_start(&src), err, sizeof(err)) != CM_OK) {
+        abort();   /* names that parsed in the key template parse here too */
+    }
+    cm_node_loader_url(&node, p, &url);
+    const char *u = cm_buf_start(&url), *end = u + cm_buf_used(&url);
+    if (cm_buf_used(&url) < 11 || memcmp(u, "http://o/x/", 11) != 0) {
+        abort();
+    }
+    const char *s = u + 11;
+    for (size_t i = 0; i < t->nsegs; i++) {
+        if (!t->segs[i].param) {
+            continue;
+        }
+        const char *e = memchr(s, '/', (size_t)(end - s));
+        if (e == NULL) {
+            abort();   /* a param's value closed or swallowed a segment */
+        }
+        size_t k = 0;   /* the loader takes the first param of that name */
+        while (p->name_len[k] != t->segs[i].len ||
+               memcmp(p->name[k], t->segs[i].text, t->segs[i].len) != 0) {
+            k++;
+        }
+        check_segment(s, e, p->val[k], p->val_len[k]);
+        s = e + 1;
+    }
+    if (s != end) {
+        abort();
+    }
+    cm_tpl_deinit(&node.loader);
+    cm_buf_deinit(&src);
+    cm_buf_deinit(&url);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const uint8_t *nl = memchr(data, '\n', size);
@@ -100,6 +193,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (k != p.n || rebuilt != klen) {
             abort();   /* captures and literals do not make up the key */
         }
+        check_loader_url(&t, &p);
     }
     cm_free(r.cut);
     cm_free(r.dead);
