@@ -265,18 +265,9 @@ static void encode_result(struct cm_req *req, enum fl_result res, const char *va
 static void fill_slot_result(struct cm_req *req, size_t slot, enum fl_result res, const char *val,
                              size_t vlen, const char *err)
 {
-    struct cm_buf b;
-    size_t len;
-    if (req->nslots == 0) {
-        /* A single-key GET: its reply is this one element, encoded straight into its output. */
-        encode_result(req, res, val, vlen, err, cm_req_out(req));
-        cm_req_part_done(req);
-        return;
-    }
-    cm_buf_init(&b);
-    encode_result(req, res, val, vlen, err, &b);
-    char *data = cm_buf_steal(&b, &len);
-    cm_req_fill_slot(req, slot, data, len);
+    struct cm_buf tmp;
+    encode_result(req, res, val, vlen, err, cm_req_slot_buf(req, &tmp));
+    cm_req_slot_encoded(req, slot, &tmp);
 }
 
 /* Counts one request answered by f (hit or miss) in its node's stats. */
@@ -834,16 +825,13 @@ void cm_flight_get(struct cm_server *srv, struct cm_req *req, const struct cm_ge
     for (size_t k = 0; k < n; k++) {
         struct cm_node *node = keys[k].node;
         if (!keys[k].local_checked && node->nlocal > 0) {
-            cm_assert(req->nslots > 0);   /* GET (no slots) checked its local caches itself */
-            struct cm_buf b;
-            cm_buf_init(&b);
-            if (cm_flight_get_local(srv, node, keys[k].key, keys[k].klen, &b)) {
-                size_t len;
-                char *data = cm_buf_steal(&b, &len);
-                cm_req_fill_slot(req, keys[k].slot, data, len);
+            struct cm_buf tmp;
+            if (cm_flight_get_local(srv, node, keys[k].key, keys[k].klen,
+                                    cm_req_slot_buf(req, &tmp))) {
+                cm_req_slot_encoded(req, keys[k].slot, &tmp);
                 continue;
             }
-            cm_buf_deinit(&b);
+            cm_buf_deinit(&tmp);   /* a miss wrote nothing */
         }
 
         /* 2. join the key's flight, or start one */

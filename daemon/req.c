@@ -82,6 +82,23 @@ void cm_req_fill_slot(struct cm_req *req, size_t i, char *data, size_t len)
     }
 }
 
+struct cm_buf *cm_req_slot_buf(struct cm_req *req, struct cm_buf *tmp)
+{
+    cm_buf_init(tmp);
+    return req->nslots == 0 ? cm_req_out(req) : tmp;
+}
+
+void cm_req_slot_encoded(struct cm_req *req, size_t i, struct cm_buf *tmp)
+{
+    if (req->nslots == 0) {
+        cm_req_part_done(req);
+        return;
+    }
+    size_t len;
+    char *data = cm_buf_steal(tmp, &len);
+    cm_req_fill_slot(req, i, data, len);
+}
+
 void cm_req_part_done(struct cm_req *req)
 {
     cm_assert(req->pending > 0);

@@ -59,6 +59,13 @@ void cm_req_setup_slots(struct cm_req *req, size_t n, cm_req_complete_fn *fn);
 /* Fills slot i with an encoded element (takes ownership of data) and completes the request when
  * it was the last one. */
 void cm_req_fill_slot(struct cm_req *req, size_t i, char *data, size_t len);
+/* Where to encode the element of one of req's keys: straight into the request's output when it
+ * has no slots (GET: its one element is the whole reply), else into tmp. tmp is initialised
+ * either way; hand it to cm_req_slot_encoded once the element is written, or deinit it. */
+struct cm_buf *cm_req_slot_buf(struct cm_req *req, struct cm_buf *tmp);
+/* The element of slot i is in the buffer cm_req_slot_buf gave: files it, and completes the
+ * request when it was the last one. */
+void cm_req_slot_encoded(struct cm_req *req, size_t i, struct cm_buf *tmp);
 /* One outstanding part finished (non-slot commands: DEL, SET); completes the request at 0. */
 void cm_req_part_done(struct cm_req *req);
 /* Drops one reference held by a flight/op; frees an orphaned request at 0. */
