@@ -6,7 +6,9 @@
  * round. A socket to a live server nearly always has room, so here a command queued on a connected
  * context activates a flush event instead: it runs in the same loop pass, after the callback
  * that queued the command (so every command of the pass goes out in one write). Only a write the
- * kernel did not take in full, and connecting, wait for EV_WRITE.
+ * kernel did not take in full, and connecting, wait for EV_WRITE. The read event persists:
+ * hiredis re-adds it after every read, which for a one-shot event is an epoll_ctl to remove it
+ * and one to add it back per reply read.
  *
  * hiredis's reader makes two mallocs per bulk string (the reply and its bytes), and an MGET of
  * hundreds of keys frees them all at once: past glibc's small per-size cache, then consolidated.
@@ -172,7 +174,7 @@ int cm_redis_ev_attach(redisAsyncContext *ac, struct event_base *base)
     }
     struct redis_ev *a = cm_calloc(1, sizeof(*a));
     a->ac = ac;
-    a->rev = event_new(base, ac->c.fd, EV_READ, on_read, a);
+    a->rev = event_new(base, ac->c.fd, EV_READ | EV_PERSIST, on_read, a);
     a->wev = event_new(base, ac->c.fd, EV_WRITE, on_write, a);
     a->flush = event_new(base, -1, 0, on_flush, a);
     if (a->rev == NULL || a->wev == NULL || a->flush == NULL) {

@@ -50,6 +50,7 @@
 #define BACKOFF_MAX_MS 5000          /* ... capped at 5 s */
 #define MAX_REDIRECTS 5              /* MOVED/ASK hops per command before the op fails */
 #define MAX_PENDING_PER_CONN 65536   /* a connection with more callbacks queued is skipped */
+#define FILL_PENDING 4               /* standalone reads: outstanding commands before the next conn */
 #define TICK_MS 200                  /* stall checks and delayed slot-map refreshes */
 #define REFRESH_MIN_INTERVAL_MS 1000 /* CLUSTER SLOTS at most once a second */
 #define WARN_INTERVAL_MS 5000        /* connection trouble: one warning per node per 5 s */
@@ -443,6 +444,37 @@ static struct rconn *node_pick(struct rnode *n, unsigned route)
     return connecting;
 }
 
+/* A connection of standalone node n for a read: the first ready one in pool order with fewer
+ * than FILL_PENDING commands outstanding, else the ready one with the fewest, else what node_pick
+ * finds. Reads may go on any connection (the daemon orders them against writes of the same key),
+ * and a single-threaded server gains nothing from more of them: filling the first connections
+ * lets batches queue behind each other on one socket, where the server reads several in one
+ * read and answers them in one write. Spreading every batch over the pool (pool_size is 100 by
+ * default) cost both sides a read, a write and an epoll wakeup per batch: at redis-benchmark
+ * -P 16, 2.3 -> 1.7 us of cachemed CPU and 1.1 -> 0.75 us of Redis CPU per proxied GET. */
+static struct rconn *node_pick_read(struct rnode *n)
+{
+    if (n->started) {
+        struct rconn *least = NULL;
+        for (size_t i = 0; i < n->nconns; i++) {
+            struct rconn *c = &n->conns[i];
+            if (!c->ready || !conn_usable(c)) {
+                continue;
+            }
+            if (c->npending < FILL_PENDING) {
+                return c;
+            }
+            if (least == NULL || c->npending < least->npending) {
+                least = c;
+            }
+        }
+        if (least != NULL) {
+            return least;
+        }
+    }
+    return node_pick(n, 0);
+}
+
 static void conn_deinit(struct rconn *c)
 {
     if (c->lookup != NULL) {
@@ -696,7 +728,8 @@ static void rcmd_fail(struct rcmd *rc, bool in_submit, const char *fmt, ...)
 static int rcmd_send(struct rcmd *rc, struct rnode *n, bool asking)
 {
     struct cm_st_op *op = rc->op;
-    struct rconn *c = node_pick(n, rc->route);
+    struct rconn *c = !n->rs->cluster && op->kind == CM_ST_GET ? node_pick_read(n)
+                                                                : node_pick(n, rc->route);
     if (c == NULL) {
         return CM_ERR;
     }

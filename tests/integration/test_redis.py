@@ -365,6 +365,23 @@ class RedisChainTest(DaemonTest):
         keys = self.stored_keys(("rm", "lj"), 20)
         self.assertEqual(self.mget_counted(keys), 1)
 
+    # Reads fill the pool's first connection before using the next (st_redis node_pick_read):
+    # a single-threaded server gains nothing from more, and batches queued on one socket are read
+    # and answered together. Spread by key hash (as before), 30 one-key reads used all 4.
+    def test_reads_fill_the_first_connection(self):
+        keys = self.stored_keys(("rm",), 30)
+        before = {c["id"] for c in self.r.client_list()}
+        d = self.daemon(self.body(pool_size=4))
+        c = d.client()
+        wait_for(lambda: c.info("storages")["storage_shared_redis_conns_ready"] == 4, 5,
+                 what="the daemon's 4 redis connections")
+        mine = [x["id"] for x in self.r.client_list() if x["id"] not in before]
+        for k in keys:   # one at a time: each is a batch of one, a GET, with nothing outstanding
+            self.assertEqual(json.loads(c.get(k)), self.doc(k))
+        used = [x for x in self.r.client_list() if x["id"] in mine and x["cmd"] in ("get", "mget")]
+        self.assertEqual(len(mine), 4)
+        self.assertEqual(len(used), 1, used)
+
     def test_mget_mixing_stored_and_missing_keys(self):
         d = self.daemon(self.body(pool_size=1))
         c = d.client()
