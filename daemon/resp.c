@@ -72,6 +72,7 @@ struct cm_resp_parser {
     size_t nargs;         /* used entries of args */
     size_t args_cap;      /* allocated entries of args */
     size_t argbytes;      /* sum of args[].len */
+    bool no_fast;         /* tests: always take the general path (cm_resp_parser_no_fast_path) */
     enum resp_err err;    /* sticky once set */
     char errstr[64];      /* client text of err */
 };
@@ -440,6 +441,81 @@ static struct cm_argv *build_mbulk_argv(struct cm_resp_parser *p)
     return a;
 }
 
+/*
+ * Fast path for the usual request: a multibulk of at most FAST_ARGS short bulks, all of it
+ * buffered, every line ending in "\r\n" and every number in its plain form. It parses in one
+ * pass without the line searches and state the general path needs to resume across splits
+ * (which cost about 450 instructions of a proxied GET's 3,700). Anything else, including every
+ * malformed or incomplete input, returns false having changed nothing, and the general path
+ * decides, so both accept the same inputs with the same result (fuzz_resp checks this).
+ */
+#define FAST_ARGS 8
+#define FAST_LEN_DIGITS 6
+
+/* Reads a plain decimal (no sign, no leading zero, at most maxd digits) followed by "\r\n". */
+static inline bool fast_num(const char **sp, const char *end, size_t maxd, size_t *out)
+{
+    const char *s = *sp;
+    if (s >= end || (unsigned)(*s - '0') > 9 || (*s == '0' && s + 1 < end && s[1] != '\r')) {
+        return false;
+    }
+    size_t v = 0;
+    const char *start = s;
+    while (s < end && (unsigned)(*s - '0') <= 9) {
+        if ((size_t)(s - start) == maxd) {
+            return false;
+        }
+        v = v * 10 + (size_t)(*s++ - '0');
+    }
+    if (end - s < 2 || s[0] != '\r' || s[1] != '\n') {
+        return false;
+    }
+    *sp = s + 2;
+    *out = v;
+    return true;
+}
+
+static bool fast_mbulk(struct cm_resp_parser *p, struct cm_argv **out)
+{
+    const char *s = p->data + p->pos, *end = p->data + p->len;
+    size_t n, off[FAST_ARGS], len[FAST_ARGS], bytes = 0;
+    s++; /* '*' */
+    if (!fast_num(&s, end, 1, &n) || n == 0 || n > FAST_ARGS || n > p->max_args) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s >= end || *s != '$') {
+            return false;
+        }
+        s++;
+        if (!fast_num(&s, end, FAST_LEN_DIGITS, &len[i]) || len[i] > p->max_bulk ||
+            (size_t)(end - s) < len[i] + 2 || s[len[i]] != '\r' || s[len[i] + 1] != '\n') {
+            return false;
+        }
+        off[i] = (size_t)(s - p->data);
+        bytes += len[i];
+        s += len[i] + 2;
+    }
+    char *dst;
+    struct cm_argv *a = argv_alloc(n, bytes, &dst);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(dst, p->data + off[i], len[i]);
+        dst[len[i]] = '\0';
+        a->argv[i] = dst;
+        a->lens[i] = len[i];
+        dst += len[i] + 1;
+    }
+    p->pos = (size_t)(s - p->data);
+    p->scanned = 0; /* a search an earlier call left unfinished covered this request's bytes */
+    *out = a;
+    return true;
+}
+
+void cm_resp_parser_no_fast_path(struct cm_resp_parser *p)
+{
+    p->no_fast = true;
+}
+
 static inline bool is_space(char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
@@ -668,6 +744,9 @@ int cm_resp_next(struct cm_resp_parser *p, struct cm_argv **out)
                     return CM_OK;
                 }
                 continue;
+            }
+            if (!p->no_fast && fast_mbulk(p, out)) {
+                return CM_OK;
             }
             rc = read_mbulk_header(p);
             if (rc != CM_OK) {

@@ -42,6 +42,9 @@ const char *cm_resp_errstr(const struct cm_resp_parser *p);
  * like redis sdscatrepr (\r \n \t \" \\, other non-printables as \xNN), then "..." if
  * more bytes follow. Always NUL-terminates out (outsz > 0); truncates to fit. */
 void cm_resp_err_sample(const struct cm_resp_parser *p, char *out, size_t outsz);
+/* Tests: parse everything with the general (resumable) path, never the whole-request fast path,
+ * so the two can be compared. */
+void cm_resp_parser_no_fast_path(struct cm_resp_parser *p);
 /* Bytes buffered but not yet parsed into a request. */
 size_t cm_resp_pending(const struct cm_resp_parser *p);
 

@@ -1,6 +1,7 @@
 /* libFuzzer target for the RESP parser: the input is fed in 1-3 chunks chosen from its own
- * bytes, and must give the same requests and the same error as when fed whole. Each request is
- * also re-encoded with the reply encoder (array of bulks) and must parse back to itself. */
+ * bytes, and must give the same requests and the same error as when fed whole, and as when fed
+ * whole to a parser without the whole-request fast path. Each request is also re-encoded with
+ * the reply encoder (array of bulks) and must parse back to itself. */
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
 #include "daemon/resp.h"
@@ -86,11 +87,14 @@ static void drain(struct cm_resp_parser *p, struct outcome *o, bool roundtrip)
 
 /* Parses msg[0..n) fed in pieces ending at cuts[0..ncuts), then the rest. */
 static void parse(const uint8_t *msg, size_t n, const size_t *cuts, size_t ncuts, bool use_reserve,
-                  uint64_t max_bulk, size_t max_args, bool roundtrip, struct outcome *o)
+                  uint64_t max_bulk, size_t max_args, bool roundtrip, bool fast, struct outcome *o)
 {
     memset(o, 0, sizeof(*o));
     o->hash = 1469598103934665603ULL;
     struct cm_resp_parser *p = cm_resp_parser_new(max_bulk, max_args);
+    if (!fast) {
+        cm_resp_parser_no_fast_path(p);
+    }
     size_t at = 0;
     for (size_t i = 0; i <= ncuts; i++) {
         size_t end = i < ncuts ? cuts[i] : n;
@@ -136,12 +140,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cuts[ncuts++] = c;
     }
 
-    struct outcome whole, split;
-    parse(msg, n, NULL, 0, false, max_bulk, max_args, true, &whole);
-    parse(msg, n, cuts, ncuts, use_reserve, max_bulk, max_args, false, &split);
-    /* Split invariance: same requests, same status, same error text. */
+    struct outcome whole, split, general;
+    parse(msg, n, NULL, 0, false, max_bulk, max_args, true, true, &whole);
+    parse(msg, n, cuts, ncuts, use_reserve, max_bulk, max_args, false, true, &split);
+    parse(msg, n, NULL, 0, false, max_bulk, max_args, false, false, &general);
+    /* Split invariance, and the fast path agreeing with the general one: same requests, same
+     * status, same error text. */
     if (whole.nreq != split.nreq || whole.hash != split.hash || whole.rc != split.rc ||
         strcmp(whole.err, split.err) != 0) {
+        abort();
+    }
+    if (whole.nreq != general.nreq || whole.hash != general.hash || whole.rc != general.rc ||
+        strcmp(whole.err, general.err) != 0) {
         abort();
     }
     return 0;

@@ -47,6 +47,19 @@ static const struct vec vecs[] = {
     OKV("mixed_inline_mbulk", "PING\r\n*2\r\n$3\r\nGET\r\n$1\r\nx\r\nECHO hi\n",
         "[4:PING,][3:GET,1:x,][4:ECHO,2:hi,]"),
     OKV("header_lf_not_checked", "*1\rx$1\rxa\r\n", "[1:a,]"),
+    /* the edges of the whole-request fast path (resp.c fast_mbulk), which the general path
+     * must agree with (test_vec_general) */
+    OKV("nine_args", "*9\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$1\r\nd\r\n$1\r\ne\r\n$1\r\nf\r\n"
+        "$1\r\ng\r\n$1\r\nh\r\n$1\r\ni\r\n", "[1:a,1:b,1:c,1:d,1:e,1:f,1:g,1:h,1:i,]"),
+    OKV("ten_args", "*10\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$1\r\nd\r\n$1\r\ne\r\n$1\r\nf\r\n"
+        "$1\r\ng\r\n$1\r\nh\r\n$1\r\ni\r\n$1\r\nj\r\n", "[1:a,1:b,1:c,1:d,1:e,1:f,1:g,1:h,1:i,1:j,]"),
+    OKV("empty_bulks", "*2\r\n$0\r\n\r\n$0\r\n\r\n", "[0:,0:,]"),
+    OKV("bulk_header_lf_not_checked", "*1\r\n$1\rxa\r\n", "[1:a,]"),
+    ERRV("bulk_leading_zero", "*1\r\n$01\r\na\r\n", "", "Protocol error: invalid bulk length"),
+    ERRV("bulk_zero_zero", "*1\r\n$00\r\n\r\n", "", "Protocol error: invalid bulk length"),
+    ERRV("bulk_plus", "*1\r\n$+1\r\na\r\n", "", "Protocol error: invalid bulk length"),
+    ERRV("bulk_short_then_crlf", "*1\r\n$2\r\na\r\n\r\n", "",
+         "Protocol error: missing CRLF after bulk data"),
     /* inline */
     OKV("inline_crlf", "GET key\r\n", "[3:GET,3:key,]"),
     OKV("inline_lf", "GET key\n", "[3:GET,3:key,]"),
@@ -224,6 +237,21 @@ static void run_vec(const struct vec *v, const size_t *cuts, size_t ncuts, enum 
 START_TEST(test_vec_whole)
 {
     run_vec(&vecs[_i], NULL, 0, FEED_COPY, "whole");
+}
+END_TEST
+
+/* Whole, but without the fast path: the general path alone gives the same. */
+START_TEST(test_vec_general)
+{
+    const struct vec *v = &vecs[_i];
+    struct cm_resp_parser *p = cm_resp_parser_new(0, 0);
+    cm_resp_parser_no_fast_path(p);
+    struct cm_buf out;
+    cm_buf_init(&out);
+    int rc = run_pieces(p, v->in, v->inlen, NULL, 0, FEED_COPY, &out);
+    check_result(v, "whole, general path", rc, p, &out);
+    cm_buf_deinit(&out);
+    cm_resp_parser_free(p);
 }
 END_TEST
 
@@ -778,6 +806,7 @@ static Suite *resp_suite(void)
     tcase_set_timeout(tc, 120);
     int n = (int)CM_ARRAY_LEN(vecs);
     tcase_add_loop_test(tc, test_vec_whole, 0, n);
+    tcase_add_loop_test(tc, test_vec_general, 0, n);
     tcase_add_loop_test(tc, test_vec_bytewise, 0, n);
     tcase_add_loop_test(tc, test_vec_splits, 0, n);
     tcase_add_test(tc, test_all_pipelined);
