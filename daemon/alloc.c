@@ -24,19 +24,25 @@ struct alloc_counter {
 static _Atomic(struct alloc_counter *) counters;
 static _Thread_local struct alloc_counter *my_counter;
 
-static struct alloc_counter *counter(void)
+/* A thread's first allocation registers its counter; kept out of line so that the check on
+ * every call is one compare. */
+static __attribute__((noinline, cold)) struct alloc_counter *counter_init(void)
 {
-    if (my_counter == NULL) {
-        struct alloc_counter *c = calloc(1, sizeof(*c));
-        if (c == NULL) {
-            abort();
-        }
-        c->next = atomic_load(&counters);
-        while (!atomic_compare_exchange_weak(&counters, &c->next, c)) {
-        }
-        my_counter = c;
+    struct alloc_counter *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        abort();
     }
-    return my_counter;
+    c->next = atomic_load(&counters);
+    while (!atomic_compare_exchange_weak(&counters, &c->next, c)) {
+    }
+    my_counter = c;
+    return c;
+}
+
+static inline struct alloc_counter *counter(void)
+{
+    struct alloc_counter *c = my_counter;
+    return __builtin_expect(c != NULL, 1) ? c : counter_init();
 }
 
 static inline void count(int64_t delta)
@@ -103,16 +109,20 @@ static void cache_key_init(void)
     }
 }
 
-static struct chunk_cache *cache(void)
+static __attribute__((noinline, cold)) struct chunk_cache *cache_init(void)
 {
-    if (my_cache == NULL) {
-        pthread_once(&cache_once, cache_key_init);
-        my_cache = calloc(1, sizeof(*my_cache));
-        if (my_cache == NULL || pthread_setspecific(cache_key, my_cache) != 0) {
-            abort();
-        }
+    pthread_once(&cache_once, cache_key_init);
+    my_cache = calloc(1, sizeof(*my_cache));
+    if (my_cache == NULL || pthread_setspecific(cache_key, my_cache) != 0) {
+        abort();
     }
     return my_cache;
+}
+
+static inline struct chunk_cache *cache(void)
+{
+    struct chunk_cache *cc = my_cache;
+    return __builtin_expect(cc != NULL, 1) ? cc : cache_init();
 }
 
 /* The usable size glibc gives a request of n bytes (64-bit: chunks of 16k bytes, at least 32,
