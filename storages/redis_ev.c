@@ -12,9 +12,11 @@
  *
  * hiredis's reader makes two mallocs per bulk string (the reply and its bytes), and an MGET of
  * hundreds of keys frees them all at once: past glibc's small per-size cache, then consolidated.
- * Our reply functions make one allocation per string (the bytes follow the reply) through
- * daemon/alloc.h, whose chunk cache takes such bursts. The objects are hiredis's redisReply,
- * built as hiredis's own functions build them, so replies read the same everywhere. */
+ * Our reply functions make one allocation per string through daemon/alloc.h, whose chunk cache
+ * takes such bursts: the NUL-terminated bytes start the block and the reply follows them, so the
+ * block can be handed on whole as a value (cm_redis_reply_take_str) instead of copied. The
+ * objects are hiredis's redisReply, built as hiredis's own functions build them, so replies read
+ * the same everywhere. */
 #include "storages/redis_ev.h"
 #include "daemon/alloc.h"
 #include "daemon/common.h"
@@ -116,14 +118,27 @@ static redisReply *reply_new(int type, size_t extra)
     return r;
 }
 
+/* Block of a string reply: [bytes, NUL, padding to 8][redisReply]; r->str is the block. */
 static void *create_string(const redisReadTask *task, char *str, size_t len)
 {
-    redisReply *r = reply_new(task->type, len + 1);
-    r->str = (char *)(r + 1);
-    memcpy(r->str, str, len);
-    r->str[len] = '\0';
+    size_t room = (len + 8) & ~(size_t)7;
+    char *block = cm_malloc(room + sizeof(redisReply));
+    redisReply *r = (redisReply *)(void *)(block + room);
+    memset(r, 0, sizeof(*r));
+    r->type = task->type;
+    r->str = block;
+    memcpy(block, str, len);
+    block[len] = '\0';
     r->len = len;
     return reply_link(task, r);
+}
+
+char *cm_redis_reply_take_str(redisReply *arr, size_t i, size_t *len)
+{
+    redisReply *r = arr->element[i];
+    arr->element[i] = NULL;
+    *len = r->len;
+    return r->str; /* the block, r included */
 }
 
 static void *create_array(const redisReadTask *task, int elements)
@@ -154,13 +169,25 @@ static void free_reply(void *obj)
     if (r == NULL) {
         return;
     }
-    if (r->type == REDIS_REPLY_ARRAY && r->element != NULL) {
-        for (size_t i = 0; i < r->elements; i++) {
-            free_reply(r->element[i]);
+    switch (r->type) {
+    case REDIS_REPLY_ARRAY:
+        if (r->element != NULL) {
+            for (size_t i = 0; i < r->elements; i++) {
+                free_reply(r->element[i]); /* NULL once taken */
+            }
+            cm_free(r->element);
         }
-        cm_free(r->element);
+        cm_free(r);
+        break;
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+    case REDIS_REPLY_ERROR:
+        cm_free(r->str); /* the block, r included */
+        break;
+    default:
+        cm_free(r);
+        break;
     }
-    cm_free(r);   /* a string's bytes live in the same block */
 }
 
 static redisReplyObjectFunctions reply_fns = {

@@ -795,9 +795,17 @@ static void store_hit(struct cm_st_item *it, const redisReply *r)
     it->result = CM_ST_HIT;
 }
 
+/* Element i of MGET reply arr: its bytes are taken, not copied (cm_redis_reply_take_str). */
+static void store_hit_taken(struct cm_st_item *it, redisReply *arr, size_t i)
+{
+    cm_free(it->val);
+    it->val = cm_redis_reply_take_str(arr, i, &it->vlen);
+    it->result = CM_ST_HIT;
+}
+
 /* Copies a successful reply into the op's items. Returns false when the reply has a shape the
  * command never produces. */
-static bool apply_reply(struct rcmd *rc, const redisReply *r)
+static bool apply_reply(struct rcmd *rc, redisReply *r)
 {
     struct cm_st_op *op = rc->op;
     switch (op->kind) {
@@ -822,7 +830,7 @@ static bool apply_reply(struct rcmd *rc, const redisReply *r)
         }
         for (size_t i = 0; i < rc->n && !op->timed_out; i++) {
             if (r->element[i]->type == REDIS_REPLY_STRING) {
-                store_hit(&op->items[rc->idx[i]], r->element[i]);
+                store_hit_taken(&op->items[rc->idx[i]], r, i);
             }
         }
         return true;
@@ -901,7 +909,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     struct rcmd *rc = priv;
     struct rconn *c = rc->conn;
-    const redisReply *r = reply;
+    redisReply *r = reply;
     CM_UNUSED(ac);
     conn_replied(c, r);
     if (r == NULL) {
