@@ -24,22 +24,28 @@ median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (
 # rotated from round to round, so load that drifts on a shared machine falls on all of them alike
 # (running one server's runs, then the next's, let one server take the quiet minutes and another
 # the busy ones: 0.87x-1.22x for the same binaries). Prints one line per server, in PORTS order:
-# "median requests/s" "median CPU microseconds per request of its PID".
+# "median requests/s" "median CPU microseconds per request of its PID", and with ALSO_PID set, a
+# third field: the median CPU microseconds per request that ALSO_PID (say the Redis behind a
+# proxy) used during that server's runs.
 interleaved() {
-    local n=${#PORTS[@]} r k i rps c0 c1
+    local n=${#PORTS[@]} r k i rps c0 c1 a0 a1
     local -a rows
     for ((r = 0; r < RUNS; r++)); do
         for ((k = 0; k < n; k++)); do
             i=$(( (k + r) % n ))
             c0=$(cpu "${PIDS[$i]}")
+            a0=$( [ -n "${ALSO_PID:-}" ] && cpu "$ALSO_PID" || echo 0)
             rps=$(redis-benchmark -p "${PORTS[$i]}" -t get -n "$N" -r "$KEYS" -c 50 "$@" -q 2>/dev/null \
                 | tr '\r' '\n' | grep -oE 'GET: [0-9.]+' | tail -1 | awk '{print $2}')
             c1=$(cpu "${PIDS[$i]}")
-            rows[$i]+="${rps:-0} $(awk -v x="$c0" -v y="$c1" -v n="$N" 'BEGIN{print (y-x)*1e6/n}')"$'\n'
+            a1=$( [ -n "${ALSO_PID:-}" ] && cpu "$ALSO_PID" || echo 0)
+            rows[$i]+="${rps:-0} $(awk -v x="$c0" -v y="$c1" -v n="$N" 'BEGIN{print (y-x)*1e6/n}')"
+            rows[$i]+=" $(awk -v x="$a0" -v y="$a1" -v n="$N" 'BEGIN{print (y-x)*1e6/n}')"$'\n'
         done
     done
     for ((i = 0; i < n; i++)); do
         echo "$(printf '%s' "${rows[$i]}" | awk '{print $1}' | median)" \
-             "$(printf '%s' "${rows[$i]}" | awk '{print $2}' | median)"
+             "$(printf '%s' "${rows[$i]}" | awk '{print $2}' | median)" \
+             ${ALSO_PID:+"$(printf '%s' "${rows[$i]}" | awk '{print $3}' | median)"}
     done
 }

@@ -2,7 +2,8 @@
 # GET throughput through cachemed with a redis-only chain, against twemproxy (nutcracker) in
 # front of the same redis, and against that redis directly, in one run: redis-benchmark -c 50,
 # P1 and P16. Every GET through cachemed is a Redis read (no local cache), so the ratio measures
-# the proxy path itself.
+# the proxy path itself. Also prints the CPU each proxy used per request and what the redis
+# behind it used meanwhile: client, proxy and redis share the machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-500000}
@@ -56,11 +57,17 @@ redis-cli -p "$rport" --pipe < "$dir/load.resp" > /dev/null
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2fx", (b>0)?a/b:0}'; }
 printf "%-14s %12s %12s %12s %16s %16s\n" mode redis twemproxy cachemed "cachemed/twemp" "cachemed/redis"
+cpu_rows=""
 for mode in P1 P16; do
     extra=(); [ "$mode" = P16 ] && extra=(-P 16)
     PORTS=("$rport" "$tport" "$cport") PIDS=("${pids[0]}" "${pids[1]}" "${pids[2]}")
-    { read -r r _; read -r t _; read -r c _; } < <(interleaved "${extra[@]}")
+    { read -r r _ rr; read -r t tc tr; read -r c cc cr; } < <(ALSO_PID=${pids[0]} interleaved "${extra[@]}")
     printf "%-14s %12.0f %12.0f %12.0f %16s %16s\n" "GET -c50 $mode" "$r" "$t" "$c" "$(ratio "$c" "$t")" "$(ratio "$c" "$r")"
+    cpu_rows+=$(printf "%-14s %12.1f %12s %12s" "GET -c50 $mode" "$rr" \
+        "$(printf "%.1f + %.1f" "$tc" "$tr")" "$(printf "%.1f + %.1f" "$cc" "$cr")")$'\n'
 done
+echo "CPU us per request, medians (proxy + the redis behind it):"
+printf "%-14s %12s %12s %12s\n" mode redis twemproxy cachemed
+printf "%s" "$cpu_rows"
 redis-cli -p "$cport" info storages | grep "^storage_shared:" | tr -d "\r"
 echo "(targets: >= 1.2x twemproxy, >= 0.9x redis; keys $KEYS, requests per run $N, medians of $RUNS interleaved rounds, pool_size $POOL)"
