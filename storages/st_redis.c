@@ -785,6 +785,7 @@ out:
     return rv;
 }
 
+/* A GET's reply is copied: it is the root reply, which hiredis frees after the callback. */
 static void store_hit(struct cm_st_item *it, const redisReply *r)
 {
     cm_free(it->val);
