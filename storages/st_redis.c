@@ -785,26 +785,16 @@ out:
     return rv;
 }
 
-/* A GET's reply is copied: it is the root reply, which hiredis frees after the callback. */
-static void store_hit(struct cm_st_item *it, const redisReply *r)
+/* Files a hit in it: val is cm_malloc'd and NUL-terminated, and it owns it from now on. */
+static void store_hit(struct cm_st_item *it, char *val, size_t len)
 {
     cm_free(it->val);
-    it->val = cm_malloc(r->len + 1);
-    memcpy(it->val, r->str, r->len);
-    it->val[r->len] = '\0';
-    it->vlen = r->len;
+    it->val = val;
+    it->vlen = len;
     it->result = CM_ST_HIT;
 }
 
-/* Element i of MGET reply arr: its bytes are taken, not copied (cm_redis_reply_take_str). */
-static void store_hit_taken(struct cm_st_item *it, redisReply *arr, size_t i)
-{
-    cm_free(it->val);
-    it->val = cm_redis_reply_take_str(arr, i, &it->vlen);
-    it->result = CM_ST_HIT;
-}
-
-/* Copies a successful reply into the op's items. Returns false when the reply has a shape the
+/* Files a successful reply's values in the op's items. Returns false when the reply has a shape the
  * command never produces. */
 static bool apply_reply(struct rcmd *rc, redisReply *r)
 {
@@ -816,7 +806,11 @@ static bool apply_reply(struct rcmd *rc, redisReply *r)
                 return false;
             }
             if (r->type == REDIS_REPLY_STRING && !op->timed_out) {
-                store_hit(&op->items[rc->idx[0]], r);
+                /* Copied: this is the root reply, which hiredis frees after the callback. */
+                char *val = cm_malloc(r->len + 1);
+                memcpy(val, r->str, r->len);
+                val[r->len] = '\0';
+                store_hit(&op->items[rc->idx[0]], val, r->len);
             }
             return true;
         }
@@ -831,7 +825,9 @@ static bool apply_reply(struct rcmd *rc, redisReply *r)
         }
         for (size_t i = 0; i < rc->n && !op->timed_out; i++) {
             if (r->element[i]->type == REDIS_REPLY_STRING) {
-                store_hit_taken(&op->items[rc->idx[i]], r, i);
+                size_t len;
+                char *val = cm_redis_reply_take_str(r, i, &len); /* an element: taken whole */
+                store_hit(&op->items[rc->idx[i]], val, len);
             }
         }
         return true;
