@@ -414,8 +414,7 @@ static void write_cache(struct flight *f, size_t c)
         if (f->srv->closing) {
             return;
         }
-        nc->st->ops->store(nc->st, f->ke->skey, f->ke->sklen, data, len, ttl);
-        nc->st->stats.writes++;
+        cm_storage_store(nc->st, f->ke->skey, f->ke->sklen, data, len, ttl, 0);
         return;
     }
     struct cm_st_op *op = cm_st_op_new_keys(CM_ST_SET, 1, f->ke->sklen + 1);
@@ -798,19 +797,16 @@ bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char
         struct cm_node_cache *nc = &node->caches[node->local_idx[i]];
         const char *val;
         size_t vlen;
-        nc->st->stats.reads++;
-        if (!nc->st->ops->lookup(nc->st, skey, sklen, &val, &vlen)) {
+        if (!cm_storage_lookup(nc->st, skey, sklen, &val, &vlen, NULL)) {
             continue;
         }
-        nc->st->stats.hits++;
         hit = true;
         node->stats.hit_count++;
         node->stats.local_hit_count++;
         cm_resp_bulk(out, val, vlen);
         for (size_t j = 0; j < i; j++) {
             struct cm_node_cache *prev = &node->caches[node->local_idx[j]];
-            prev->st->ops->store(prev->st, skey, sklen, val, vlen, prev->ttl_ms);
-            prev->st->stats.writes++;
+            cm_storage_store(prev->st, skey, sklen, val, vlen, prev->ttl_ms, 0);
         }
     }
     if (skey != small) {
@@ -874,9 +870,7 @@ void cm_flight_del(struct cm_server *srv, struct cm_req *req, struct cm_node *no
     struct flight *f = new_mutation(srv, node, FL_DEL, key, klen);
     for (size_t i = 0; i < node->nlocal; i++) {
         struct cm_storage *st = node->caches[node->local_idx[i]].st;
-        if (st->ops->remove(st, f->ke->skey, f->ke->sklen)) {
-            st->stats.deletes++;
-        }
+        cm_storage_remove(st, f->ke->skey, f->ke->sklen);
     }
     f->owner = req;
     req->refs++;

@@ -57,9 +57,7 @@ static void on_message(void *arg, const char *msg, size_t len)
     cm_node_storage_key(n, srv->conf->prefix, key, klen, &skey);
     for (size_t c = 0; c < n->nlocal; c++) {
         struct cm_storage *st = n->caches[n->local_idx[c]].st;
-        if (st->ops->remove(st, cm_buf_start(&skey), cm_buf_used(&skey))) {
-            st->stats.deletes++;
-        }
+        cm_storage_remove(st, cm_buf_start(&skey), cm_buf_used(&skey));
     }
     cm_buf_deinit(&skey);
 }

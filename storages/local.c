@@ -808,16 +808,18 @@ static void local_close(struct cm_storage *st)
 }
 
 static bool local_lookup(struct cm_storage *st, const char *key, size_t klen, const char **val,
-                         size_t *vlen)
+                         size_t *vlen, int64_t *written_ms)
 {
     struct local_st *ls = st->priv;
+    *written_ms = 0;   /* not kept yet (SPEC §12 work) */
     return cm_local_get(ls->lc, key, klen, cm_now_ms(), val, vlen);
 }
 
 static void local_store(struct cm_storage *st, const char *key, size_t klen, const char *val,
-                        size_t vlen, int64_t ttl_ms)
+                        size_t vlen, int64_t ttl_ms, int64_t written_ms)
 {
     struct local_st *ls = st->priv;
+    CM_UNUSED(written_ms);
     cm_local_set(ls->lc, key, klen, val, vlen, ttl_ms, cm_now_ms());
 }
 

@@ -179,6 +179,40 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     op->done(op, op->arg);
 }
 
+bool cm_storage_lookup(struct cm_storage *st, const char *key, size_t klen, const char **val,
+                       size_t *vlen, int64_t *written_ms)
+{
+    cm_assert(st->ops->local);
+    st->stats.reads++;
+    int64_t w = 0;
+    if (!st->ops->lookup(st, key, klen, val, vlen, &w)) {
+        return false;
+    }
+    st->stats.hits++;
+    if (written_ms != NULL) {
+        *written_ms = w;
+    }
+    return true;
+}
+
+void cm_storage_store(struct cm_storage *st, const char *key, size_t klen, const char *val,
+                      size_t vlen, int64_t ttl_ms, int64_t written_ms)
+{
+    cm_assert(st->ops->local);
+    st->ops->store(st, key, klen, val, vlen, ttl_ms, written_ms);
+    st->stats.writes++;
+}
+
+bool cm_storage_remove(struct cm_storage *st, const char *key, size_t klen)
+{
+    cm_assert(st->ops->local);
+    if (!st->ops->remove(st, key, klen)) {
+        return false;
+    }
+    st->stats.deletes++;
+    return true;
+}
+
 void cm_storage_submit(struct cm_storage *st, struct cm_st_op *op, cm_st_done_fn *done, void *arg)
 {
     cm_assert(!st->ops->local);

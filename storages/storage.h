@@ -42,6 +42,10 @@ struct cm_st_item {
     char *val;            /* GET hit: stored bytes, cm_malloc'd by the backend, owned by the op
                            * (done() may take them and leave NULL) */
     size_t vlen;
+    int64_t written_ms;   /* GET hit: wall-clock ms (Unix epoch) when the value was written
+                           * (Cacheme's updated_at), 0 when the backend cannot tell (wrapped
+                           * Redis values carry it inside the wrapper: the reader decodes it).
+                           * SPEC §12: the flight judges fresh/stale from it. */
 };
 
 /* One storage operation over one or more keys. Created by the submitter with cm_st_op_new,
@@ -52,7 +56,9 @@ struct cm_st_op {
     struct cm_storage *st;      /* set by cm_storage_submit */
     struct cm_st_item *items;   /* nitems entries, owned */
     size_t nitems;
-    int64_t ttl_ms;             /* SET: > 0 expires after ttl_ms; -1 = never expires */
+    int64_t ttl_ms;             /* SET: > 0 expires after ttl_ms; -1 = never expires.
+                                 * GET: how long this cache keeps what it is given (ttl + grace),
+                                 * for backends that derive written_ms from a remaining TTL */
     int status;                 /* written by the backend: CM_OK, CM_ERR; CM_ETIMEDOUT by the timer */
     char err[160];              /* backend's reason when status != CM_OK (logged, not sent to clients) */
     /* framework-private below */
@@ -95,13 +101,16 @@ struct cm_storage_ops {
     /* Finishes every op it still holds with CM_ERR (cm_st_op_finish), frees st->priv. */
     void (*close)(struct cm_storage *st);
 
-    /* Local backends only, synchronous. lookup returns true on a live hit and points *val at the
-     * stored bytes, valid until the next call into this storage. */
+    /* Local backends only, synchronous; called through cm_storage_lookup/_store/_remove, which
+     * keep the counters. lookup returns true on a live hit and points *val at the stored bytes,
+     * valid until the next call into this storage; *written_ms gets the write time given to
+     * store (wall-clock ms, 0 = unknown). */
     bool (*lookup)(struct cm_storage *st, const char *key, size_t klen, const char **val,
-                   size_t *vlen);
-    /* ttl_ms > 0 expires after ttl_ms, -1 never. Copies key and value. */
+                   size_t *vlen, int64_t *written_ms);
+    /* ttl_ms > 0 expires after ttl_ms, -1 never. written_ms: when the value was written at its
+     * source (a backfill passes the age it was found with), 0 = now. Copies key and value. */
     void (*store)(struct cm_storage *st, const char *key, size_t klen, const char *val,
-                  size_t vlen, int64_t ttl_ms);
+                  size_t vlen, int64_t ttl_ms, int64_t written_ms);
     /* Returns true when the key was present. */
     bool (*remove)(struct cm_storage *st, const char *key, size_t klen);
     /* Optional: appends "name:value\r\n" lines for INFO (entries, memory, ...). */
@@ -139,6 +148,13 @@ struct cm_st_op *cm_st_op_new_keys(enum cm_st_op_kind kind, size_t nitems, size_
 void cm_st_op_set_key(struct cm_st_op *op, size_t i, const char *key, size_t klen);
 /* Frees an op that was never submitted. */
 void cm_st_op_free(struct cm_st_op *op);
+
+/* Local storages, synchronously, with their counters (reads, hits, writes, deletes). */
+bool cm_storage_lookup(struct cm_storage *st, const char *key, size_t klen, const char **val,
+                       size_t *vlen, int64_t *written_ms);
+void cm_storage_store(struct cm_storage *st, const char *key, size_t klen, const char *val,
+                      size_t vlen, int64_t ttl_ms, int64_t written_ms);
+bool cm_storage_remove(struct cm_storage *st, const char *key, size_t klen);
 
 /* Submits op to a remote storage: arms the per-op timeout, then calls st->ops->submit.
  * done(op, arg) runs exactly once: when the backend finishes, or when the timer fires
