@@ -82,37 +82,22 @@ static struct cm_node *node_or_reply(struct cm_req *req, const char *key, size_t
 
 /* ---- GET / MGET / REFRESH ---- */
 
-/* Multi-key replies are built from their slots once the last one is filled, straight into the
- * connection's output when every earlier reply is already there (cm_req_out). */
-static void complete_array(struct cm_req *req)
-{
-    size_t total = 16;
-    for (size_t i = 0; i < req->nslots; i++) {
-        total += req->slots[i].len;
-    }
-    struct cm_buf *out = cm_req_out(req);
-    cm_buf_reserve(out, total);
-    cm_resp_array(out, req->nslots);
-    for (size_t i = 0; i < req->nslots; i++) {
-        cm_buf_append(out, req->slots[i].data, req->slots[i].len);
-    }
-}
-
 static void cmd_get(struct cm_req *req)
 {
+    struct cm_flights *fl = req->srv->flights;
     struct cm_node *node = node_or_reply(req, ARG(req, 1), ARGLEN(req, 1));
     if (node == NULL) {
         return;
     }
     /* The hot path: a local hit is encoded straight into the output. */
-    if (cm_flight_get_local(req->srv, node, ARG(req, 1), ARGLEN(req, 1), cm_req_out(req))) {
+    if (cm_flight_get_local(fl, node, ARG(req, 1), ARGLEN(req, 1), cm_req_out(req))) {
         reply_done(req);
         return;
     }
     struct cm_getkey key = { .node = node, .key = ARG(req, 1), .klen = ARGLEN(req, 1),
                              .slot = 0, .local_checked = true };
-    req->pending = 1;   /* no slots: its one element is the whole reply (flight.c) */
-    cm_flight_get(req->srv, req, &key, 1);
+    cm_req_setup(req, CM_REQ_SHAPE_SINGLE, 1);
+    cm_flight_get(fl, req, &key, 1);
 }
 
 static void cmd_mget(struct cm_req *req)
@@ -129,9 +114,8 @@ static void cmd_mget(struct cm_req *req)
             return;
         }
     }
-    cm_req_setup_slots(req, n, complete_array);
-    req->pending = n;
-    cm_flight_get(req->srv, req, keys, n);
+    cm_req_setup(req, CM_REQ_SHAPE_ARRAY, n);
+    cm_flight_get(req->srv->flights, req, keys, n);
     cm_free(keys);
 }
 
@@ -146,30 +130,23 @@ static void cmd_refresh(struct cm_req *req)
             return;
         }
     }
-    cm_req_setup_slots(req, n, complete_array);
-    req->pending = n;
+    cm_req_setup(req, CM_REQ_SHAPE_ARRAY, n);
+    cm_req_hold(req);   /* the last answer may complete req, whose client may then go */
     for (size_t i = 0; i < n; i++) {
-        cm_flight_refresh(req->srv, req, i, nodes[i], ARG(req, (int)i + 1), ARGLEN(req, (int)i + 1));
+        cm_flight_refresh(req->srv->flights, req, i, nodes[i], ARG(req, (int)i + 1),
+                          ARGLEN(req, (int)i + 1));
     }
+    cm_req_unref(req);
     cm_free(nodes);
 }
 
 /* ---- DEL / SET ---- */
 
-static void complete_int(struct cm_req *req)
-{
-    cm_resp_int(&req->reply, req->intval);
-}
-
-static void complete_ok(struct cm_req *req)
-{
-    cm_resp_status(&req->reply, "OK");
-}
-
 static void cmd_del(struct cm_req *req)
 {
-    req->complete = complete_int;
-    req->pending = 1;   /* guard while the keys are submitted */
+    cm_req_setup(req, CM_REQ_SHAPE_INT, 0);
+    cm_req_hold(req);
+    cm_req_expect(req, 1);   /* guard while the keys are submitted */
     for (int i = 1; i < ARGC(req); i++) {
         struct cm_node *node = cm_node_find(req->srv->nodes, req->srv->nnodes, ARG(req, i),
                                             ARGLEN(req, i), NULL);
@@ -177,9 +154,10 @@ static void cmd_del(struct cm_req *req)
             continue;
         }
         req->intval++;
-        cm_flight_del(req->srv, req, node, ARG(req, i), ARGLEN(req, i));
+        cm_flight_del(req->srv->flights, req, node, ARG(req, i), ARGLEN(req, i));
     }
     cm_req_part_done(req);
+    cm_req_unref(req);
 }
 
 static void cmd_set(struct cm_req *req)
@@ -214,11 +192,13 @@ static void cmd_set(struct cm_req *req)
         reply_done(req);
         return;
     }
-    req->complete = complete_ok;
-    req->pending = 1;
-    cm_flight_set(req->srv, req, node, ARG(req, 1), ARGLEN(req, 1), ARG(req, 2), ARGLEN(req, 2),
-                  ttl_ms);
+    cm_req_setup(req, CM_REQ_SHAPE_OK, 0);
+    cm_req_hold(req);
+    cm_req_expect(req, 1);
+    cm_flight_set(req->srv->flights, req, node, ARG(req, 1), ARGLEN(req, 1), ARG(req, 2),
+                  ARGLEN(req, 2), ttl_ms);
     cm_req_part_done(req);
+    cm_req_unref(req);
 }
 
 /* ---- STATS / NODES ---- */

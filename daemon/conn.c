@@ -149,7 +149,8 @@ static int write_out(struct cm_conn *c)
         return CM_ERR;
     }
     set_writing(c, false);
-    if (c->close_after_write) {
+    if (c->close_after_write && c->nreqs == 0) {
+        /* Every reply read before the QUIT / protocol error is out (as Redis does). */
         cm_conn_close(c, "closed after reply");
         return CM_ERR;
     }
@@ -161,11 +162,45 @@ static void collect_replies(struct cm_conn *c)
 {
     struct cm_req *req;
     while ((req = TAILQ_FIRST(&c->reqs)) != NULL && req->state == CM_REQ_DONE) {
-        cm_buf_append(&c->wbuf, cm_buf_start(&req->reply), cm_buf_used(&req->reply));
+        cm_req_write_to(req, &c->wbuf);
+        cm_assert(c->held_bytes >= req->out_len);
+        c->held_bytes -= req->out_len;
         TAILQ_REMOVE(&c->reqs, req, link);
         c->nreqs--;
         cm_req_release(req);
     }
+}
+
+/* What c holds for its client: written-to-be replies and finished ones queued behind a
+ * waiting one. */
+static size_t output_bytes(const struct cm_conn *c)
+{
+    return cm_buf_used(&c->wbuf) + c->held_bytes;
+}
+
+size_t cm_conn_output_room(const struct cm_conn *c)
+{
+    size_t used = output_bytes(c);
+    return used >= CM_CONN_OUTPUT_LIMIT ? 0 : CM_CONN_OUTPUT_LIMIT - used;
+}
+
+void cm_conn_close_after(struct cm_conn *c, struct cm_req *req)
+{
+    CM_UNUSED(req);   /* parsing stops: req's successors are the ones already queued */
+    c->close_after_write = true;
+    set_reading(c, false);
+}
+
+/* Disconnects c when its output passed its limit (SPEC §10). Returns true when it did. */
+static bool over_limit(struct cm_conn *c)
+{
+    if (output_bytes(c) <= CM_CONN_OUTPUT_LIMIT) {
+        return false;
+    }
+    cm_log(CM_LOG_WARN, "conn#%llu %s: output limit exceeded (%zu bytes pending), closing",
+           (unsigned long long)c->id, c->addr, output_bytes(c));
+    cm_conn_close(c, "output limit");
+    return true;
 }
 
 static void check_limits_and_resume(struct cm_conn *c)
@@ -173,14 +208,11 @@ static void check_limits_and_resume(struct cm_conn *c)
     if (c->state != CM_CONN_ACTIVE) {
         return;
     }
-    if (cm_buf_used(&c->wbuf) > CM_CONN_OUTPUT_LIMIT) {
-        cm_log(CM_LOG_WARN, "conn#%llu %s: output limit exceeded (%zu bytes pending), closing",
-               (unsigned long long)c->id, c->addr, cm_buf_used(&c->wbuf));
-        cm_conn_close(c, "output limit");
+    if (over_limit(c)) {
         return;
     }
     bool pause = c->close_after_write || c->nreqs >= CM_CONN_MAX_PIPELINE ||
-                 cm_buf_used(&c->wbuf) >= CM_CONN_WBUF_PAUSE;
+                 output_bytes(c) >= CM_CONN_WBUF_PAUSE;
     bool was_paused = !c->reading;
     set_reading(c, !pause);
     if (was_paused && !pause && cm_resp_pending(c->parser) > 0) {
@@ -197,14 +229,16 @@ static void flush_out(struct cm_conn *c)
     }
 }
 
-void cm_conn_reply_ready(struct cm_conn *c)
+void cm_conn_reply_ready(struct cm_conn *c, struct cm_req *req)
 {
     if (c->state != CM_CONN_ACTIVE) {
         return;
     }
+    c->held_bytes += req->out_len;
     collect_replies(c);
-    if (c->in_read) {
-        return;   /* written once at the end of the read batch */
+    /* The limit is enforced as replies are produced, not once a whole batch is encoded. */
+    if (over_limit(c) || c->in_read) {
+        return;   /* in a read batch: written once at its end */
     }
     if (c->write_queued) {
         return;
@@ -247,14 +281,11 @@ static void protocol_error(struct cm_conn *c)
     c->srv->stats.protocol_errors++;
     /* The error goes after every reply still pending, then the connection closes. */
     struct cm_req *req = cm_req_new(c, NULL);
-    cm_buf_append(&req->reply, "-ERR ", 5);
-    cm_buf_append_str(&req->reply, cm_resp_errstr(c->parser));
-    cm_buf_append(&req->reply, "\r\n", 2);
-    req->state = CM_REQ_DONE;
     TAILQ_INSERT_TAIL(&c->reqs, req, link);
     c->nreqs++;
-    c->close_after_write = true;
-    set_reading(c, false);
+    cm_resp_errorf(&req->reply, "ERR %s", cm_resp_errstr(c->parser));
+    cm_conn_close_after(c, req);
+    cm_req_done(req);
 }
 
 void cm_conn_on_readable(struct cm_conn *c)
@@ -290,8 +321,10 @@ void cm_conn_on_readable(struct cm_conn *c)
     }
     c->last_active_ms = cm_now_ms();
     c->in_read = true;
+    /* Parsing stops as soon as the output this batch produced reaches the pause mark: 1,024
+     * pipelined GETs of a 1 MB value no longer make a 1 GB batch before anything is checked. */
     while (c->state == CM_CONN_ACTIVE && !c->close_after_write && parsed < CM_CONN_REQS_PER_EVENT &&
-           c->nreqs < CM_CONN_MAX_PIPELINE) {
+           c->nreqs < CM_CONN_MAX_PIPELINE && output_bytes(c) < CM_CONN_WBUF_PAUSE) {
         struct cm_argv *argv;
         int rc = cm_resp_next(c->parser, &argv);
         if (rc == CM_EAGAIN) {

@@ -39,10 +39,12 @@ struct cm_conn {
     struct cm_buf wbuf;             /* bytes to write */
     TAILQ_HEAD(, cm_req) reqs;      /* arrival order; owned until written */
     size_t nreqs;
-    size_t pending_bytes;           /* reply bytes of DONE requests not yet moved to wbuf */
+    size_t held_bytes;              /* reply bytes of DONE requests not yet moved to wbuf:
+                                     * with wbuf, what the client's output limit bounds */
     bool resp3;
     bool authed;
-    bool close_after_write;         /* QUIT or protocol error: close once wbuf drains */
+    bool close_after_write;         /* QUIT, protocol error, output limit: read no more, close
+                                     * once every queued reply is written */
     bool unix_sock;
     bool in_read;                   /* inside on_readable: replies are flushed once at its end */
     bool write_queued;              /* on srv->write_queue: written once the loop pass ends */
@@ -61,8 +63,13 @@ struct cm_conn *cm_conn_new(struct cm_server *srv, int fd, const char *addr, boo
 void cm_conn_close(struct cm_conn *c, const char *why);
 /* Frees a closed connection (only from the server's reaper). */
 void cm_conn_free(struct cm_conn *c);
-/* A request of c became DONE: move finished replies to the output and write. */
-void cm_conn_reply_ready(struct cm_conn *c);
+/* req of c became DONE: move finished replies to the output and write (or disconnect c when
+ * its output passed CM_CONN_OUTPUT_LIMIT). */
+void cm_conn_reply_ready(struct cm_conn *c, struct cm_req *req);
+/* Bytes of replies c may still be given before its output limit. */
+size_t cm_conn_output_room(const struct cm_conn *c);
+/* Reads nothing more from c and closes it once every queued reply, up to req's, is written. */
+void cm_conn_close_after(struct cm_conn *c, struct cm_req *req);
 /* Writes every connection whose replies completed outside its own read callback (storage and
  * loader completions): one write per connection per loop pass instead of one per reply. */
 void cm_conn_flush_queued(struct cm_server *srv);

@@ -1,27 +1,40 @@
-/* Flights and per-key ordering.
+/* The flight engine.
  *
  * Every storage key with work in progress has a key entry. It holds:
- *   joinable  the read flight that new GETs join (reading, loading, or writing a known value);
- *   writer    the task currently writing to the caches (a read flight's writes, SET, DEL,
- *             REFRESH); at most one at a time, so writes of one key never overtake each other;
- *   queue     tasks that wait for the writer to finish, started in arrival order.
- * A mutation (SET/DEL/REFRESH) supersedes every read flight that exists when it arrives: those
- * still answer their waiters but write nothing, so no stale value is written back (SPEC §6.8).
+ *   joinable      the flight new GETs join (reading, loading, or writing a known value);
+ *   writer        the flight writing to the caches now (a read's backfills or loaded value, SET,
+ *                 DEL, REFRESH); at most one, so writes of one key never overtake each other;
+ *   loading       the flight whose origin load is in progress: at most one load per key at a
+ *                 time, whatever mix of GETs and REFRESHes asks;
+ *   next_refresh  a REFRESH waiting for its load, which later REFRESHes join: 3,000 REFRESHes
+ *                 of one key cost at most two loads (the one in progress and the next);
+ *   queue         flights waiting for the writer slot, in arrival order (a read to start after
+ *                 earlier writes, a mutation's writes, a loaded value's writes);
+ *   load_wait     flights waiting for the load in progress to end before loading themselves.
+ *
+ * A mutation (SET/DEL/REFRESH) supersedes every read or refresh of the key that exists when it
+ * arrives and has not started writing: those still answer their waiters but write nothing, so
+ * no stale value is written back (SPEC §6.8). A REFRESH leaves a load in progress joinable, so a
+ * GET never waits for more than one load; a DEL or SET does not (a GET after a DEL must not get
+ * a value loaded before it).
+ *
+ * Re-entrancy: finishing one flight can start the next queued one, which can finish at once
+ * (a local-only DEL) and end, and so on. ke_run is the only place that starts queued work; it
+ * holds a reference on the key entry and runs as one loop (a nested call returns at once), so
+ * no step ever touches a freed entry (issue 14, defect 1).
  */
 #include "daemon/flight.h"
-#include "daemon/invalidate.h"
 #include "conf/conf.h"
 #include "daemon/alloc.h"
 #include "daemon/bloom.h"
 #include "daemon/buf.h"
-#include "daemon/loader.h"
 #include "daemon/log.h"
 #include "daemon/node.h"
 #include "daemon/req.h"
 #include "daemon/resp.h"
 #include "daemon/serializer.h"
-#include "daemon/server.h"
 #include "daemon/util.h"
+#include "daemon/val.h"
 #include "storages/storage.h"
 
 #include <event2/event.h>
@@ -29,7 +42,14 @@
 #include <sys/queue.h>
 
 enum fl_kind { FL_READ, FL_REFRESH, FL_SET, FL_DEL };
-enum fl_state { FL_QUEUED, FL_READING, FL_LOADING, FL_WRITING };
+enum fl_state {
+    FL_NEW,          /* created, waiting for the writer slot to start (reads, SET, DEL) */
+    FL_READING,      /* reading the remote caches */
+    FL_LOAD_WAIT,    /* waiting for another load of the key to end */
+    FL_LOADING,      /* at the origin */
+    FL_WRITE_WAIT,   /* has a value to write, waiting for the writer slot */
+    FL_WRITING,
+};
 enum fl_result { RES_NONE, RES_VALUE, RES_NIL, RES_ERROR };
 
 struct cm_waiter {
@@ -39,16 +59,18 @@ struct cm_waiter {
 };
 
 struct keyent;
-struct batch;
 
 /* One task on one key. Owned by its key entry's bookkeeping; freed by flight_end. */
 struct flight {
-    TAILQ_ENTRY(flight) qlink;     /* keyent->queue while FL_QUEUED */
+    TAILQ_ENTRY(flight) qlink;     /* ke->queue or ke->load_wait, per state */
+    TAILQ_ENTRY(flight) alink;     /* ke->all */
     struct keyent *ke;
-    struct cm_server *srv;
+    struct cm_flights *fl;
     struct cm_node *node;
     enum fl_kind kind;
     enum fl_state state;
+    uint64_t seq;                  /* creation order (engine-wide) */
+    uint64_t load_seq;             /* the engine's sequence when its load started */
     bool superseded;               /* a later mutation happened: write nothing */
     bool answered;                 /* waiters have their reply */
     size_t cklen;
@@ -56,8 +78,7 @@ struct flight {
     size_t nwaiters, capwaiters;
     struct cm_waiter waiter0;      /* most flights have one waiter: no array to allocate */
     enum fl_result res;
-    char *val;                     /* client-form value, owned */
-    size_t vlen;
+    struct cm_val *val;            /* client-form value, one reference */
     char *err;                     /* client error text, owned */
     bool from_cache;               /* the value came from a remote cache (a hit for waiters) */
     size_t hit_remote;             /* remote position that hit (reads stop there) */
@@ -65,12 +86,14 @@ struct flight {
     int pending_writes;
     int64_t ttl_override;          /* SET EX/PX: > 0 replaces every cache's ttl */
     struct cm_req *owner;          /* SET/DEL: request part to complete after writes (ref held) */
-    struct cm_buf wrapped;         /* cached stored forms for the writes */
+    struct cm_buf wrapped;         /* stored forms for the writes, built once */
     struct cm_buf bare;
     bool have_wrapped, have_bare;
     int64_t load_start_ns;
     char ckey[];                   /* client key, NUL-terminated, allocated with the flight */
 };
+
+TAILQ_HEAD(flight_list, flight);
 
 struct keyent {
     struct keyent *hnext;
@@ -78,18 +101,25 @@ struct keyent {
     size_t sklen;
     struct flight *joinable;
     struct flight *writer;
-    TAILQ_HEAD(, flight) queue;
-    int refs;                      /* flights pointing here */
+    struct flight *loading;
+    struct flight *next_refresh;
+    struct flight_list queue;
+    struct flight_list load_wait;
+    struct flight_list all;        /* every flight of the key (supersede walks it) */
+    int refs;                      /* flights pointing here, and ke_run while it runs */
+    bool running;                  /* inside ke_run */
     char skey[];                   /* storage key, NUL-terminated, allocated with the entry */
 };
 
 struct cm_flights {
-    struct cm_server *srv;
+    struct cm_flight_env env;
     struct keyent **buckets;
     size_t nbuckets;
     size_t count;
+    uint64_t seq;
+    bool closing;
     struct batch **pending;        /* per storage: reads gathered during this loop iteration */
-    struct event *flush_ev;        /* runs flush_pending once the iteration's callbacks ran */
+    struct event *flush_ev;        /* runs cm_flights_flush once the iteration's callbacks ran */
     bool flush_armed;
 };
 
@@ -103,24 +133,26 @@ struct batch {
     size_t cap;
 };
 
-static void flight_start(struct flight *f);
 static void flight_end(struct flight *f);
 static void queue_read(struct flight *f);
-static void start_load(struct flight *f);
+static void want_load(struct flight *f);
+static void want_write(struct flight *f);
 static void start_writes(struct flight *f);
+static void start_mutation_writes(struct flight *f);
+static void ke_run(struct cm_flights *fl, struct keyent *ke);
 
-/* ---- key table ---- */
+/* ---- engine and key table ---- */
 
 static void on_flush(evutil_socket_t fd, short what, void *arg);
 
-struct cm_flights *cm_flights_new(struct cm_server *srv)
+struct cm_flights *cm_flights_new(const struct cm_flight_env *env)
 {
     struct cm_flights *fl = cm_calloc(1, sizeof(*fl));
-    fl->srv = srv;
+    fl->env = *env;
     fl->nbuckets = 1024;
     fl->buckets = cm_calloc(fl->nbuckets, sizeof(*fl->buckets));
-    fl->pending = cm_calloc(srv->nstorages ? srv->nstorages : 1, sizeof(*fl->pending));
-    fl->flush_ev = event_new(srv->base, -1, 0, on_flush, fl);
+    fl->pending = cm_calloc(env->nstorages ? env->nstorages : 1, sizeof(*fl->pending));
+    fl->flush_ev = event_new(env->base, -1, 0, on_flush, fl);
     return fl;
 }
 
@@ -129,8 +161,9 @@ void cm_flights_free(struct cm_flights *fl)
     if (fl == NULL) {
         return;
     }
-    for (size_t i = 0; i < fl->srv->nstorages; i++) {
-        cm_assert(fl->pending[i] == NULL);   /* the server flushed before closing storages */
+    cm_assert(fl->count == 0);
+    for (size_t i = 0; i < fl->env.nstorages; i++) {
+        cm_assert(fl->pending[i] == NULL);   /* flushed before the storages closed */
     }
     event_free(fl->flush_ev);
     cm_free(fl->pending);
@@ -160,16 +193,13 @@ static void table_grow(struct cm_flights *fl)
     fl->nbuckets = n;
 }
 
-static struct keyent *ke_get(struct cm_flights *fl, const char *skey, size_t sklen, bool create)
+static struct keyent *ke_get(struct cm_flights *fl, const char *skey, size_t sklen)
 {
     uint64_t h = cm_hash(skey, sklen);
     for (struct keyent *ke = fl->buckets[h & (fl->nbuckets - 1)]; ke != NULL; ke = ke->hnext) {
         if (ke->hash == h && ke->sklen == sklen && memcmp(ke->skey, skey, sklen) == 0) {
             return ke;
         }
-    }
-    if (!create) {
-        return NULL;
     }
     if (fl->count >= fl->nbuckets) {
         table_grow(fl);
@@ -179,6 +209,8 @@ static struct keyent *ke_get(struct cm_flights *fl, const char *skey, size_t skl
     memcpy(ke->skey, skey, sklen);
     ke->sklen = sklen;
     TAILQ_INIT(&ke->queue);
+    TAILQ_INIT(&ke->load_wait);
+    TAILQ_INIT(&ke->all);
     ke->hnext = fl->buckets[h & (fl->nbuckets - 1)];
     fl->buckets[h & (fl->nbuckets - 1)] = ke;
     fl->count++;
@@ -190,7 +222,8 @@ static void ke_maybe_free(struct cm_flights *fl, struct keyent *ke)
     if (ke->refs > 0) {
         return;
     }
-    cm_assert(ke->joinable == NULL && ke->writer == NULL && TAILQ_EMPTY(&ke->queue));
+    cm_assert(ke->joinable == NULL && ke->writer == NULL && ke->loading == NULL &&
+              ke->next_refresh == NULL && TAILQ_EMPTY(&ke->queue) && TAILQ_EMPTY(&ke->load_wait));
     struct keyent **pp = &fl->buckets[ke->hash & (fl->nbuckets - 1)];
     while (*pp != ke) {
         pp = &(*pp)->hnext;
@@ -200,33 +233,25 @@ static void ke_maybe_free(struct cm_flights *fl, struct keyent *ke)
     cm_free(ke);
 }
 
-/* Starts queued tasks in order while nobody is writing. */
-static void ke_run(struct keyent *ke)
-{
-    struct flight *f;
-    while (ke->writer == NULL && (f = TAILQ_FIRST(&ke->queue)) != NULL) {
-        TAILQ_REMOVE(&ke->queue, f, qlink);
-        flight_start(f);
-    }
-}
-
 /* ---- flights ---- */
 
-static struct flight *flight_new(struct cm_server *srv, struct keyent *ke, struct cm_node *node,
+static struct flight *flight_new(struct cm_flights *fl, struct keyent *ke, struct cm_node *node,
                                  enum fl_kind kind, const char *key, size_t klen)
 {
     struct flight *f = cm_calloc(1, sizeof(*f) + klen + 1);
-    f->srv = srv;
+    f->fl = fl;
     f->ke = ke;
     f->node = node;
     f->kind = kind;
-    f->state = FL_QUEUED;
+    f->state = FL_NEW;
+    f->seq = ++fl->seq;
     memcpy(f->ckey, key, klen);
     f->cklen = klen;
     f->waiters = &f->waiter0;
     f->capwaiters = 1;
     cm_buf_init(&f->wrapped);
     cm_buf_init(&f->bare);
+    TAILQ_INSERT_TAIL(&ke->all, f, alink);
     ke->refs++;
     return f;
 }
@@ -247,27 +272,18 @@ static void add_waiter(struct flight *f, struct cm_req *req, size_t slot, bool g
     f->waiters[f->nwaiters].slot = slot;
     f->waiters[f->nwaiters].get = get;
     f->nwaiters++;
-    req->refs++;
+    cm_req_hold(req);
 }
 
-/* Encodes one reply element for req from a result. */
-static void encode_result(struct cm_req *req, enum fl_result res, const char *val, size_t vlen,
-                          const char *err, struct cm_buf *out)
+/* Answers one key of req with f's result. */
+static void answer(struct flight *f, struct cm_req *req, size_t slot)
 {
-    switch (res) {
-    case RES_VALUE: cm_resp_bulk(out, val, vlen); break;
-    case RES_NIL: cm_resp_nil(out, req->resp3); break;
-    case RES_ERROR: cm_resp_error(out, err); break;
+    switch (f->res) {
+    case RES_VALUE: cm_req_answer_val(req, slot, f->val); break;
+    case RES_NIL: cm_req_answer_nil(req, slot); break;
+    case RES_ERROR: cm_req_answer_error(req, slot, f->err); break;
     case RES_NONE: CM_NOT_REACHED();
     }
-}
-
-static void fill_slot_result(struct cm_req *req, size_t slot, enum fl_result res, const char *val,
-                             size_t vlen, const char *err)
-{
-    struct cm_buf tmp;
-    encode_result(req, res, val, vlen, err, cm_req_slot_buf(req, &tmp));
-    cm_req_slot_encoded(req, slot, &tmp);
 }
 
 /* Counts one request answered by f (hit or miss) in its node's stats. */
@@ -291,7 +307,7 @@ static void answer_waiters(struct flight *f)
         if (f->waiters[i].get) {
             count_answer(f);
         }
-        fill_slot_result(req, f->waiters[i].slot, f->res, f->val, f->vlen, f->err);
+        answer(f, req, f->waiters[i].slot);
         cm_req_unref(req);
     }
     f->nwaiters = 0;
@@ -302,7 +318,7 @@ static void flight_free(struct flight *f)
     if (f->waiters != &f->waiter0) {
         cm_free(f->waiters);
     }
-    cm_free(f->val);
+    cm_val_unref(f->val);
     cm_free(f->err);
     cm_buf_deinit(&f->wrapped);
     cm_buf_deinit(&f->bare);
@@ -313,11 +329,11 @@ static void flight_free(struct flight *f)
 static void flight_end(struct flight *f)
 {
     struct keyent *ke = f->ke;
-    struct cm_flights *fl = f->srv->flights;
+    struct cm_flights *fl = f->fl;
     cm_assert(f->nwaiters == 0 && f->pending_writes == 0);
-    if (f->kind != FL_READ && !f->superseded) {
+    if (f->kind != FL_READ && !f->superseded && fl->env.publish != NULL) {
         /* Other instances drop their local copy only now that the shared caches are written. */
-        cm_inval_publish(f->srv->inval, f->node, f->ckey, f->cklen);
+        fl->env.publish(fl->env.publish_arg, f->node, f->ckey, f->cklen);
     }
     if (f->owner != NULL) {
         struct cm_req *owner = f->owner;
@@ -331,25 +347,74 @@ static void flight_end(struct flight *f)
     if (ke->writer == f) {
         ke->writer = NULL;
     }
+    if (ke->next_refresh == f) {
+        ke->next_refresh = NULL;
+    }
+    cm_assert(ke->loading != f);
+    if (ke->joinable == NULL) {
+        /* A REFRESH that nothing superseded is the newest thing on the key: GETs join it. */
+        struct flight *r = ke->loading != NULL && ke->loading->kind == FL_REFRESH
+                               ? ke->loading : ke->next_refresh;
+        if (r != NULL && !r->superseded) {
+            ke->joinable = r;
+        }
+    }
+    TAILQ_REMOVE(&ke->all, f, alink);
     ke->refs--;
     flight_free(f);
-    ke_run(ke);
-    ke_maybe_free(fl, ke);
+    ke_run(fl, ke);
 }
 
-/* Sets the flight's result, answers its waiters, then writes (SPEC §6.5). */
-static void resolve(struct flight *f, enum fl_result res, char *val, size_t vlen, char *err)
+/* Sets the flight's result, answers its waiters, then writes (SPEC §6.5). Takes val's ref and
+ * err. */
+static void resolve(struct flight *f, enum fl_result res, struct cm_val *val, char *err)
 {
     f->res = res;
     f->val = val;
-    f->vlen = vlen;
     f->err = err;
     answer_waiters(f);
     if (res != RES_VALUE || f->superseded) {
         flight_end(f);
         return;
     }
-    start_writes(f);
+    want_write(f);
+}
+
+/* Starts what waits on the key, in order, while nothing else blocks it: the next load when no
+ * load is in progress, queued flights while no one writes. The only place that starts queued
+ * work (see the top of the file). */
+static void ke_run(struct cm_flights *fl, struct keyent *ke)
+{
+    struct flight *f;
+    if (ke->running) {
+        return;   /* the outer ke_run goes on with whatever this call would have started */
+    }
+    ke->running = true;
+    ke->refs++;
+    for (;;) {
+        if (ke->loading == NULL && (f = TAILQ_FIRST(&ke->load_wait)) != NULL) {
+            TAILQ_REMOVE(&ke->load_wait, f, qlink);
+            f->state = FL_READING;   /* want_load moves it on */
+            want_load(f);
+            continue;
+        }
+        if (ke->writer == NULL && (f = TAILQ_FIRST(&ke->queue)) != NULL) {
+            TAILQ_REMOVE(&ke->queue, f, qlink);
+            if (f->state == FL_WRITE_WAIT) {
+                start_writes(f);
+            } else if (f->kind == FL_READ) {
+                queue_read(f);
+            } else {
+                ke->writer = f;
+                start_mutation_writes(f);
+            }
+            continue;
+        }
+        break;
+    }
+    ke->running = false;
+    ke->refs--;
+    ke_maybe_free(fl, ke);
 }
 
 /* ---- writes ---- */
@@ -360,34 +425,26 @@ static int stored_form(struct flight *f, struct cm_storage *st, const char **out
     enum cm_ser ser = f->node->conf->serializer;
     char err[160];
     if (st->ops->local) {
-        *out = f->val;
-        *outlen = f->vlen;
+        *out = f->val->data;
+        *outlen = f->val->len;
         return CM_OK;
     }
-    if (st->ops->wrapped) {
-        if (!f->have_wrapped) {
-            if (cm_ser_encode_wrapped(ser, f->val, f->vlen, cm_wall_us(), &f->wrapped, err,
-                                      sizeof(err)) != CM_OK) {
-                cm_log(CM_LOG_WARN, "node %s: cannot serialize '%s' for %s: %s", f->node->name,
-                       f->ckey, st->name, err);
-                return CM_ERR;
-            }
-            f->have_wrapped = true;
-        }
-        *out = cm_buf_start(&f->wrapped);
-        *outlen = cm_buf_used(&f->wrapped);
-        return CM_OK;
-    }
-    if (!f->have_bare) {
-        if (cm_ser_encode(ser, f->val, f->vlen, &f->bare, err, sizeof(err)) != CM_OK) {
-            cm_log(CM_LOG_WARN, "node %s: cannot serialize '%s' for %s: %s", f->node->name,
-                   f->ckey, st->name, err);
+    struct cm_buf *b = st->ops->wrapped ? &f->wrapped : &f->bare;
+    bool *have = st->ops->wrapped ? &f->have_wrapped : &f->have_bare;
+    if (!*have) {
+        int rc = st->ops->wrapped
+                     ? cm_ser_encode_wrapped(ser, f->val->data, f->val->len, cm_wall_us(), b,
+                                             err, sizeof(err))
+                     : cm_ser_encode(ser, f->val->data, f->val->len, b, err, sizeof(err));
+        if (rc != CM_OK) {
+            cm_log(CM_LOG_WARN, "node %s: cannot serialize a value for %s: %s", f->node->name,
+                   st->name, err);
             return CM_ERR;
         }
-        f->have_bare = true;
+        *have = true;
     }
-    *out = cm_buf_start(&f->bare);
-    *outlen = cm_buf_used(&f->bare);
+    *out = cm_buf_start(b);
+    *outlen = cm_buf_used(b);
     return CM_OK;
 }
 
@@ -400,20 +457,18 @@ static void on_write_done(struct cm_st_op *op, void *arg)
     }
 }
 
-/* Writes into cache c of the node; local synchronously, remote as an op. */
+/* Writes into cache c of the node; local synchronously, remote as an op. Nothing once the
+ * engine is shutting down. */
 static void write_cache(struct flight *f, size_t c)
 {
     const struct cm_node_cache *nc = &f->node->caches[c];
     int64_t ttl = f->ttl_override > 0 ? f->ttl_override : nc->ttl_ms;
     const char *data;
     size_t len;
-    if (stored_form(f, nc->st, &data, &len) != CM_OK) {
+    if (f->fl->closing || stored_form(f, nc->st, &data, &len) != CM_OK) {
         return;
     }
-    if (nc->st->ops->local || f->srv->closing) {
-        if (f->srv->closing) {
-            return;
-        }
+    if (nc->st->ops->local) {
         cm_storage_store(nc->st, f->ke->skey, f->ke->sklen, data, len, ttl, 0);
         return;
     }
@@ -426,29 +481,63 @@ static void write_cache(struct flight *f, size_t c)
     cm_storage_submit(nc->st, op, on_write_done, f);
 }
 
+/* A resolved value is to be written: takes the writer slot when it is free, else waits in
+ * line for it. */
+static void want_write(struct flight *f)
+{
+    struct keyent *ke = f->ke;
+    if (ke->writer == NULL) {
+        start_writes(f);
+        return;
+    }
+    f->state = FL_WRITE_WAIT;
+    TAILQ_INSERT_TAIL(&ke->queue, f, qlink);
+}
+
 /* Writes the resolved value into every cache that should hold it, then ends the flight. */
 static void start_writes(struct flight *f)
 {
     struct cm_node *node = f->node;
+    struct keyent *ke = f->ke;
+    if (f->superseded) {
+        flight_end(f);   /* superseded while it waited for the writer slot */
+        return;
+    }
     if (!f->from_cache && f->kind == FL_READ && node->doorkeeper != NULL &&
-        !cm_bloom_add_if_absent(node->doorkeeper, f->ke->skey, f->ke->sklen)) {
+        !cm_bloom_add_if_absent(node->doorkeeper, ke->skey, ke->sklen)) {
         node->stats.doorkeeper_reject_count++;
         flight_end(f);
         return;
     }
-    cm_assert(f->ke->writer == NULL || f->ke->writer == f);
-    f->ke->writer = f;
+    cm_assert(ke->writer == NULL);
+    ke->writer = f;
     f->state = FL_WRITING;
     f->pending_writes++;   /* guard: the flight cannot end while writes are being issued */
     for (size_t i = 0; i < node->nlocal; i++) {
-        /* Local caches missed before the flight started (SET writes them itself). */
-        if (f->kind != FL_SET) {
-            write_cache(f, node->local_idx[i]);
-        }
+        write_cache(f, node->local_idx[i]);   /* they missed before the flight started */
     }
     size_t nremote = f->from_cache ? f->hit_remote : node->nremote;
     for (size_t i = 0; i < nremote; i++) {
         write_cache(f, node->remote_idx[i]);
+    }
+    on_write_done(NULL, f);
+}
+
+static void start_mutation_writes(struct flight *f)
+{
+    struct cm_node *node = f->node;
+    f->state = FL_WRITING;
+    f->pending_writes++;
+    for (size_t i = 0; i < node->nremote; i++) {
+        if (f->kind == FL_SET) {
+            write_cache(f, node->remote_idx[i]);
+        } else if (!f->fl->closing) {
+            struct cm_storage *st = node->caches[node->remote_idx[i]].st;
+            struct cm_st_op *op = cm_st_op_new_keys(CM_ST_DEL, 1, f->ke->sklen + 1);
+            cm_st_op_set_key(op, 0, f->ke->skey, f->ke->sklen);
+            f->pending_writes++;
+            cm_storage_submit(st, op, on_write_done, f);
+        }
     }
     on_write_done(NULL, f);
 }
@@ -461,44 +550,33 @@ static void batch_free(struct batch *b)
     cm_free(b);
 }
 
-/* Decodes the value a read of storage st found (it) into the client form, owned by the caller.
- * NULL when it cannot be read. */
-static char *decode_stored(struct flight *f, struct cm_storage *st, struct cm_st_item *it,
-                           size_t *outlen)
+/* Decodes the value a read of storage st found (it) into the client form. NULL when it cannot
+ * be read. */
+static struct cm_val *decode_stored(struct flight *f, struct cm_storage *st,
+                                    struct cm_st_item *it)
 {
     enum cm_ser ser = f->node->conf->serializer;
     struct cm_buf out;
     char err[160];
-    int rc;
+    size_t len;
     if (ser == CM_SER_RAW && it->val != NULL) {
         /* Raw values are stored in client form everywhere: take the op's copy. */
-        char *val = it->val;
-        *outlen = it->vlen;
+        struct cm_val *v = cm_val_take(it->val, it->vlen);
         it->val = NULL;
-        return val;
+        return v;
     }
     cm_buf_init(&out);
-    rc = st->ops->wrapped ? cm_ser_decode_wrapped(ser, it->val, it->vlen, &out, err, sizeof(err))
-                          : cm_ser_decode(ser, it->val, it->vlen, &out, err, sizeof(err));
+    int rc = st->ops->wrapped ? cm_ser_decode_wrapped(ser, it->val, it->vlen, &out, err, sizeof(err))
+                              : cm_ser_decode(ser, it->val, it->vlen, &out, err, sizeof(err));
     if (rc != CM_OK) {
-        cm_log(CM_LOG_WARN, "node %s: unreadable value for '%s' in %s (treated as a miss): %s",
-               f->node->name, f->ckey, st->name, err);
+        cm_log(CM_LOG_WARN, "node %s: unreadable value in %s (treated as a miss): %s",
+               f->node->name, st->name, err);
         cm_storage_unreadable(st);
         cm_buf_deinit(&out);
         return NULL;
     }
-    return cm_buf_steal(&out, outlen);
-}
-
-/* The flight read its remote cache at position f->step and missed: the next one, or the loader. */
-static void read_next(struct flight *f)
-{
-    f->step++;
-    if (f->step >= f->node->nremote || f->srv->closing) {
-        start_load(f);
-    } else {
-        queue_read(f);
-    }
+    char *data = cm_buf_steal(&out, &len);
+    return cm_val_take(data, len);
 }
 
 static void on_batch_read(struct cm_st_op *op, void *arg)
@@ -508,17 +586,14 @@ static void on_batch_read(struct cm_st_op *op, void *arg)
     for (size_t i = 0; i < b->n; i++) {
         struct flight *f = b->fl[i];
         struct cm_st_item *it = &op->items[i];
-        char *val = NULL;
-        size_t vlen = 0;
-        if (it->result == CM_ST_HIT) {
-            val = decode_stored(f, op->st, it, &vlen);
-        }
+        struct cm_val *val = it->result == CM_ST_HIT ? decode_stored(f, op->st, it) : NULL;
         if (val != NULL) {
             f->from_cache = true;
             f->hit_remote = f->step;
-            resolve(f, RES_VALUE, val, vlen, NULL);
+            resolve(f, RES_VALUE, val, NULL);
         } else {
-            read_next(f);
+            f->step++;
+            queue_read(f);
         }
     }
     batch_free(b);
@@ -539,18 +614,18 @@ static void batch_submit(struct batch *b)
 }
 
 /*
- * Remote reads are gathered per storage for the rest of the loop iteration, then sent as one
- * multi-get per storage (on_flush), whatever node or command the keys came from. Under load this
- * turns many clients' GETs into a few MGETs; an idle server pays one extra pass through the
- * active-event queue. A flight that misses moves on to its node's next remote cache, gathered
- * again with whatever else reads that storage.
+ * Reads remote cache f->step of f's chain, or loads when the chain is exhausted. Remote reads
+ * are gathered per storage for the rest of the loop iteration, then sent as one multi-get per
+ * storage (cm_flights_flush), whatever node or command the keys came from. Under load this turns
+ * many clients' GETs into a few MGETs; an idle server pays one extra pass through the
+ * active-event queue.
  */
 static void queue_read(struct flight *f)
 {
-    struct cm_flights *fl = f->srv->flights;
+    struct cm_flights *fl = f->fl;
     f->state = FL_READING;
-    if (f->step >= f->node->nremote || f->srv->closing) {
-        start_load(f);
+    if (f->step >= f->node->nremote || fl->closing) {
+        want_load(f);
         return;
     }
     struct cm_storage *st = f->node->caches[f->node->remote_idx[f->step]].st;
@@ -579,7 +654,7 @@ static void queue_read(struct flight *f)
 void cm_flights_flush(struct cm_flights *fl)
 {
     fl->flush_armed = false;
-    for (size_t i = 0; i < fl->srv->nstorages; i++) {
+    for (size_t i = 0; i < fl->env.nstorages; i++) {
         struct batch *b = fl->pending[i];
         if (b != NULL) {
             fl->pending[i] = NULL;
@@ -595,70 +670,122 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     cm_flights_flush(arg);
 }
 
+void cm_flights_shutdown(struct cm_flights *fl)
+{
+    fl->closing = true;
+    cm_flights_flush(fl);
+}
+
 /* ---- loads ---- */
 
-static void on_load(struct cm_load_result *r, void *arg)
+/* The error every waiter of a failed load gets. */
+static char *load_error(struct flight *f, const char *reason)
 {
-    struct flight *f = arg;
-    struct cm_node *node = f->node;
-    char reason[200];
-    node->stats.total_load_time_ns += (uint64_t)(cm_now_ns() - f->load_start_ns);
-    switch (r->outcome) {
-    case CM_LOAD_OK: {
-        char err[160];
-        if (node->conf->serializer != CM_SER_RAW &&
-            cm_ser_validate(node->conf->serializer, r->body, r->len, err, sizeof(err)) != CM_OK) {
-            node->stats.load_failure_count++;
-            snprintf(reason, sizeof(reason), "%s", err);
-            break;
-        }
-        node->stats.load_success_count++;
-        char *body = r->body;
-        r->body = NULL;
-        resolve(f, RES_VALUE, body, r->len, NULL);
-        return;
-    }
-    case CM_LOAD_NOT_FOUND:
-        node->stats.load_success_count++;
-        resolve(f, RES_NIL, NULL, 0, NULL);
-        return;
-    case CM_LOAD_FAILED:
-    default:
-        node->stats.load_failure_count++;
-        snprintf(reason, sizeof(reason), "%s", r->reason);
-        break;
-    }
     struct cm_buf e;
     cm_buf_init(&e);
     cm_buf_printf(&e, "ERR load failed for '%.*s': %s", (int)(f->cklen > 200 ? 200 : f->cklen),
                   f->ckey, reason);
     char *msg = cm_buf_steal(&e, NULL);
-    /* A key may hold CR/LF; the error line must not. */
-    for (char *p = msg; *p; p++) {
-        if (*p == '\r' || *p == '\n') {
-            *p = ' ';
-        }
-    }
-    cm_log(CM_LOG_WARN, "node %s: %s", node->name, msg + 4);
-    resolve(f, RES_ERROR, NULL, 0, msg);
+    cm_log(CM_LOG_WARN, "node %s: %s", f->node->name, msg + 4);
+    return msg;
 }
 
-static void start_load(struct flight *f)
+/* The load in progress on f's key ended: the next one waiting may start. */
+static void load_over(struct flight *f)
 {
+    cm_assert(f->ke->loading == f);
+    f->ke->loading = NULL;
+    f->node->stats.total_load_time_ns += (uint64_t)(cm_now_ns() - f->load_start_ns);
+}
+
+static void on_load(struct cm_load_result *r, void *arg)
+{
+    struct flight *f = arg;
     struct cm_node *node = f->node;
-    struct cm_server *srv = f->srv;
-    f->state = FL_LOADING;
-    if (srv->closing) {
-        struct cm_load_result r = { .outcome = CM_LOAD_FAILED };
-        snprintf(r.reason, sizeof(r.reason), "shutting down");
-        f->load_start_ns = cm_now_ns();
-        on_load(&r, f);
+    struct keyent *ke = f->ke;
+    struct cm_flights *fl = f->fl;
+    char err[160];
+    const char *reason = r->reason;
+    ke->refs++;   /* resolve may end f; the waiting loads start after it */
+    load_over(f);
+    switch (r->outcome) {
+    case CM_LOAD_OK:
+        if (node->conf->serializer != CM_SER_RAW &&
+            cm_ser_validate(node->conf->serializer, r->body, r->len, err, sizeof(err)) != CM_OK) {
+            reason = err;
+            break;
+        }
+        node->stats.load_success_count++;
+        resolve(f, RES_VALUE, cm_val_take(r->body, r->len), NULL);
+        r->body = NULL;
+        goto out;
+    case CM_LOAD_NOT_FOUND:
+        node->stats.load_success_count++;
+        resolve(f, RES_NIL, NULL, NULL);
+        goto out;
+    case CM_LOAD_FAILED:
+        break;
+    }
+    node->stats.load_failure_count++;
+    resolve(f, RES_ERROR, NULL, load_error(f, reason));
+out:
+    ke->refs--;
+    ke_run(fl, ke);   /* the next load waiting on the key, whatever became of f */
+}
+
+/* Fails f's load at once (shutdown, loader refusing). */
+static void fail_load(struct flight *f, const char *reason)
+{
+    f->node->stats.load_failure_count++;
+    resolve(f, RES_ERROR, NULL, load_error(f, reason));
+}
+
+/* f needs the origin (its chain missed, or it is a REFRESH). One load per key at a time: a load
+ * in progress that started after f was created answers f's waiters too; an older one (f came
+ * after a mutation that superseded it) is waited for. */
+static void want_load(struct flight *f)
+{
+    struct cm_flights *fl = f->fl;
+    struct keyent *ke = f->ke;
+    struct cm_node *node = f->node;
+    if (fl->closing) {
+        fail_load(f, "shutting down");
         return;
     }
     if (node->loader.nsegs == 0) {
         /* No loader: the node is filled by SET only; a miss everywhere is nil. */
-        resolve(f, RES_NIL, NULL, 0, NULL);
+        resolve(f, RES_NIL, NULL, NULL);
         return;
+    }
+    struct flight *l = ke->loading;
+    if (l != NULL) {
+        if (l->load_seq > f->seq) {
+            /* Its load began after f was asked for: f's waiters take its result. */
+            for (size_t i = 0; i < f->nwaiters; i++) {
+                struct cm_waiter *w = &f->waiters[i];
+                add_waiter(l, w->req, w->slot, w->get);
+                cm_req_unref(w->req);
+            }
+            f->nwaiters = 0;
+            if (ke->joinable == f) {
+                ke->joinable = l;
+            }
+            if (!f->superseded) {
+                /* Nothing happened on the key since f was asked for, and l's load began after
+                 * that: l's value is as new as f's would be, so it is written even if a mutation
+                 * older than f superseded l. */
+                l->superseded = false;
+            }
+            f->superseded = true;   /* it writes and publishes nothing itself */
+            flight_end(f);
+            return;
+        }
+        f->state = FL_LOAD_WAIT;
+        TAILQ_INSERT_TAIL(&ke->load_wait, f, qlink);
+        return;
+    }
+    if (ke->next_refresh == f) {
+        ke->next_refresh = NULL;   /* later REFRESHes need a load that starts after them */
     }
     struct cm_params params;
     struct cm_buf url;
@@ -666,124 +793,72 @@ static void start_load(struct flight *f)
     cm_tpl_match(&node->key, f->ckey, f->cklen, &params);
     cm_node_loader_url(node, &params, &url);
     cm_buf_append(&url, "", 1);
+    f->state = FL_LOADING;
+    f->load_seq = ++fl->seq;
     f->load_start_ns = cm_now_ns();
-    int rc = cm_loader_fetch(srv->loader, cm_buf_start(&url), node->conf->loader_socket,
-                             node->conf->loader_timeout_ms, srv->conf->max_value_size, on_load, f);
+    ke->loading = f;
+    int rc = fl->env.fetch(fl->env.fetch_arg, (size_t)(node - fl->env.nodes), cm_buf_start(&url),
+                           node->conf->loader_socket, node->conf->loader_timeout_ms,
+                           fl->env.max_value_size, on_load, f);
     cm_buf_deinit(&url);
     if (rc != CM_OK) {
-        struct cm_load_result r = { .outcome = CM_LOAD_FAILED };
-        snprintf(r.reason, sizeof(r.reason), "loader unavailable");
-        on_load(&r, f);
+        ke->refs++;
+        load_over(f);
+        fail_load(f, "loader unavailable");
+        ke->refs--;
+        ke_run(fl, ke);
     }
 }
 
 /* ---- starting tasks ---- */
 
-static void start_mutation_writes(struct flight *f);
-
-/* Starts a task that was queued (or could start at once). Reads of a single flight go as a
- * batch of one. */
-static void flight_start(struct flight *f)
-{
-    switch (f->kind) {
-    case FL_READ:
-        queue_read(f);
-        break;
-    case FL_REFRESH:
-        f->ke->writer = f;
-        start_load(f);
-        break;
-    case FL_SET:
-    case FL_DEL:
-        f->ke->writer = f;
-        start_mutation_writes(f);
-        break;
-    }
-}
-
-/* Supersedes every read that exists on the key now (SPEC §6.8). */
-static void supersede(struct keyent *ke)
+/* Supersedes every read and refresh that exists on the key now and has not begun writing
+ * (SPEC §6.8). by_refresh: a load in progress stays joinable (see the top of the file). */
+static void supersede(struct keyent *ke, bool by_refresh)
 {
     struct flight *f;
-    if (ke->joinable != NULL && ke->joinable->state != FL_WRITING) {
-        ke->joinable->superseded = true;
-    }
-    ke->joinable = NULL;
-    TAILQ_FOREACH(f, &ke->queue, qlink) {
-        if (f->kind == FL_READ || f->kind == FL_REFRESH) {
+    TAILQ_FOREACH(f, &ke->all, alink) {
+        if ((f->kind == FL_READ || f->kind == FL_REFRESH) && f->state != FL_WRITING) {
             f->superseded = true;
         }
     }
-}
-
-/* Queues f behind the key's writer and earlier tasks, or starts it now. */
-static void enqueue_or_start(struct flight *f)
-{
-    struct keyent *ke = f->ke;
-    if (ke->writer == NULL && TAILQ_EMPTY(&ke->queue)) {
-        flight_start(f);
-    } else {
-        TAILQ_INSERT_TAIL(&ke->queue, f, qlink);
+    if (!(by_refresh && ke->joinable != NULL && ke->joinable == ke->loading)) {
+        ke->joinable = NULL;
     }
+    ke->next_refresh = NULL;
 }
-
-static void on_delete_done(struct cm_st_op *op, void *arg)
-{
-    on_write_done(op, arg);
-}
-
-static void start_mutation_writes(struct flight *f)
-{
-    struct cm_node *node = f->node;
-    f->state = FL_WRITING;
-    f->pending_writes++;
-    for (size_t i = 0; i < node->nremote; i++) {
-        if (f->kind == FL_SET) {
-            write_cache(f, node->remote_idx[i]);
-        } else if (!f->srv->closing) {
-            struct cm_storage *st = node->caches[node->remote_idx[i]].st;
-            struct cm_st_op *op = cm_st_op_new_keys(CM_ST_DEL, 1, f->ke->sklen + 1);
-            cm_st_op_set_key(op, 0, f->ke->skey, f->ke->sklen);
-            f->pending_writes++;
-            cm_storage_submit(st, op, on_delete_done, f);
-        }
-    }
-    on_write_done(NULL, f);
-}
-
-/* ---- public entry points ---- */
 
 #define SKEY_SMALL 256
 
 /* Builds key's storage key in small (SKEY_SMALL bytes) when it fits, else in a cm_malloc'd block
  * that the caller frees when the result is not small. Nearly every key fits: no allocation. */
-static char *skey_build(struct cm_server *srv, struct cm_node *node, const char *key, size_t klen,
-                        char *small, size_t *sklen)
+static char *skey_build(struct cm_flights *fl, struct cm_node *node, const char *key,
+                        size_t klen, char *small, size_t *sklen)
 {
-    *sklen = cm_node_storage_key_into(node, srv->conf->prefix, key, klen, small, SKEY_SMALL);
+    *sklen = cm_node_storage_key_into(node, fl->env.prefix, key, klen, small, SKEY_SMALL);
     if (*sklen <= SKEY_SMALL) {
         return small;
     }
     char *skey = cm_malloc(*sklen);
-    cm_node_storage_key_into(node, srv->conf->prefix, key, klen, skey, *sklen);
+    cm_node_storage_key_into(node, fl->env.prefix, key, klen, skey, *sklen);
     return skey;
 }
 
 /* The key entry of key's storage key, created when there is none. */
-static struct keyent *ke_of(struct cm_server *srv, struct cm_node *node, const char *key,
+static struct keyent *ke_of(struct cm_flights *fl, struct cm_node *node, const char *key,
                             size_t klen)
 {
     char small[SKEY_SMALL];
     size_t sklen;
-    char *skey = skey_build(srv, node, key, klen, small, &sklen);
-    struct keyent *ke = ke_get(srv->flights, skey, sklen, true);
+    char *skey = skey_build(fl, node, key, klen, small, &sklen);
+    struct keyent *ke = ke_get(fl, skey, sklen);
     if (skey != small) {
         cm_free(skey);
     }
     return ke;
 }
 
-bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char *key,
+bool cm_flight_get_local(struct cm_flights *fl, struct cm_node *node, const char *key,
                          size_t klen, struct cm_buf *out)
 {
     if (node->nlocal == 0) {
@@ -791,7 +866,7 @@ bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char
     }
     char small[SKEY_SMALL];
     size_t sklen;
-    char *skey = skey_build(srv, node, key, klen, small, &sklen);
+    char *skey = skey_build(fl, node, key, klen, small, &sklen);
     bool hit = false;
     for (size_t i = 0; i < node->nlocal && !hit; i++) {
         struct cm_node_cache *nc = &node->caches[node->local_idx[i]];
@@ -815,95 +890,115 @@ bool cm_flight_get_local(struct cm_server *srv, struct cm_node *node, const char
     return hit;
 }
 
-void cm_flight_get(struct cm_server *srv, struct cm_req *req, const struct cm_getkey *keys,
+void cm_flight_get(struct cm_flights *fl, struct cm_req *req, const struct cm_getkey *keys,
                    size_t n)
 {
+    cm_req_hold(req);   /* the last answer may complete req, whose client may then go */
     for (size_t k = 0; k < n; k++) {
         struct cm_node *node = keys[k].node;
         if (!keys[k].local_checked && node->nlocal > 0) {
             struct cm_buf tmp;
-            if (cm_flight_get_local(srv, node, keys[k].key, keys[k].klen,
-                                    cm_req_slot_buf(req, &tmp))) {
-                cm_req_slot_encoded(req, keys[k].slot, &tmp);
+            if (cm_flight_get_local(fl, node, keys[k].key, keys[k].klen,
+                                    cm_req_answer_buf(req, &tmp))) {
+                cm_req_answer_encoded(req, keys[k].slot, &tmp);
                 continue;
             }
             cm_buf_deinit(&tmp);   /* a miss wrote nothing */
         }
 
         /* 2. join the key's flight, or start one */
-        struct keyent *ke = ke_of(srv, node, keys[k].key, keys[k].klen);
+        struct keyent *ke = ke_of(fl, node, keys[k].key, keys[k].klen);
         struct flight *f = ke->joinable;
         if (f != NULL) {
             node->stats.coalesced_count++;
             if (f->answered) {
                 /* Writes in progress: the value is known, no storage is touched. */
                 count_answer(f);
-                fill_slot_result(req, keys[k].slot, f->res, f->val, f->vlen, f->err);
+                answer(f, req, keys[k].slot);
             } else {
                 add_waiter(f, req, keys[k].slot, true);
             }
             continue;
         }
-        f = flight_new(srv, ke, node, FL_READ, keys[k].key, keys[k].klen);
+        f = flight_new(fl, ke, node, FL_READ, keys[k].key, keys[k].klen);
         ke->joinable = f;
         add_waiter(f, req, keys[k].slot, true);
         if (ke->writer != NULL || !TAILQ_EMPTY(&ke->queue)) {
-            TAILQ_INSERT_TAIL(&ke->queue, f, qlink);
+            TAILQ_INSERT_TAIL(&ke->queue, f, qlink);   /* after earlier writes */
             continue;
         }
-        /* 3. the remote reads of new flights are batched per node */
-        queue_read(f);
+        queue_read(f);   /* 3. the remote reads of new flights are batched per storage */
     }
+    cm_req_unref(req);
 }
 
-static struct flight *new_mutation(struct cm_server *srv, struct cm_node *node, enum fl_kind kind,
-                                   const char *key, size_t klen)
+/* A SET or DEL on key: supersedes what exists, holds one part of req until its writes end. */
+static struct flight *new_mutation(struct cm_flights *fl, struct cm_req *req,
+                                   struct cm_node *node, enum fl_kind kind, const char *key,
+                                   size_t klen)
 {
-    struct keyent *ke = ke_of(srv, node, key, klen);
-    supersede(ke);
-    return flight_new(srv, ke, node, kind, key, klen);
+    struct keyent *ke = ke_of(fl, node, key, klen);
+    supersede(ke, false);
+    struct flight *f = flight_new(fl, ke, node, kind, key, klen);
+    f->owner = req;
+    cm_req_hold(req);
+    cm_req_expect(req, 1);
+    return f;
 }
 
-void cm_flight_del(struct cm_server *srv, struct cm_req *req, struct cm_node *node,
+/* Its writes start now when nobody writes and nothing waits, else in turn (ke_run). */
+static void start_or_queue_mutation(struct flight *f)
+{
+    struct keyent *ke = f->ke;
+    if (ke->writer == NULL && TAILQ_EMPTY(&ke->queue)) {
+        ke->writer = f;
+        start_mutation_writes(f);
+        return;
+    }
+    TAILQ_INSERT_TAIL(&ke->queue, f, qlink);
+}
+
+void cm_flight_del(struct cm_flights *fl, struct cm_req *req, struct cm_node *node,
                    const char *key, size_t klen)
 {
-    struct flight *f = new_mutation(srv, node, FL_DEL, key, klen);
+    struct flight *f = new_mutation(fl, req, node, FL_DEL, key, klen);
     for (size_t i = 0; i < node->nlocal; i++) {
-        struct cm_storage *st = node->caches[node->local_idx[i]].st;
-        cm_storage_remove(st, f->ke->skey, f->ke->sklen);
+        cm_storage_remove(node->caches[node->local_idx[i]].st, f->ke->skey, f->ke->sklen);
     }
-    f->owner = req;
-    req->refs++;
-    req->pending++;
-    enqueue_or_start(f);
+    start_or_queue_mutation(f);
 }
 
-void cm_flight_set(struct cm_server *srv, struct cm_req *req, struct cm_node *node,
+void cm_flight_set(struct cm_flights *fl, struct cm_req *req, struct cm_node *node,
                    const char *key, size_t klen, const char *val, size_t vlen,
                    int64_t ttl_ms_override)
 {
-    struct flight *f = new_mutation(srv, node, FL_SET, key, klen);
-    f->val = cm_malloc(vlen + 1);
-    memcpy(f->val, val, vlen);
-    f->val[vlen] = '\0';
-    f->vlen = vlen;
+    struct flight *f = new_mutation(fl, req, node, FL_SET, key, klen);
+    f->val = cm_val_copy(val, vlen);
     f->res = RES_VALUE;
     f->answered = true;
     f->ttl_override = ttl_ms_override;
     for (size_t i = 0; i < node->nlocal; i++) {
-        write_cache(f, node->local_idx[i]);
+        write_cache(f, node->local_idx[i]);   /* at once: a GET right after sees it */
     }
-    f->owner = req;
-    req->refs++;
-    req->pending++;
-    enqueue_or_start(f);
+    start_or_queue_mutation(f);
 }
 
-void cm_flight_refresh(struct cm_server *srv, struct cm_req *req, size_t slot,
+void cm_flight_refresh(struct cm_flights *fl, struct cm_req *req, size_t slot,
                        struct cm_node *node, const char *key, size_t klen)
 {
-    struct flight *f = new_mutation(srv, node, FL_REFRESH, key, klen);
-    f->ke->joinable = f;
+    struct keyent *ke = ke_of(fl, node, key, klen);
+    if (ke->next_refresh != NULL) {
+        add_waiter(ke->next_refresh, req, slot, false);   /* one load for all of them */
+        node->stats.coalesced_count++;
+        return;
+    }
+    supersede(ke, true);
+    struct flight *f = flight_new(fl, ke, node, FL_REFRESH, key, klen);
     add_waiter(f, req, slot, false);
-    enqueue_or_start(f);
+    if (ke->joinable == NULL) {
+        ke->joinable = f;
+    }
+    ke->next_refresh = f;
+    f->state = FL_READING;
+    want_load(f);
 }

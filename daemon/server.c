@@ -289,6 +289,22 @@ static void on_cron(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* The flight engine's way to the loader and the invalidation channel (cm_flight_env). */
+static int loader_fetch(void *arg, size_t group, const char *url, const char *unix_socket,
+                        int64_t timeout_ms, uint64_t max_size, cm_load_done_fn *done,
+                        void *done_arg)
+{
+    struct cm_server *srv = arg;
+    CM_UNUSED(group);
+    return cm_loader_fetch(srv->loader, url, unix_socket, timeout_ms, max_size, done, done_arg);
+}
+
+static void inval_publish(void *arg, struct cm_node *node, const char *key, size_t klen)
+{
+    struct cm_server *srv = arg;
+    cm_inval_publish(srv->inval, node, key, klen);
+}
+
 int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
 {
     char err[256];
@@ -327,7 +343,12 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
         return CM_ERR;
     }
     srv->nnodes = conf->nnodes;
-    srv->flights = cm_flights_new(srv);   /* sized by the node table */
+    struct cm_flight_env env = {
+        .base = srv->base, .prefix = conf->prefix, .nodes = srv->nodes, .nnodes = srv->nnodes,
+        .nstorages = srv->nstorages, .max_value_size = conf->max_value_size,
+        .fetch = loader_fetch, .fetch_arg = srv, .publish = inval_publish, .publish_arg = srv,
+    };
+    srv->flights = cm_flights_new(&env);
     int rc;
     srv->inval = cm_inval_new(srv, err, sizeof(err), &rc);
     if (rc != CM_OK) {
@@ -382,8 +403,10 @@ void cm_server_deinit(struct cm_server *srv)
     while ((c = TAILQ_FIRST(&srv->conns)) != NULL) {
         cm_conn_close(c, "server stopping");
     }
+    /* From here no flight starts storage work or a load: gathered reads are sent now, for
+     * their storages to fail below. */
     if (srv->flights != NULL) {
-        cm_flights_flush(srv->flights);   /* gathered reads fail now, before storages go */
+        cm_flights_shutdown(srv->flights);
     }
     cm_inval_free(srv->inval);
     srv->inval = NULL;
@@ -392,25 +415,29 @@ void cm_server_deinit(struct cm_server *srv)
     if (srv->base != NULL) {
         event_base_loop(srv->base, EVLOOP_NONBLOCK);
     }
-    /* Storages and the loader fail what they still hold; flights answer orphaned requests. */
-    for (size_t i = 0; i < srv->nstorages; i++) {
-        if (!srv->storages[i]->ops->local) {
-            cm_storage_free(srv->storages[i]);
-            srv->storages[i] = NULL;
-        }
-    }
+    /* The loader and the remote storages fail what they still hold; the flights waiting on
+     * them end (answering orphaned requests), and whatever they would start next fails at once.
+     * No storage is freed before every flight has ended: a load failing here can start a queued
+     * SET, which still looks at its storages (issue 14, defect 2). */
     cm_loader_free(srv->loader);
     srv->loader = NULL;
-    /* Let deferred completions run. */
-    if (srv->base != NULL) {
-        event_base_loop(srv->base, EVLOOP_NONBLOCK);
+    for (size_t i = 0; i < srv->nstorages; i++) {
+        if (!srv->storages[i]->ops->local) {
+            cm_storage_close(srv->storages[i]);
+        }
     }
+    if (srv->base != NULL) {
+        event_base_loop(srv->base, EVLOOP_NONBLOCK);   /* deferred completions */
+    }
+    reap(srv);
+    if (srv->flights != NULL && cm_flights_active(srv->flights) > 0) {
+        cm_log(CM_LOG_ERR, "%zu key(s) still in flight at exit", cm_flights_active(srv->flights));
+    }
+    cm_flights_free(srv->flights);
     for (size_t i = 0; i < srv->nstorages; i++) {
         cm_storage_free(srv->storages[i]);
     }
-    reap(srv);
     cm_nodes_free(srv->nodes, srv->nnodes);
-    cm_flights_free(srv->flights);
     cm_free(srv->storages);
     for (size_t i = 0; i < srv->nlisteners; i++) {
         cm_free(srv->listeners[i].unix_path);

@@ -44,12 +44,20 @@ struct cm_storage *cm_storage_new(const struct cm_conf_storage *conf, struct eve
     return st;
 }
 
+void cm_storage_close(struct cm_storage *st)
+{
+    if (!st->closed) {
+        st->closed = true;
+        st->ops->close(st);
+    }
+}
+
 void cm_storage_free(struct cm_storage *st)
 {
     if (st == NULL) {
         return;
     }
-    st->ops->close(st);
+    cm_storage_close(st);
     cm_free(st);
 }
 
@@ -215,7 +223,7 @@ bool cm_storage_remove(struct cm_storage *st, const char *key, size_t klen)
 
 void cm_storage_submit(struct cm_storage *st, struct cm_st_op *op, cm_st_done_fn *done, void *arg)
 {
-    cm_assert(!st->ops->local);
+    cm_assert(!st->ops->local && !st->closed);
     op->st = st;
     op->done = done;
     op->arg = arg;

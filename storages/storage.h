@@ -128,6 +128,7 @@ struct cm_storage {
     void *priv;                           /* backend state */
     int64_t warn_ms;                      /* storage.c: last failure logged (rate limit) */
     uint64_t warn_suppressed;             /* storage.c: failures not logged since */
+    bool closed;                          /* storage.c: ops->close has run */
 };
 
 /* Looks up a backend by its conf type; NULL when unknown. */
@@ -136,7 +137,10 @@ const struct cm_storage_ops *cm_storage_ops_for(int conf_type);
 /* Creates and opens a storage for conf on base. Returns NULL (reason in err) on failure. */
 struct cm_storage *cm_storage_new(const struct cm_conf_storage *conf, struct event_base *base,
                                   char *err, size_t errsz);
-/* Closes (pending ops finish with CM_ERR) and frees. NULL is a no-op. */
+/* Closes: every pending op finishes with CM_ERR, the backend lets go of its state. The storage
+ * stays valid (and refuses nothing: callers submit no more) until cm_storage_free. */
+void cm_storage_close(struct cm_storage *st);
+/* Closes (unless closed) and frees. NULL is a no-op. */
 void cm_storage_free(struct cm_storage *st);
 
 /* Allocates an op with nitems zeroed items. */

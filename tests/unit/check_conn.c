@@ -4,6 +4,7 @@
 #include "daemon/alloc.h"
 #include "daemon/conn.h"
 #include "daemon/req.h"
+#include "daemon/val.h"
 #include "daemon/resp.h"
 #include "daemon/server.h"
 
@@ -87,43 +88,48 @@ START_TEST(test_out_of_order_completion_keeps_order)
 }
 END_TEST
 
-static void join_slots(struct cm_req *r)
-{
-    for (size_t i = 0; i < r->nslots; i++) {
-        cm_buf_append(&r->reply, r->slots[i].data, r->slots[i].len);
-    }
-}
-
 START_TEST(test_slots_complete_in_any_order)
 {
     struct cm_req *r = queue_req();
-    r->slots = cm_calloc(3, sizeof(*r->slots));
-    r->nslots = 3;
-    r->pending = 3;
-    r->complete = join_slots;
-    cm_req_fill_slot(r, 2, cm_strdup(":2\r\n"), 4);
-    cm_req_fill_slot(r, 0, cm_strdup(":0\r\n"), 4);
+    cm_req_setup(r, CM_REQ_SHAPE_ARRAY, 3);
+    cm_req_answer_bytes(r, 2, "2", 1);
+    struct cm_val *v = cm_val_copy("0", 1);
+    cm_req_answer_val(r, 0, v);   /* by reference */
+    cm_val_unref(v);
     ck_assert_str_eq(drain(), "");              /* slot 1 still pending */
     ck_assert_int_eq((int)conn->nreqs, 1);
-    cm_req_fill_slot(r, 1, cm_strdup(":1\r\n"), 4);   /* completes, is written and freed */
-    ck_assert_str_eq(drain(), ":0\r\n:1\r\n:2\r\n");
+    cm_req_answer_nil(r, 1);                    /* completes, is written and freed */
+    ck_assert_str_eq(drain(), "*3\r\n$1\r\n0\r\n$-1\r\n$1\r\n2\r\n");
     ck_assert_int_eq((int)conn->nreqs, 0);
+}
+END_TEST
+
+START_TEST(test_single_answered_by_reference_behind_a_waiting_one)
+{
+    struct cm_req *first = queue_req(), *second = queue_req();
+    cm_req_setup(second, CM_REQ_SHAPE_SINGLE, 1);
+    struct cm_val *v = cm_val_copy("abc", 3);
+    cm_req_answer_val(second, 0, v);            /* held as a reference until first is done */
+    cm_val_unref(v);
+    ck_assert_str_eq(drain(), "");
+    ck_assert_uint_eq(conn->held_bytes, second->out_len);
+    complete(first, "+ok\r\n");
+    ck_assert_str_eq(drain(), "+ok\r\n$3\r\nabc\r\n");
+    ck_assert_uint_eq(conn->held_bytes, 0);
 }
 END_TEST
 
 START_TEST(test_orphaned_request_freed_by_last_holder)
 {
     struct cm_req *done = queue_req(), *waiting = queue_req();
-    waiting->refs = 1;                /* a flight holds it */
-    waiting->slots = cm_calloc(1, sizeof(*waiting->slots));
-    waiting->nslots = 1;
-    waiting->pending = 1;
+    cm_req_setup(waiting, CM_REQ_SHAPE_ARRAY, 1);
+    cm_req_hold(waiting);             /* a flight holds it */
     complete(done, "+ok\r\n");
     ck_assert_str_eq(drain(), "+ok\r\n");
     cm_conn_close(conn, "client gone");
     ck_assert_ptr_null(waiting->conn);
-    /* The flight finishes later: filling and unref must not touch the freed connection. */
-    cm_req_fill_slot(waiting, 0, cm_strdup("$1\r\nx\r\n"), 7);
+    /* The flight finishes later: answering and unref must not touch the freed connection. */
+    cm_req_answer_bytes(waiting, 0, "x", 1);
     cm_req_unref(waiting);            /* frees it (ASan checks) */
 }
 END_TEST
@@ -136,6 +142,7 @@ static Suite *conn_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_out_of_order_completion_keeps_order);
     tcase_add_test(tc, test_slots_complete_in_any_order);
+    tcase_add_test(tc, test_single_answered_by_reference_behind_a_waiting_one);
     tcase_add_test(tc, test_orphaned_request_freed_by_last_holder);
     suite_add_tcase(s, tc);
     return s;
