@@ -365,15 +365,33 @@ static void flight_end(struct flight *f)
     ke_run(fl, ke);
 }
 
+static void write_cache(struct flight *f, size_t c);
+
 /* Sets the flight's result, answers its waiters, then writes (SPEC §6.5). Takes val's ref and
- * err. */
+ * err. The local caches are written at once, in the same call as the answers: a client that got
+ * the value and asks again finds it locally, even while the remote writes wait for their turn. */
 static void resolve(struct flight *f, enum fl_result res, struct cm_val *val, char *err)
 {
+    struct cm_node *node = f->node;
     f->res = res;
     f->val = val;
     f->err = err;
     answer_waiters(f);
     if (res != RES_VALUE || f->superseded) {
+        flight_end(f);
+        return;
+    }
+    if (!f->from_cache && f->kind == FL_READ && node->doorkeeper != NULL &&
+        !cm_bloom_add_if_absent(node->doorkeeper, f->ke->skey, f->ke->sklen)) {
+        node->stats.doorkeeper_reject_count++;
+        flight_end(f);
+        return;
+    }
+    for (size_t i = 0; i < node->nlocal; i++) {
+        write_cache(f, node->local_idx[i]);   /* they missed before the flight started */
+    }
+    size_t nremote = f->from_cache ? f->hit_remote : node->nremote;
+    if (nremote == 0) {
         flight_end(f);
         return;
     }
@@ -392,7 +410,10 @@ static void ke_run(struct cm_flights *fl, struct keyent *ke)
     ke->running = true;
     ke->refs++;
     for (;;) {
-        if (ke->loading == NULL && (f = TAILQ_FIRST(&ke->load_wait)) != NULL) {
+        /* The next flight waiting to load starts its load, or takes the one that just
+         * started when it began after the flight was asked for. */
+        f = TAILQ_FIRST(&ke->load_wait);
+        if (f != NULL && (ke->loading == NULL || ke->loading->load_seq > f->seq)) {
             TAILQ_REMOVE(&ke->load_wait, f, qlink);
             f->state = FL_READING;   /* want_load moves it on */
             want_load(f);
@@ -494,7 +515,7 @@ static void want_write(struct flight *f)
     TAILQ_INSERT_TAIL(&ke->queue, f, qlink);
 }
 
-/* Writes the resolved value into every cache that should hold it, then ends the flight. */
+/* Writes the resolved value into the remote caches that should hold it, then ends the flight. */
 static void start_writes(struct flight *f)
 {
     struct cm_node *node = f->node;
@@ -503,19 +524,10 @@ static void start_writes(struct flight *f)
         flight_end(f);   /* superseded while it waited for the writer slot */
         return;
     }
-    if (!f->from_cache && f->kind == FL_READ && node->doorkeeper != NULL &&
-        !cm_bloom_add_if_absent(node->doorkeeper, ke->skey, ke->sklen)) {
-        node->stats.doorkeeper_reject_count++;
-        flight_end(f);
-        return;
-    }
     cm_assert(ke->writer == NULL);
     ke->writer = f;
     f->state = FL_WRITING;
     f->pending_writes++;   /* guard: the flight cannot end while writes are being issued */
-    for (size_t i = 0; i < node->nlocal; i++) {
-        write_cache(f, node->local_idx[i]);   /* they missed before the flight started */
-    }
     size_t nremote = f->from_cache ? f->hit_remote : node->nremote;
     for (size_t i = 0; i < nremote; i++) {
         write_cache(f, node->remote_idx[i]);
@@ -674,6 +686,14 @@ void cm_flights_shutdown(struct cm_flights *fl)
 {
     fl->closing = true;
     cm_flights_flush(fl);
+}
+
+void cm_flights_close_loader(struct cm_flights *fl)
+{
+    cm_assert(fl->closing);
+    if (fl->env.loader_close != NULL) {
+        fl->env.loader_close(fl->env.fetch_arg);
+    }
 }
 
 /* ---- loads ---- */

@@ -23,6 +23,9 @@ struct event_base;
 typedef int cm_flight_fetch_fn(void *arg, size_t group, const char *url, const char *unix_socket,
                                int64_t timeout_ms, uint64_t max_size, cm_load_done_fn *done,
                                void *done_arg);
+/* Fails every load still out (each done() runs once, from inside the call or later) and takes
+ * no more: the loader's end at shutdown. */
+typedef void cm_flight_loader_close_fn(void *arg);
 /* A mutation of key finished its writes: tell other instances (SPEC §11). */
 typedef void cm_flight_publish_fn(void *arg, struct cm_node *node, const char *key, size_t klen);
 
@@ -35,7 +38,8 @@ struct cm_flight_env {
     size_t nstorages;             /* storages are numbered 0..n-1 by their idx */
     uint64_t max_value_size;
     cm_flight_fetch_fn *fetch;
-    void *fetch_arg;
+    cm_flight_loader_close_fn *loader_close;
+    void *fetch_arg;               /* for fetch and loader_close */
     cm_flight_publish_fn *publish;   /* NULL: nothing to publish */
     void *publish_arg;
 };
@@ -60,6 +64,8 @@ size_t cm_flights_active(const struct cm_flights *fl);
  * the reads gathered so far are sent (for their storages to fail). Flights still running end as
  * their storages and the loader fail what they hold. */
 void cm_flights_shutdown(struct cm_flights *fl);
+/* Shutdown, next step: the loader fails every load still out (env.loader_close). */
+void cm_flights_close_loader(struct cm_flights *fl);
 
 /* Step 1 of a read: looks key up in node's local caches, in order (a later one's hit backfills
  * the earlier ones). On a hit appends the bulk reply to out, counts it, and returns true. */

@@ -299,6 +299,13 @@ static int loader_fetch(void *arg, size_t group, const char *url, const char *un
     return cm_loader_fetch(srv->loader, url, unix_socket, timeout_ms, max_size, done, done_arg);
 }
 
+static void loader_close(void *arg)
+{
+    struct cm_server *srv = arg;
+    cm_loader_free(srv->loader);
+    srv->loader = NULL;
+}
+
 static void inval_publish(void *arg, struct cm_node *node, const char *key, size_t klen)
 {
     struct cm_server *srv = arg;
@@ -346,7 +353,7 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
     struct cm_flight_env env = {
         .base = srv->base, .prefix = conf->prefix, .nodes = srv->nodes, .nnodes = srv->nnodes,
         .nstorages = srv->nstorages, .max_value_size = conf->max_value_size,
-        .fetch = loader_fetch, .fetch_arg = srv, .publish = inval_publish, .publish_arg = srv,
+        .fetch = loader_fetch, .loader_close = loader_close, .fetch_arg = srv, .publish = inval_publish, .publish_arg = srv,
     };
     srv->flights = cm_flights_new(&env);
     int rc;
@@ -419,7 +426,10 @@ void cm_server_deinit(struct cm_server *srv)
      * them end (answering orphaned requests), and whatever they would start next fails at once.
      * No storage is freed before every flight has ended: a load failing here can start a queued
      * SET, which still looks at its storages (issue 14, defect 2). */
-    cm_loader_free(srv->loader);
+    if (srv->flights != NULL) {
+        cm_flights_close_loader(srv->flights);
+    }
+    cm_loader_free(srv->loader);   /* when init failed before the engine existed */
     srv->loader = NULL;
     for (size_t i = 0; i < srv->nstorages; i++) {
         if (!srv->storages[i]->ops->local) {

@@ -1,0 +1,290 @@
+/* The flight engine under scripted schedules, with the fake storage and loader of
+ * flight_harness.h: storage ops and loads complete when and how each test says. Each test ends
+ * with fh_settle (every request answered, no key entry left) and fh_finish (the daemon's
+ * shutdown; ASan checks that everything is freed). The fuzzer (tests/fuzz/fuzz_flight.c) drives
+ * the same harness with any schedule. */
+#include "tests/unit/flight_harness.h"
+
+#include <check.h>
+
+static struct fh H;
+
+/* Index of the outstanding load of key, or -1. */
+static int load_of(struct fh *h, const char *key)
+{
+    char url[64];
+    fh_url_of(key, url, sizeof(url));
+    for (size_t i = 0; i < h->nloads; i++) {
+        if (strcmp(h->loads[i].url, url) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* Completes every outstanding storage op (OK) and runs a loop pass, until none is left. */
+static void ops_ok(struct fh *h)
+{
+    fh_pass(h);
+    while (h->nops > 0) {
+        fh_complete_op(h, 0, true);
+        fh_pass(h);
+    }
+}
+
+static const char *fake_value(struct fh *h, int storage, const char *skey)
+{
+    struct fh_entry *e = fh_find(&h->stores[storage], skey, strlen(skey));
+    return e != NULL ? e->val : NULL;
+}
+
+/* Defect 1: REFRESH + DEL of a local-only key in one pipeline, then the load ends: the DEL
+ * that was queued behind the REFRESH ran and ended inside the REFRESH's end and freed the key
+ * entry under it (use-after-free in ke_run). */
+START_TEST(test_refresh_then_del_local_only)
+{
+    fh_init(&H, true);
+    fh_refresh(&H, 0, "c:1");
+    fh_del(&H, 0, "c:1");
+    fh_set(&H, 1, "c:2");
+    fh_refresh(&H, 1, "c:2");
+    fh_set(&H, 1, "c:2");
+    ck_assert_int_eq((int)H.nloads, 2);
+    fh_complete_load(&H, 0, FH_VALUE);
+    fh_complete_load(&H, 0, FH_VALUE);
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 2);
+    ck_assert_uint_eq(H.conns[1].ngot, 3);
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* Defect 1, second form: clients go away with REFRESH + SET in flight. */
+START_TEST(test_disconnect_with_refresh_and_set)
+{
+    fh_init(&H, true);
+    for (int i = 0; i < 3; i++) {
+        fh_refresh(&H, i, "c:1");
+        fh_set(&H, i, "c:1");
+        fh_disconnect(&H, i);
+    }
+    while (H.nloads > 0) {
+        fh_complete_load(&H, 0, FH_VALUE);
+        fh_pass(&H);
+    }
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* Defect 2: shutdown with a REFRESH at the origin and a SET of the same key on a remote chain:
+ * the loader failing its loads must not make anything touch a freed storage. */
+START_TEST(test_shutdown_with_refresh_and_set)
+{
+    fh_init(&H, true);
+    fh_refresh(&H, 0, "b:1");
+    fh_set(&H, 0, "b:1");
+    fh_get(&H, 1, "b:1");
+    fh_pass(&H);
+    ck_assert_int_eq((int)H.nloads, 1);
+    fh_finish(&H);   /* the loader fails the REFRESH's load after the SET's writes failed */
+}
+END_TEST
+
+/* Defect 6: 20 pipelined REFRESHes of one key, then the client goes: another client's GET waits
+ * for one load, not 20 in a row; 3,000 REFRESHes cost two loads, not 3,000. */
+START_TEST(test_refreshes_coalesce)
+{
+    fh_init(&H, true);
+    for (int i = 0; i < 20; i++) {
+        fh_refresh(&H, 0, "c:q");
+    }
+    fh_disconnect(&H, 0);
+    fh_get(&H, 1, "c:q");
+    ck_assert_int_eq((int)H.nloads, 1);
+    fh_complete_load(&H, 0, FH_ERROR);   /* the hanging load times out */
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[1].ngot, 1);   /* answered by the load it joined */
+    /* The REFRESHes waiting behind it share the next load. */
+    ck_assert_int_eq((int)H.nloads, 1);
+    fh_complete_load(&H, 0, FH_VALUE);
+    fh_pass(&H);
+    ck_assert_uint_eq(H.loads_started, 2);
+    for (int i = 0; i < 200; i++) {
+        fh_refresh(&H, 2, "c:amp");
+    }
+    while (H.nloads > 0) {
+        fh_complete_load(&H, 0, FH_VALUE);
+        fh_pass(&H);
+    }
+    ck_assert_uint_eq(H.conns[2].ngot, 200);
+    ck_assert_uint_eq(H.loads_started, 4);
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* Concurrent GETs of one key from three clients: one read per storage, one load. */
+START_TEST(test_gets_coalesce)
+{
+    fh_init(&H, true);
+    for (int i = 0; i < 3; i++) {
+        fh_get(&H, i, "b:1");
+    }
+    fh_pass(&H);
+    ck_assert_int_eq((int)H.nops, 1);   /* r1 */
+    fh_complete_op(&H, 0, true);
+    fh_pass(&H);
+    ck_assert_int_eq((int)H.nops, 1);   /* r2 */
+    fh_complete_op(&H, 0, true);
+    ck_assert_int_eq((int)H.nloads, 1);
+    fh_complete_load(&H, 0, FH_VALUE);
+    fh_pass(&H);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_uint_eq(H.conns[i].ngot, 1);
+    }
+    ops_ok(&H);   /* the writes to r1 and r2 */
+    ck_assert_ptr_nonnull(fake_value(&H, 1, "t:b:1:v"));
+    ck_assert_ptr_nonnull(fake_value(&H, 2, "t:b:1:v"));
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* An MGET whose loads end in reverse order is answered once, in key order; a failed storage
+ * read is a miss; a 404 is nil and written nowhere. */
+START_TEST(test_mget_loads_in_any_order)
+{
+    fh_init(&H, false);
+    const char *argv[] = { "MGET", "b:1", "b:2", "b:3", "b:1" };
+    fh_send(&H, 0, FH_MGET, 5, argv);
+    fh_pass(&H);
+    fh_complete_op(&H, 0, false);   /* r1 fails: a miss for every key */
+    fh_pass(&H);
+    fh_complete_op(&H, 0, true);    /* r2 misses */
+    ck_assert_int_eq((int)H.nloads, 3);
+    fh_complete_load(&H, (size_t)load_of(&H, "b:3"), FH_VALUE);
+    fh_complete_load(&H, (size_t)load_of(&H, "b:2"), FH_404);
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 0);
+    fh_complete_load(&H, (size_t)load_of(&H, "b:1"), FH_ERROR);
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 1);
+    ops_ok(&H);
+    ck_assert_ptr_null(fake_value(&H, 1, "t:b:2:v"));
+    ck_assert_ptr_null(fake_value(&H, 1, "t:b:1:v"));
+    ck_assert_ptr_nonnull(fake_value(&H, 1, "t:b:3:v"));
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* A SET during a load supersedes it: the loaded value answers the GET but is written nowhere;
+ * a GET after the SET's reply gets the SET's value (the harness checks every value's age). */
+START_TEST(test_set_supersedes_load)
+{
+    fh_init(&H, true);
+    fh_get(&H, 0, "b:1");
+    ops_ok(&H);
+    ck_assert_int_eq((int)H.nloads, 1);
+    fh_set(&H, 1, "b:1");
+    ops_ok(&H);
+    ck_assert_uint_eq(H.conns[1].ngot, 1);
+    fh_complete_load(&H, 0, FH_VALUE);
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 1);
+    ck_assert_int_eq((int)H.nops, 0);   /* nothing written */
+    fh_get(&H, 2, "b:1");
+    ops_ok(&H);
+    ck_assert_uint_eq(H.conns[2].ngot, 1);
+    ck_assert_int_eq(fake_value(&H, 1, "t:b:1:v")[0], 'S');
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* A DEL during a load: a GET after the DEL's reply does not get the old load's value; it waits
+ * for that load to end (one load per key at a time) and then loads again. */
+START_TEST(test_get_after_del_loads_again)
+{
+    fh_init(&H, true);
+    fh_get(&H, 0, "a:1");
+    ops_ok(&H);
+    ck_assert_int_eq((int)H.nloads, 1);
+    fh_del(&H, 1, "a:1");
+    ops_ok(&H);
+    ck_assert_uint_eq(H.conns[1].ngot, 1);
+    fh_get(&H, 2, "a:1");
+    ops_ok(&H);
+    ck_assert_int_eq((int)H.nloads, 1);   /* still the old one */
+    fh_complete_load(&H, 0, FH_VALUE);
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 1);
+    ck_assert_uint_eq(H.conns[2].ngot, 0);
+    ck_assert_int_eq((int)H.nloads, 1);   /* its own */
+    fh_complete_load(&H, 0, FH_VALUE);
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[2].ngot, 1);
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* A loader that refuses a fetch fails the flight at once; the key's next load still runs. */
+START_TEST(test_loader_refusal)
+{
+    fh_init(&H, true);
+    H.fetch_refuses = true;
+    fh_get(&H, 0, "c:1");
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 1);
+    fh_get(&H, 0, "c:1");
+    ck_assert_int_eq((int)H.nloads, 1);
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* Shutdown at any point: reads gathered but not sent, ops and loads out, clients gone. */
+START_TEST(test_shutdown_mid_everything)
+{
+    fh_init(&H, true);
+    fh_get(&H, 0, "b:1");
+    fh_pass(&H);
+    fh_get(&H, 1, "b:2");              /* gathered, not sent */
+    fh_set(&H, 2, "a:1");
+    fh_refresh(&H, 2, "a:1");
+    fh_del(&H, 3, "b:1");
+    fh_disconnect(&H, 3);
+    fh_finish(&H);
+}
+END_TEST
+
+static Suite *flight_suite(void)
+{
+    Suite *s = suite_create("flight");
+    TCase *tc = tcase_create("schedules");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_refresh_then_del_local_only);
+    tcase_add_test(tc, test_disconnect_with_refresh_and_set);
+    tcase_add_test(tc, test_shutdown_with_refresh_and_set);
+    tcase_add_test(tc, test_refreshes_coalesce);
+    tcase_add_test(tc, test_gets_coalesce);
+    tcase_add_test(tc, test_mget_loads_in_any_order);
+    tcase_add_test(tc, test_set_supersedes_load);
+    tcase_add_test(tc, test_get_after_del_loads_again);
+    tcase_add_test(tc, test_loader_refusal);
+    tcase_add_test(tc, test_shutdown_mid_everything);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(flight_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
