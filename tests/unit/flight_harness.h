@@ -45,6 +45,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Each test binary uses part of the harness. */
+#define FH_FN static __attribute__((unused))
+
 #define FH_MAX_OPS 256
 #define FH_MAX_LOADS 128
 #define FH_MAX_CONNS 4
@@ -136,7 +139,7 @@ struct fh {
 };
 
 /* The counter of completed loads of url (created at 0). */
-static unsigned *fh_loads_done(struct fh *h, const char *url)
+FH_FN unsigned *fh_loads_done(struct fh *h, const char *url)
 {
     for (size_t i = 0; i < h->nload_count; i++) {
         if (strcmp(h->load_count[i].url, url) == 0) {
@@ -153,17 +156,17 @@ static unsigned *fh_loads_done(struct fh *h, const char *url)
 }
 
 /* The loader URL of a client key of the harness config ("b:7" -> http://127.0.0.1:9/b/7). */
-static void fh_url_of(const char *key, char *out, size_t outsz)
+FH_FN void fh_url_of(const char *key, char *out, size_t outsz)
 {
     snprintf(out, outsz, "http://127.0.0.1:9/%c/%s", key[0], key + 2);
 }
 
 static struct fh *fh_cur;
-static void fh_note_answers(struct fh *h);
+FH_FN void fh_note_answers(struct fh *h);
 static int fh_trace = -1;   /* FH_TRACE=1 in the environment: every step on stderr */
 
-static void fh_log(const char *fmt, ...) CM_PRINTF(1, 2);
-static void fh_log(const char *fmt, ...)
+FH_FN void fh_log(const char *fmt, ...) CM_PRINTF(1, 2);
+FH_FN void fh_log(const char *fmt, ...)
 {
     if (fh_trace < 0) {
         fh_trace = getenv("FH_TRACE") != NULL;
@@ -179,8 +182,8 @@ static void fh_log(const char *fmt, ...)
     va_end(ap);
 }
 
-static void fh_fail(const char *fmt, ...) CM_PRINTF(1, 2);
-static void fh_fail(const char *fmt, ...)
+FH_FN void fh_fail(const char *fmt, ...) CM_PRINTF(1, 2);
+FH_FN void fh_fail(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -193,12 +196,12 @@ static void fh_fail(const char *fmt, ...)
 
 /* ---- fake remote storage ---- */
 
-static struct fh_store *fh_store_of(struct cm_storage *st)
+FH_FN struct fh_store *fh_store_of(struct cm_storage *st)
 {
     return st->priv;
 }
 
-static struct fh_entry *fh_find(struct fh_store *s, const char *key, size_t klen)
+FH_FN struct fh_entry *fh_find(struct fh_store *s, const char *key, size_t klen)
 {
     for (size_t i = 0; i < s->n; i++) {
         if (strlen(s->e[i].key) == klen && memcmp(s->e[i].key, key, klen) == 0) {
@@ -208,7 +211,7 @@ static struct fh_entry *fh_find(struct fh_store *s, const char *key, size_t klen
     return NULL;
 }
 
-static void fh_store_put(struct fh_store *s, const char *key, size_t klen, const char *val,
+FH_FN void fh_store_put(struct fh_store *s, const char *key, size_t klen, const char *val,
                          size_t vlen)
 {
     struct fh_entry *e = fh_find(s, key, klen);
@@ -227,7 +230,7 @@ static void fh_store_put(struct fh_store *s, const char *key, size_t klen, const
     e->vlen = vlen;
 }
 
-static void fh_store_del(struct fh_store *s, const char *key, size_t klen)
+FH_FN void fh_store_del(struct fh_store *s, const char *key, size_t klen)
 {
     struct fh_entry *e = fh_find(s, key, klen);
     if (e != NULL) {
@@ -237,7 +240,7 @@ static void fh_store_del(struct fh_store *s, const char *key, size_t klen)
     }
 }
 
-static void fh_submit(struct cm_storage *st, struct cm_st_op *op)
+FH_FN void fh_submit(struct cm_storage *st, struct cm_st_op *op)
 {
     struct fh *h = fh_cur;
     if (op->kind != CM_ST_GET) {
@@ -258,7 +261,7 @@ static void fh_submit(struct cm_storage *st, struct cm_st_op *op)
 }
 
 /* Completes outstanding op i: applied and OK, or failed. */
-static void fh_complete_op(struct fh *h, size_t i, bool ok)
+FH_FN void fh_complete_op(struct fh *h, size_t i, bool ok)
 {
     struct cm_st_op *op = h->ops[i];
     h->ops[i] = h->ops[--h->nops];
@@ -294,7 +297,7 @@ static void fh_complete_op(struct fh *h, size_t i, bool ok)
     fh_note_answers(h);
 }
 
-static void fh_st_close(struct cm_storage *st)
+FH_FN void fh_st_close(struct cm_storage *st)
 {
     struct fh *h = fh_cur;
     for (size_t i = 0; i < h->nops;) {
@@ -307,7 +310,7 @@ static void fh_st_close(struct cm_storage *st)
     }
 }
 
-static int fh_st_open(struct cm_storage *st, char *err, size_t errsz)
+FH_FN int fh_st_open(struct cm_storage *st, char *err, size_t errsz)
 {
     CM_UNUSED(st);
     CM_UNUSED(err);
@@ -322,7 +325,7 @@ static const struct cm_storage_ops fh_fake_ops = {
 
 /* ---- fake loader ---- */
 
-static int fh_fetch(void *arg, size_t group, const char *url, const char *unix_socket,
+FH_FN int fh_fetch(void *arg, size_t group, const char *url, const char *unix_socket,
                     int64_t timeout_ms, uint64_t max_size, cm_load_done_fn *done, void *done_arg)
 {
     struct fh *h = arg;
@@ -355,7 +358,7 @@ static int fh_fetch(void *arg, size_t group, const char *url, const char *unix_s
 enum fh_outcome { FH_VALUE, FH_404, FH_ERROR };
 
 /* Completes outstanding load i. A value is "L<step>|<url>": when its load began and for what. */
-static void fh_complete_load(struct fh *h, size_t i, enum fh_outcome outcome)
+FH_FN void fh_complete_load(struct fh *h, size_t i, enum fh_outcome outcome)
 {
     struct fh_load l = h->loads[i];
     h->loads[i] = h->loads[--h->nloads];
@@ -383,7 +386,7 @@ static void fh_complete_load(struct fh *h, size_t i, enum fh_outcome outcome)
     free(l.url);
 }
 
-static void fh_loader_close(void *arg)
+FH_FN void fh_loader_close(void *arg)
 {
     struct fh *h = arg;
     while (h->nloads > 0) {
@@ -393,7 +396,7 @@ static void fh_loader_close(void *arg)
 
 /* ---- clients ---- */
 
-static void fh_connect(struct fh *h, int i)
+FH_FN void fh_connect(struct fh *h, int i)
 {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
@@ -409,7 +412,7 @@ static void fh_connect(struct fh *h, int i)
 }
 
 /* The mutation records a GET of key must respect. */
-static void fh_check_value(struct fh *h, const struct fh_sent *s, const char *key,
+FH_FN void fh_check_value(struct fh *h, const struct fh_sent *s, const char *key,
                            const char *val, size_t len)
 {
     /* The value names its key: "L<step>|http://127.0.0.1:9/<node>/<id>" or "S<step>|<key>". */
@@ -449,7 +452,7 @@ static void fh_check_value(struct fh *h, const struct fh_sent *s, const char *ke
 }
 
 /* Checks one reply of request s. */
-static void fh_check_reply(struct fh *h, struct fh_sent *s, redisReply *r)
+FH_FN void fh_check_reply(struct fh *h, struct fh_sent *s, redisReply *r)
 {
     if (s->cmd == FH_GET && h->prompt) {
         /* (An MGET's reply waits for its slowest key: only GETs are measured.)
@@ -511,7 +514,7 @@ static void fh_check_reply(struct fh *h, struct fh_sent *s, redisReply *r)
 
 /* Notes which requests became DONE while queued behind an earlier one: a reply's wait is
  * measured to its completion, not to when the pipeline lets it out. */
-static void fh_note_answers(struct fh *h)
+FH_FN void fh_note_answers(struct fh *h)
 {
     for (int i = 0; i < FH_MAX_CONNS; i++) {
         struct fh_conn *fc = &h->conns[i];
@@ -536,7 +539,7 @@ static void fh_note_answers(struct fh *h)
 }
 
 /* Reads every reply the clients were sent so far. */
-static void fh_read_replies(struct fh *h)
+FH_FN void fh_read_replies(struct fh *h)
 {
     fh_note_answers(h);
     for (int i = 0; i < FH_MAX_CONNS; i++) {
@@ -566,7 +569,7 @@ static void fh_read_replies(struct fh *h)
 }
 
 /* One pass of the loop: gathered reads go out, deferred completions run, replies are read. */
-static void fh_pass(struct fh *h)
+FH_FN void fh_pass(struct fh *h)
 {
     event_base_loop(h->srv.base, EVLOOP_NONBLOCK);
     struct cm_conn *c;
@@ -578,7 +581,7 @@ static void fh_pass(struct fh *h)
 }
 
 /* Sends one command (argv of n words) on client i and lets the server read it. */
-static void fh_send(struct fh *h, int i, enum fh_cmd cmd, int argc, const char **argv)
+FH_FN void fh_send(struct fh *h, int i, enum fh_cmd cmd, int argc, const char **argv)
 {
     struct fh_conn *fc = &h->conns[i];
     if (fc->c == NULL || fc->nsent == FH_MAX_SENT || h->nmut + 4 > FH_MAX_MUT) {
@@ -622,13 +625,13 @@ static void fh_send(struct fh *h, int i, enum fh_cmd cmd, int argc, const char *
     }
 }
 
-static void fh_get(struct fh *h, int i, const char *key)
+FH_FN void fh_get(struct fh *h, int i, const char *key)
 {
     const char *argv[] = { "GET", key };
     fh_send(h, i, FH_GET, 2, argv);
 }
 
-static void fh_set(struct fh *h, int i, const char *key)
+FH_FN void fh_set(struct fh *h, int i, const char *key)
 {
     char val[48];
     snprintf(val, sizeof(val), "S%u|%s", h->step + 1, key);   /* fh_send counts this step */
@@ -636,20 +639,20 @@ static void fh_set(struct fh *h, int i, const char *key)
     fh_send(h, i, FH_SET, 3, argv);
 }
 
-static void fh_del(struct fh *h, int i, const char *key)
+FH_FN void fh_del(struct fh *h, int i, const char *key)
 {
     const char *argv[] = { "DEL", key };
     fh_send(h, i, FH_DEL, 2, argv);
 }
 
-static void fh_refresh(struct fh *h, int i, const char *key)
+FH_FN void fh_refresh(struct fh *h, int i, const char *key)
 {
     const char *argv[] = { "REFRESH", key };
     fh_send(h, i, FH_REFRESH, 2, argv);
 }
 
 /* In prompt mode: every gathered read goes out and every storage op completes (OK). */
-static void fh_prompt(struct fh *h)
+FH_FN void fh_prompt(struct fh *h)
 {
     if (!h->prompt) {
         return;
@@ -662,7 +665,7 @@ static void fh_prompt(struct fh *h)
 }
 
 /* The client of slot i goes away (its requests in flight are orphaned) and a new one comes. */
-static void fh_disconnect(struct fh *h, int i)
+FH_FN void fh_disconnect(struct fh *h, int i)
 {
     struct fh_conn *fc = &h->conns[i];
     fh_log("conn %d: disconnect", i);
@@ -677,7 +680,7 @@ static void fh_disconnect(struct fh *h, int i)
     fh_connect(h, i);
 }
 
-static void fh_init(struct fh *h, bool consistent)
+FH_FN void fh_init(struct fh *h, bool consistent)
 {
     char err[256];
     struct cm_server *srv = &h->srv;
@@ -728,7 +731,7 @@ static void fh_init(struct fh *h, bool consistent)
 
 /* Completes everything still out (storage ops OK, loads with values) until the engine is idle,
  * then checks that every connected client got every reply and no key entry is left. */
-static void fh_settle(struct fh *h)
+FH_FN void fh_settle(struct fh *h)
 {
     for (int rounds = 0; rounds < 10000; rounds++) {
         fh_pass(h);
@@ -758,7 +761,7 @@ static void fh_settle(struct fh *h)
 }
 
 /* Shuts the server down the way the daemon does, whatever is still in progress, and frees it. */
-static void fh_finish(struct fh *h)
+FH_FN void fh_finish(struct fh *h)
 {
     for (int i = 0; i < FH_MAX_CONNS; i++) {
         fh_read_replies(h);
