@@ -30,6 +30,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#define CM_METRICS_MAX_HEADERS 8192   /* bytes of request line + headers on /metrics */
+#define CM_METRICS_TIMEOUT_S 10        /* seconds a /metrics connection may take */
+
 static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
@@ -204,6 +207,12 @@ static int open_metrics(struct cm_server *srv)
         cm_log(CM_LOG_ERR, "metrics_listen %s: cannot bind", spec);
         return CM_ERR;
     }
+    /* Bounded like the RESP side: 400 MB of headers or body used to grow RSS by 400 MB. A
+     * request over a limit gets 400/413 and its connection closes; an idle or slow one times out. */
+    evhttp_set_max_headers_size(srv->metrics, CM_METRICS_MAX_HEADERS);
+    evhttp_set_max_body_size(srv->metrics, 0);
+    evhttp_set_timeout(srv->metrics, CM_METRICS_TIMEOUT_S);
+    evhttp_set_allowed_methods(srv->metrics, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
     evhttp_set_cb(srv->metrics, "/metrics", on_metrics, srv);
     cm_log(CM_LOG_NOTICE, "metrics on http://%s/metrics", spec);
     return CM_OK;
@@ -266,6 +275,12 @@ static void on_cron(evutil_socket_t fd, short what, void *arg)
             next = TAILQ_NEXT(c, link);
             if (cm_conn_is_idle(c) && now - c->last_active_ms > srv->conf->client_timeout_ms) {
                 cm_conn_close(c, "idle timeout");
+            } else if (cm_conn_output_stalled(c, now, srv->conf->client_timeout_ms)) {
+                /* Not idle, but not reading either: its replies would be held forever. */
+                cm_log(CM_LOG_INFO, "conn#%llu %s: output stalled for %lld ms (%zu bytes "
+                       "pending), closing", (unsigned long long)c->id, c->addr,
+                       (long long)(now - c->last_output_ms), cm_buf_used(&c->wbuf));
+                cm_conn_close(c, "output stalled");
             }
         }
     }
@@ -282,6 +297,11 @@ static void on_cron(evutil_socket_t fd, short what, void *arg)
         if (!busy || now >= srv->shutdown_deadline_ms) {
             if (busy) {
                 cm_log(CM_LOG_WARN, "shutdown_timeout reached with work in progress");
+                /* Clients still waiting are told why before the close, in request order. */
+                for (c = TAILQ_FIRST(&srv->conns); c != NULL; c = next) {
+                    next = TAILQ_NEXT(c, link);
+                    cm_conn_abort_pending(c, "ERR server shutting down");
+                }
             }
             srv->stop = true;
             event_base_loopbreak(srv->base);
