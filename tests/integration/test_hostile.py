@@ -490,6 +490,25 @@ class HostileTest(DaemonTest):
         self.assertIsNone(replies[6])
         self.assertEqual(replies[7:], [b"OK", b"2"])
 
+    def test_huge_ttl_on_a_redis_chain_is_rejected_not_lost(self):
+        """Redis refuses EX 9223372036854775 (its expiry overflows); cachemed said +OK and the
+        write was lost. Now both say so, and a sane TTL still reaches Redis."""
+        url = os.environ.get("CM_TEST_REDIS_URL")
+        if not url:
+            raise AssertionError("CM_TEST_REDIS_URL is not set (scripts/backends.sh start-all)")
+        body = LOCAL + "[storage red]\nurl = %s\n\n" % url + \
+            node("rc", "rc:{id}", caches="local:60s,red:60s")
+        d = self.daemon(body)
+        s = d.raw()
+        key = "rc:ttl%d-%d" % (os.getpid(), time.time_ns())
+        bad = Err(b"ERR invalid expire time in 'set' command")
+        cmds = [("SET", key, "1", "EX", "9223372036854775"),
+                ("SET", key, "1", "PX", "9223372036854775807"), ("GET", key)]
+        s.sendall(b"".join(resp_cmd(*c) for c in cmds))
+        self.assertEqual(read_replies(s, 3)[0], [bad, bad, None])
+        s.sendall(resp_cmd("SET", key, "2", "EX", "100000000") + resp_cmd("GET", key))
+        self.assertEqual(read_replies(s, 2)[0], [b"OK", b"2"])
+
     # ---- 17. AUTH edge cases ----
 
     def test_hello_with_bad_option_changes_nothing(self):
