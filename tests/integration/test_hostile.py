@@ -432,34 +432,34 @@ class HostileTest(DaemonTest):
 
     # ---- 11. a client that stops reading ----
 
-    def test_client_that_stops_reading_is_timed_out(self):
+    def pipelined_gets(self, size, count):
+        """A daemon with client_timeout = 1s, a value of size bytes, and a client with a small
+        receive buffer that has sent count GETs of it without reading yet."""
         d = self.daemon(self.body(), server_extra="client_timeout = 1s\n")
         c = d.client()
-        c.set("raw:big", b"v" * (1 << 20))
+        c.set("raw:big", b"v" * size)
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(("127.0.0.1", d.port))
-        s.sendall(resp_cmd("GET", "raw:big") * 64)
+        s.sendall(resp_cmd("GET", "raw:big") * count)
+        return d, c, s
+
+    def test_client_that_stops_reading_is_timed_out(self):
+        d, c, s = self.pipelined_gets(1 << 20, 64)
         wait_for(lambda: c.info("clients")["connected_clients"] == 2, 5, what="2 clients")
         t0 = time.time()
-        # The idle timer must not count a client that is busy being written to...
+        # Not idle (requests and output pending), but its output has not moved for 1 s.
         wait_for(lambda: c.info("clients")["connected_clients"] == 1, 8, step=0.1,
                  what="the stalled reader to be closed")
         took = time.time() - t0
         self.assertLess(took, 6)
-        # ... and the stalled one, when it finally reads, finds the end of the stream.
+        # When it finally reads, it finds the end of the stream.
         data = read_to_eof(s, timeout=10)
         self.assertLess(len(data), 64 << 20)
         self.assertIn("output stalled", d.read_log())
 
     def test_slow_but_moving_reader_is_not_timed_out(self):
-        d = self.daemon(self.body(), server_extra="client_timeout = 1s\n")
-        c = d.client()
-        c.set("raw:big", b"v" * (256 << 10))
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.connect(("127.0.0.1", d.port))
-        s.sendall(resp_cmd("GET", "raw:big") * 8)
+        d, c, s = self.pipelined_gets(256 << 10, 8)
         want = 8 * (len(b"$262144\r\n") + (256 << 10) + 2)
         got = 0
         s.settimeout(10)
