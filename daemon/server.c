@@ -32,14 +32,15 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define CM_METRICS_MAX_HEADERS 8192   /* bytes of request line + headers on /metrics */
-#define CM_METRICS_TIMEOUT_S 10        /* seconds a /metrics connection may take */
+#define CM_METRICS_MAX_HEADERS 8192 /* bytes of request line + headers on /metrics */
+#define CM_METRICS_TIMEOUT_S 10     /* seconds a /metrics connection may take */
 
-#define CM_FD_RESERVE 64              /* descriptors kept from clients: stdio, log, loop, signals,
-                                         metrics, spare, a share of loader connections */
-#define CM_ACCEPT_BACKOFF_MS 200      /* listeners pause this long after accept fails (EMFILE) */
-#define CM_ACCEPT_REJECT_BURST 256    /* clients turned away per failure with the spare fd */
-#define CM_LOG_INTERVAL_MS 1000       /* at most one accept-failure / rejection line per second */
+/* Descriptors kept from clients: stdio, log, loop, signals, metrics, spare, a share of loader
+ * connections (plus one per listener and the remote storages' pools, fit_max_clients). */
+#define CM_FD_RESERVE 64
+#define CM_ACCEPT_BACKOFF_MS 200   /* listeners pause this long after accept fails (EMFILE) */
+#define CM_ACCEPT_REJECT_BURST 256 /* clients turned away per failure with the spare fd */
+#define CM_LOG_INTERVAL_MS 1000    /* at most one accept-failure / rejection line per second */
 
 /* Tells a client it cannot be served and closes it (a blocking-free best effort). */
 static void reject_client(int fd)
@@ -62,9 +63,10 @@ static void log_rejection(struct cm_server *srv, const char *addr)
         srv->rejects_unlogged++;   /* a connect flood must not flood the log */
         return;
     }
-    cm_log(CM_LOG_WARN, "rejected connection from %s: max_clients (%d) reached (%llu more "
-           "rejected since the last line)", addr, srv->max_clients,
-           (unsigned long long)srv->rejects_unlogged);
+    cm_log(CM_LOG_WARN,
+           "rejected connection from %s: max_clients (%d) reached (%llu more rejected since the "
+           "last line)",
+           addr, srv->max_clients, (unsigned long long)srv->rejects_unlogged);
     srv->reject_log_ms = now;
     srv->rejects_unlogged = 0;
 }
@@ -169,10 +171,11 @@ static void on_listener_error(struct evconnlistener *lev, void *arg)
         event_add(srv->accept_resume, &tv);
     }
     if (now - srv->accept_log_ms >= CM_LOG_INTERVAL_MS) {
-        cm_log(CM_LOG_WARN, "accept on %s failed %llu time(s) in the last second: %s (%zu "
-               "clients open, max_clients %d)%s", l->addr,
-               (unsigned long long)srv->accept_failures, evutil_socket_error_to_string(err),
-               srv->nclients, srv->max_clients,
+        cm_log(CM_LOG_WARN,
+               "accept on %s failed %llu time(s) in the last second: %s (%zu clients open, "
+               "max_clients %d)%s",
+               l->addr, (unsigned long long)srv->accept_failures,
+               evutil_socket_error_to_string(err), srv->nclients, srv->max_clients,
                exhausted ? "; waiting clients turned away, accepting paused 200 ms" : "");
         srv->accept_log_ms = now;
         srv->accept_failures = 0;
@@ -196,9 +199,8 @@ static void fit_max_clients(struct cm_server *srv)
         return;
     }
     if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > rl.rlim_cur) {
-        struct rlimit raised = { rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want
-                                                                                  : rl.rlim_max,
-                                 rl.rlim_max };
+        rlim_t cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+        struct rlimit raised = { cur, rl.rlim_max };
         if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
             rl.rlim_cur = raised.rlim_cur;
         }
@@ -209,8 +211,9 @@ static void fit_max_clients(struct cm_server *srv)
     /* Under a tiny limit the reserve would leave nothing: clients get at least half. */
     rlim_t room = rl.rlim_cur > 2 * reserve ? rl.rlim_cur - reserve : rl.rlim_cur / 2;
     int lowered = room < 1 ? 1 : (int)room;
-    cm_log(CM_LOG_WARN, "max_clients lowered from %d to %d: the descriptor limit "
-           "(RLIMIT_NOFILE) is %llu, %llu kept for storages, the loader and listeners",
+    cm_log(CM_LOG_WARN,
+           "max_clients lowered from %d to %d: the descriptor limit (RLIMIT_NOFILE) is %llu, "
+           "%llu kept for storages, the loader and listeners",
            srv->max_clients, lowered, (unsigned long long)rl.rlim_cur,
            (unsigned long long)(rl.rlim_cur - (rlim_t)lowered));
     srv->max_clients = lowered;
@@ -353,7 +356,8 @@ static int open_metrics(struct cm_server *srv)
         return CM_ERR;
     }
     /* Bounded like the RESP side: 400 MB of headers or body used to grow RSS by 400 MB. A
-     * request over a limit gets 400/413 and its connection closes; an idle or slow one times out. */
+     * request over a limit gets 400/413 and its connection closes; an idle or slow one times
+     * out. */
     evhttp_set_max_headers_size(srv->metrics, CM_METRICS_MAX_HEADERS);
     evhttp_set_max_body_size(srv->metrics, 0);
     evhttp_set_timeout(srv->metrics, CM_METRICS_TIMEOUT_S);
@@ -422,9 +426,10 @@ static void on_cron(evutil_socket_t fd, short what, void *arg)
                 cm_conn_close(c, "idle timeout");
             } else if (cm_conn_output_stalled(c, now, srv->conf->client_timeout_ms)) {
                 /* Not idle, but not reading either: its replies would be held forever. */
-                cm_log(CM_LOG_INFO, "conn#%llu %s: output stalled for %lld ms (%zu bytes "
-                       "pending), closing", (unsigned long long)c->id, c->addr,
-                       (long long)(now - c->last_output_ms), cm_buf_used(&c->wbuf));
+                cm_log(CM_LOG_INFO,
+                       "conn#%llu %s: output stalled for %lld ms (%zu bytes pending), closing",
+                       (unsigned long long)c->id, c->addr, (long long)(now - c->last_output_ms),
+                       cm_buf_used(&c->wbuf));
                 cm_conn_close(c, "output stalled");
             }
         }
