@@ -38,9 +38,10 @@ struct cm_cmd {
 #define ARGLEN(req, i) ((req)->argv->lens[i])
 #define ARGC(req) ((req)->argv->argc)
 
+/* Binary-safe: "RESET\0x" is not RESET. */
 static bool arg_is(const struct cm_req *req, int i, const char *s)
 {
-    return strcasecmp(ARG(req, i), s) == 0;
+    return strlen(s) == ARGLEN(req, i) && strcasecmp(ARG(req, i), s) == 0;
 }
 
 /* Completes a request with a reply written by the handler. */
@@ -66,15 +67,9 @@ static struct cm_node *node_or_reply(struct cm_req *req, const char *key, size_t
 {
     struct cm_node *node = cm_node_find(req->srv->nodes, req->srv->nnodes, key, klen, NULL);
     if (node == NULL) {
-        cm_buf_printf(&req->reply, "-ERR no node matches key '%.*s'\r\n",
-                      (int)(klen > 200 ? 200 : klen), key);
-        /* A key with CR/LF would break the error line: keep only printable bytes. */
-        char *line = cm_buf_start(&req->reply);
-        for (size_t i = 1; i + 2 < cm_buf_used(&req->reply); i++) {
-            if (line[i] == '\r' || line[i] == '\n') {
-                line[i] = ' ';
-            }
-        }
+        /* The error encoder turns CR/LF in the key into spaces: one line, one reply. */
+        cm_resp_errorf(&req->reply, "ERR no node matches key '%.*s'",
+                       (int)(klen > 200 ? 200 : klen), key);
         reply_done(req);
     }
     return node;
@@ -175,7 +170,10 @@ static void cmd_set(struct cm_req *req)
             reply_error(req, "ERR value is not an integer or out of range");
             return;
         }
-        if (v <= 0 || (ex && v > INT64_MAX / 1000)) {
+        /* Redis 7's bounds (t_string.c getExpireMillisecondsOrReply): positive, EX * 1000
+         * representable, and the absolute expiry (wall clock now + ttl) representable too. */
+        if (v <= 0 || (ex && v > INT64_MAX / 1000) ||
+            (ex ? v * 1000 : v) > INT64_MAX - cm_wall_us() / 1000) {
             reply_error(req, "ERR invalid expire time in 'set' command");
             return;
         }
@@ -188,7 +186,7 @@ static void cmd_set(struct cm_req *req)
     if (node->conf->serializer != CM_SER_RAW &&
         cm_ser_validate(node->conf->serializer, ARG(req, 2), ARGLEN(req, 2), err, sizeof(err)) !=
             CM_OK) {
-        cm_buf_printf(&req->reply, "-ERR node '%s' takes JSON values: %s\r\n", node->name, err);
+        cm_resp_errorf(&req->reply, "ERR node '%s' takes JSON values: %s", node->name, err);
         reply_done(req);
         return;
     }
@@ -231,7 +229,7 @@ static int nodes_arg_or_reply(struct cm_req *req, int first, struct cm_node ***o
     for (int i = 0; i < n; i++) {
         nodes[i] = find_node_by_name(srv, ARG(req, first + i));
         if (nodes[i] == NULL) {
-            cm_buf_printf(&req->reply, "-ERR no such node '%.100s'\r\n", ARG(req, first + i));
+            cm_resp_errorf(&req->reply, "ERR no such node '%.100s'", ARG(req, first + i));
             cm_free(nodes);
             reply_done(req);
             return -1;
@@ -303,12 +301,16 @@ static void cmd_quit(struct cm_req *req)
     reply_status(req, "OK");
 }
 
-/* Checks credentials; returns true when they are right. */
-static bool check_auth(struct cm_req *req, const char *user, const char *pass, size_t passlen)
+/* Checks credentials (user NULL: the default user); returns true when they are right. Both are
+ * binary: "default\0junk" is not "default". */
+static bool check_auth(struct cm_req *req, const char *user, size_t userlen, const char *pass,
+                       size_t passlen)
 {
+    static const char dflt[] = "default";
     const char *want = req->srv->conf->requirepass;
-    bool ok = want != NULL && want[0] != '\0' && (user == NULL || strcmp(user, "default") == 0) &&
-              strlen(want) == passlen && memcmp(want, pass, passlen) == 0;
+    bool user_ok = user == NULL || (userlen == sizeof(dflt) - 1 && memcmp(user, dflt, userlen) == 0);
+    bool ok = want != NULL && want[0] != '\0' && user_ok && strlen(want) == passlen &&
+              memcmp(want, pass, passlen) == 0;
     if (ok && req->conn != NULL) {
         req->conn->authed = true;
     }
@@ -327,8 +329,9 @@ static void cmd_auth(struct cm_req *req)
                          "default user. Are you sure your configuration is correct?");
         return;
     }
-    bool ok = ARGC(req) == 2 ? check_auth(req, NULL, ARG(req, 1), ARGLEN(req, 1))
-                             : check_auth(req, ARG(req, 1), ARG(req, 2), ARGLEN(req, 2));
+    bool ok = ARGC(req) == 2
+                  ? check_auth(req, NULL, 0, ARG(req, 1), ARGLEN(req, 1))
+                  : check_auth(req, ARG(req, 1), ARGLEN(req, 1), ARG(req, 2), ARGLEN(req, 2));
     if (!ok) {
         reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
         return;
@@ -336,11 +339,34 @@ static void cmd_auth(struct cm_req *req)
     reply_status(req, "OK");
 }
 
+/* CLIENT SETNAME's rule, also applied to HELLO ... SETNAME: printable ASCII without spaces, so a
+ * name cannot forge CLIENT LIST lines. Writes the error reply and returns false otherwise. */
+static bool client_name_valid_or_reply(struct cm_req *req, int i)
+{
+    for (size_t k = 0; k < ARGLEN(req, i); k++) {
+        unsigned char ch = (unsigned char)ARG(req, i)[k];
+        if (ch <= ' ' || ch > '~') {
+            reply_error(req, "ERR Client names cannot contain spaces, newlines or special "
+                             "characters.");
+            return false;
+        }
+    }
+    return true;
+}
+
+static void set_client_name(struct cm_conn *c, const struct cm_req *req, int i)
+{
+    if (c != NULL) {
+        cm_free(c->name);
+        c->name = ARGLEN(req, i) ? cm_strdup(ARG(req, i)) : NULL;
+    }
+}
+
 static void cmd_hello(struct cm_req *req)
 {
     struct cm_conn *c = req->conn;
     int64_t proto = c != NULL && c->resp3 ? 3 : 2;
-    const char *setname = NULL;
+    int auth_at = 0, name_at = 0;   /* argv index of AUTH's user / SETNAME's name, 0 = none */
     if (ARGC(req) >= 2) {
         if (cm_parse_i64(ARG(req, 1), ARGLEN(req, 1), &proto) != CM_OK) {
             reply_error(req, "ERR Protocol version is not an integer or out of range");
@@ -351,20 +377,27 @@ static void cmd_hello(struct cm_req *req)
             return;
         }
     }
+    /* Every argument is checked before anything changes (as redis does): a bad option after a
+     * right password leaves the connection as it was. */
     for (int i = 2; i < ARGC(req); i++) {
         if (arg_is(req, i, "AUTH") && i + 2 < ARGC(req)) {
-            if (!check_auth(req, ARG(req, i + 1), ARG(req, i + 2), ARGLEN(req, i + 2))) {
-                reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
-                return;
-            }
+            auth_at = i + 1;
             i += 2;
         } else if (arg_is(req, i, "SETNAME") && i + 1 < ARGC(req)) {
-            setname = ARG(req, ++i);
+            name_at = ++i;
+            if (!client_name_valid_or_reply(req, name_at)) {
+                return;
+            }
         } else {
-            cm_buf_printf(&req->reply, "-ERR Syntax error in HELLO option '%.64s'\r\n", ARG(req, i));
+            cm_resp_errorf(&req->reply, "ERR Syntax error in HELLO option '%.64s'", ARG(req, i));
             reply_done(req);
             return;
         }
+    }
+    if (auth_at != 0 && !check_auth(req, ARG(req, auth_at), ARGLEN(req, auth_at),
+                                    ARG(req, auth_at + 1), ARGLEN(req, auth_at + 1))) {
+        reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
+        return;
     }
     if (c != NULL && !c->authed) {
         reply_error(req, "NOAUTH HELLO must be called with the client already authenticated, "
@@ -375,10 +408,9 @@ static void cmd_hello(struct cm_req *req)
     }
     if (c != NULL) {
         c->resp3 = proto == 3;
-        if (setname != NULL) {
-            cm_free(c->name);
-            c->name = cm_strdup(setname);
-        }
+    }
+    if (name_at != 0) {
+        set_client_name(c, req, name_at);
     }
     req->resp3 = proto == 3;
     struct cm_buf *r = &req->reply;
@@ -429,17 +461,10 @@ static void cmd_client(struct cm_req *req)
             reply_error(req, "ERR wrong number of arguments for 'client|setname' command");
             return;
         }
-        for (size_t i = 0; i < ARGLEN(req, 2); i++) {
-            if (ARG(req, 2)[i] <= ' ' || ARG(req, 2)[i] > '~') {
-                reply_error(req, "ERR Client names cannot contain spaces, newlines or special "
-                                 "characters.");
-                return;
-            }
+        if (!client_name_valid_or_reply(req, 2)) {
+            return;
         }
-        if (c != NULL) {
-            cm_free(c->name);
-            c->name = ARGLEN(req, 2) ? cm_strdup(ARG(req, 2)) : NULL;
-        }
+        set_client_name(c, req, 2);
         reply_status(req, "OK");
     } else if (arg_is(req, 1, "GETNAME")) {
         if (c != NULL && c->name != NULL) {
@@ -514,8 +539,7 @@ static void cmd_config(struct cm_req *req)
     } else if (arg_is(req, 1, "RESETSTAT")) {
         reply_status(req, "OK");
     } else {
-        cm_buf_printf(&req->reply, "-ERR CONFIG %.32s is not supported by cachemed\r\n",
-                      ARG(req, 1));
+        cm_resp_errorf(&req->reply, "ERR CONFIG %.32s is not supported by cachemed", ARG(req, 1));
         reply_done(req);
     }
 }
@@ -589,7 +613,7 @@ static void cmd_command(struct cm_req *req)
             cm_resp_bulk_str(r, cmds[i].name);
         }
     } else {
-        cm_buf_printf(r, "-ERR unknown subcommand '%.32s'. Try COMMAND HELP.\r\n", ARG(req, 1));
+        cm_resp_errorf(r, "ERR unknown subcommand '%.32s'. Try COMMAND HELP.", ARG(req, 1));
     }
     reply_done(req);
 }
@@ -599,15 +623,32 @@ static int cmd_compare(const void *key, const void *elem)
     return strcasecmp(key, ((const struct cm_cmd *)elem)->name);
 }
 
+static const struct cm_cmd *cmd_lookup(const char *name)
+{
+    return bsearch(name, cmds, CM_ARRAY_LEN(cmds), sizeof(cmds[0]), cmd_compare);
+}
+
+/* GET's entry, found by name on first use (the table is read-only; this pointer is the one piece
+ * of state, set once): the hot path skips the search without depending on GET's position. */
+static const struct cm_cmd *get_entry(void)
+{
+    static const struct cm_cmd *get;
+    if (get == NULL) {
+        get = cmd_lookup("GET");
+        cm_assert(get != NULL && get->fn == cmd_get);
+    }
+    return get;
+}
+
 void cm_cmd_dispatch(struct cm_req *req)
 {
     const char *name = ARG(req, 0);
     const struct cm_cmd *cmd = NULL;
     /* GET is the hot path: skip the search. */
     if (ARGLEN(req, 0) == 3 && strcasecmp(name, "GET") == 0) {
-        cmd = &cmds[7];
-    } else if (ARGLEN(req, 0) < 16) {
-        cmd = bsearch(name, cmds, CM_ARRAY_LEN(cmds), sizeof(cmds[0]), cmd_compare);
+        cmd = get_entry();
+    } else if (ARGLEN(req, 0) < 16 && strlen(name) == ARGLEN(req, 0)) {
+        cmd = cmd_lookup(name);
     }
     if (cmd == NULL) {
         char esc[80];
@@ -617,7 +658,7 @@ void cm_cmd_dispatch(struct cm_req *req)
                 *p = '"';
             }
         }
-        cm_buf_printf(&req->reply, "-ERR unknown command '%s'\r\n", esc);
+        cm_resp_errorf(&req->reply, "ERR unknown command '%s'", esc);
         reply_done(req);
         return;
     }
@@ -628,7 +669,7 @@ void cm_cmd_dispatch(struct cm_req *req)
     if ((cmd->arity > 0 && ARGC(req) != cmd->arity) || (cmd->arity < 0 && ARGC(req) < -cmd->arity)) {
         char lower[16];
         lowercase_name(cmd, lower, sizeof(lower));
-        cm_buf_printf(&req->reply, "-ERR wrong number of arguments for '%s' command\r\n", lower);
+        cm_resp_errorf(&req->reply, "ERR wrong number of arguments for '%s' command", lower);
         reply_done(req);
         return;
     }

@@ -102,6 +102,11 @@ bool cm_conn_is_idle(const struct cm_conn *c)
     return c->nreqs == 0 && cm_buf_used(&c->wbuf) == 0;
 }
 
+bool cm_conn_output_stalled(const struct cm_conn *c, int64_t now_ms, int64_t timeout_ms)
+{
+    return c->writing && cm_buf_used(&c->wbuf) > 0 && now_ms - c->last_output_ms > timeout_ms;
+}
+
 static void set_reading(struct cm_conn *c, bool on)
 {
     if (on == c->reading || c->state != CM_CONN_ACTIVE) {
@@ -121,6 +126,8 @@ static void set_writing(struct cm_conn *c, bool on)
         return;
     }
     if (on) {
+        /* Output starts waiting for the client: the stall clock runs from here. */
+        c->last_output_ms = cm_now_ms();
         event_add(c->wev, NULL);
     } else {
         event_del(c->wev);
@@ -135,6 +142,7 @@ static int write_out(struct cm_conn *c)
         ssize_t n = send(c->fd, cm_buf_start(&c->wbuf), cm_buf_used(&c->wbuf), MSG_NOSIGNAL);
         if (n > 0) {
             c->srv->stats.bytes_out += (uint64_t)n;
+            c->last_output_ms = cm_now_ms();
             cm_buf_consume(&c->wbuf, (size_t)n);
             continue;
         }
@@ -150,7 +158,8 @@ static int write_out(struct cm_conn *c)
     }
     set_writing(c, false);
     if (c->close_after_write && c->nreqs == 0) {
-        /* Every reply read before the QUIT / protocol error is out (as Redis does). */
+        /* QUIT or a protocol error: every request read before it has been answered (a GET
+         * still loading ahead of QUIT keeps the connection open until its reply is out). */
         cm_conn_close(c, "closed after reply");
         return CM_ERR;
     }
@@ -271,6 +280,32 @@ void cm_conn_flush_queued(struct cm_server *srv)
 void cm_conn_on_writable(struct cm_conn *c)
 {
     flush_out(c);
+}
+
+void cm_conn_abort_pending(struct cm_conn *c, const char *msg)
+{
+    struct cm_req *req;
+    if (c->state != CM_CONN_ACTIVE) {
+        return;
+    }
+    /* In queue order: a finished reply goes out as it is, a waiting request gets msg. A waiting
+     * request is orphaned (its flight frees it when its work ends), as on a disconnect. */
+    while ((req = TAILQ_FIRST(&c->reqs)) != NULL) {
+        if (req->state == CM_REQ_DONE) {
+            cm_req_write_to(req, &c->wbuf);
+            c->held_bytes -= req->out_len;
+        } else {
+            cm_resp_error(&c->wbuf, msg);
+        }
+        TAILQ_REMOVE(&c->reqs, req, link);
+        c->nreqs--;
+        cm_req_release(req);
+    }
+    /* One non-blocking attempt: what the socket does not take now is lost with the close. */
+    c->close_after_write = true;
+    if (write_out(c) == CM_OK) {
+        cm_conn_close(c, "aborted with requests pending");
+    }
 }
 
 static void protocol_error(struct cm_conn *c)

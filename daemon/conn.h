@@ -53,6 +53,7 @@ struct cm_conn {
     char addr[80];                  /* peer, for logs and CLIENT LIST */
     int64_t created_ms;
     int64_t last_active_ms;
+    int64_t last_output_ms;         /* last byte written, or when output began to wait */
     uint64_t ncmds;
 };
 
@@ -78,5 +79,12 @@ void cm_conn_on_readable(struct cm_conn *c);
 void cm_conn_on_writable(struct cm_conn *c);
 /* True when no request is in progress and nothing is left to write. */
 bool cm_conn_is_idle(const struct cm_conn *c);
+/* True when output has been waiting on the client for longer than timeout_ms with no byte
+ * written (a client that stopped reading). */
+bool cm_conn_output_stalled(const struct cm_conn *c, int64_t now_ms, int64_t timeout_ms);
+/* Answers every request still waiting with an error line msg (e.g. "ERR server shutting down"),
+ * in order and after the replies already finished, orphans the waiting requests, writes what
+ * the socket takes and closes c. */
+void cm_conn_abort_pending(struct cm_conn *c, const char *msg);
 
 #endif

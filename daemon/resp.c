@@ -809,14 +809,16 @@ static void put_header(struct cm_buf *b, char type, uint64_t n)
     cm_buf_commit(b, k);
 }
 
-/* "<type><s>\r\n" with CR/LF in s turned into spaces, as redis does for errors. */
+/* "<type><s>\r\n" with CR/LF in s turned into spaces, as redis does for errors, and NUL too.
+ * Every status and error line goes through here, so client bytes echoed into one can never end
+ * it early and forge replies (issue 14, defect 8). */
 static void put_line(struct cm_buf *b, char type, const char *s, size_t len)
 {
     char *w = cm_buf_reserve(b, len + 3);
     w[0] = type;
     memcpy(w + 1, s, len);
     for (size_t i = 1; i <= len; i++) {
-        if (w[i] == '\r' || w[i] == '\n') {
+        if (w[i] == '\r' || w[i] == '\n' || w[i] == '\0') {
             w[i] = ' ';
         }
     }

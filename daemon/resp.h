@@ -48,7 +48,10 @@ void cm_resp_parser_no_fast_path(struct cm_resp_parser *p);
 /* Bytes buffered but not yet parsed into a request. */
 size_t cm_resp_pending(const struct cm_resp_parser *p);
 
-/* Reply encoder. resp3 selects RESP3 types where they differ from RESP2. */
+/* Reply encoder. resp3 selects RESP3 types where they differ from RESP2.
+ * Status and error lines (cm_resp_status, cm_resp_error, cm_resp_errorf) are the only way to
+ * write one: CR, LF and NUL in their text become spaces, so echoed client bytes stay inside the
+ * line. Never build "-ERR ...\r\n" by hand. */
 void cm_resp_status(struct cm_buf *b, const char *s);                 /* +s */
 void cm_resp_error(struct cm_buf *b, const char *s);                  /* -s (s has its prefix: "ERR ...") */
 void cm_resp_errorf(struct cm_buf *b, const char *fmt, ...) CM_PRINTF(2, 3);

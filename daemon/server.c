@@ -8,6 +8,7 @@
 #include "daemon/loader.h"
 #include "daemon/log.h"
 #include "daemon/node.h"
+#include "daemon/resp.h"
 #include "daemon/stats.h"
 #include "daemon/util.h"
 #include "storages/storage.h"
@@ -25,10 +26,50 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#define CM_METRICS_MAX_HEADERS 8192 /* bytes of request line + headers on /metrics */
+#define CM_METRICS_TIMEOUT_S 10     /* seconds a /metrics connection may take */
+
+/* Descriptors kept from clients: stdio, log, loop, signals, metrics, spare, a share of loader
+ * connections (plus one per listener and the remote storages' pools, fit_max_clients). */
+#define CM_FD_RESERVE 64
+#define CM_ACCEPT_BACKOFF_MS 200   /* listeners pause this long after accept fails (EMFILE) */
+#define CM_ACCEPT_REJECT_BURST 256 /* clients turned away per failure with the spare fd */
+#define CM_LOG_INTERVAL_MS 1000    /* at most one accept-failure / rejection line per second */
+
+/* Tells a client it cannot be served and closes it (a blocking-free best effort). */
+static void reject_client(int fd)
+{
+    struct cm_buf b;
+    cm_buf_init(&b);
+    cm_resp_error(&b, "ERR max number of clients reached");
+    if (send(fd, cm_buf_start(&b), cm_buf_used(&b), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* nothing to do: the client is dropped either way */
+    }
+    cm_buf_deinit(&b);
+    close(fd);
+}
+
+static void log_rejection(struct cm_server *srv, const char *addr)
+{
+    int64_t now = cm_now_ms();
+    srv->stats.rejected_connections++;
+    if (now - srv->reject_log_ms < CM_LOG_INTERVAL_MS) {
+        srv->rejects_unlogged++;   /* a connect flood must not flood the log */
+        return;
+    }
+    cm_log(CM_LOG_WARN,
+           "rejected connection from %s: max_clients (%d) reached (%llu more rejected since the "
+           "last line)",
+           addr, srv->max_clients, (unsigned long long)srv->rejects_unlogged);
+    srv->reject_log_ms = now;
+    srv->rejects_unlogged = 0;
+}
 
 static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
@@ -50,15 +91,9 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
         snprintf(addr, sizeof(addr), "[%s]:%d", ip, ntohs(in6->sin6_port));
     }
-    if (srv->shutting_down || srv->nclients >= (size_t)srv->conf->max_clients) {
-        static const char msg[] = "-ERR max number of clients reached\r\n";
-        srv->stats.rejected_connections++;
-        if (write(fd, msg, sizeof(msg) - 1) < 0) {
-            /* nothing to do: the client is dropped either way */
-        }
-        close(fd);
-        cm_log(CM_LOG_WARN, "rejected connection from %s: max_clients (%d) reached", addr,
-               srv->conf->max_clients);
+    if (srv->shutting_down || srv->nclients >= (size_t)srv->max_clients) {
+        reject_client(fd);
+        log_rejection(srv, addr);
         return;
     }
     if (sa->sa_family != AF_UNIX) {
@@ -68,13 +103,120 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     cm_conn_new(srv, fd, addr, sa->sa_family == AF_UNIX);
 }
 
+static void set_accepting(struct cm_server *srv, bool on)
+{
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        if (srv->listeners[i].lev != NULL) {
+            if (on) {
+                evconnlistener_enable(srv->listeners[i].lev);
+            } else {
+                evconnlistener_disable(srv->listeners[i].lev);
+            }
+        }
+    }
+}
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    CM_UNUSED(fd);
+    CM_UNUSED(what);
+    set_accepting(arg, true);
+}
+
+static void open_spare_fd(struct cm_server *srv)
+{
+    if (srv->spare_fd < 0) {
+        srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+}
+
+/* At EMFILE the client waiting in the backlog can be neither served nor told: free the spare
+ * descriptor, accept and turn away what waits, then take the spare back (the libev/nginx
+ * trick). */
+static void reject_backlog(struct cm_listener *l)
+{
+    struct cm_server *srv = l->srv;
+    if (srv->spare_fd < 0) {
+        return;
+    }
+    close(srv->spare_fd);
+    srv->spare_fd = -1;
+    for (int i = 0; i < CM_ACCEPT_REJECT_BURST; i++) {
+        int fd = accept4(evconnlistener_get_fd(l->lev), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            break;
+        }
+        reject_client(fd);
+        srv->stats.rejected_connections++;
+    }
+    open_spare_fd(srv);
+}
+
 static void on_listener_error(struct evconnlistener *lev, void *arg)
 {
     struct cm_listener *l = arg;
+    struct cm_server *srv = l->srv;
     int err = EVUTIL_SOCKET_ERROR();
+    int64_t now = cm_now_ms();
+    bool exhausted = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
     CM_UNUSED(lev);
-    /* EMFILE and friends: log and keep going; the listener stays enabled. */
-    cm_log(CM_LOG_WARN, "accept on %s failed: %s", l->addr, evutil_socket_error_to_string(err));
+    srv->accept_failures++;
+    if (exhausted) {
+        /* The listener is level-triggered and the connection stays in the backlog: accepting
+         * again at once fails again, in a tight loop (measured: 82% CPU and 778 MB of log in
+         * 25 s). Turn away who waits, then pause accepting and retry from a timer. */
+        reject_backlog(l);
+        set_accepting(srv, false);
+        struct timeval tv = { 0, CM_ACCEPT_BACKOFF_MS * 1000 };
+        event_add(srv->accept_resume, &tv);
+    }
+    if (now - srv->accept_log_ms >= CM_LOG_INTERVAL_MS) {
+        cm_log(CM_LOG_WARN,
+               "accept on %s failed %llu time(s) in the last second: %s (%zu clients open, "
+               "max_clients %d)%s",
+               l->addr, (unsigned long long)srv->accept_failures,
+               evutil_socket_error_to_string(err), srv->nclients, srv->max_clients,
+               exhausted ? "; waiting clients turned away, accepting paused 200 ms" : "");
+        srv->accept_log_ms = now;
+        srv->accept_failures = 0;
+    }
+}
+
+/* Lowers max_clients so that clients cannot take the descriptors storages, the loader and
+ * listeners need (raising the soft RLIMIT_NOFILE toward the hard one first, as redis does). */
+static void fit_max_clients(struct cm_server *srv)
+{
+    struct rlimit rl;
+    rlim_t reserve = CM_FD_RESERVE + srv->conf->nlisten;
+    for (size_t i = 0; i < srv->conf->nstorages; i++) {
+        if (srv->conf->storages[i].type != CM_ST_TYPE_LRU &&
+            srv->conf->storages[i].type != CM_ST_TYPE_TLFU) {
+            reserve += (rlim_t)srv->conf->storages[i].pool_size;
+        }
+    }
+    rlim_t want = (rlim_t)srv->max_clients + reserve;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want) {
+        return;
+    }
+    if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > rl.rlim_cur) {
+        rlim_t cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+        struct rlimit raised = { cur, rl.rlim_max };
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            rl.rlim_cur = raised.rlim_cur;
+        }
+    }
+    if (rl.rlim_cur >= want) {
+        return;
+    }
+    /* Under a tiny limit the reserve would leave nothing: clients get at least half. */
+    rlim_t room = rl.rlim_cur > 2 * reserve ? rl.rlim_cur - reserve : rl.rlim_cur / 2;
+    int lowered = room < 1 ? 1 : (int)room;
+    cm_log(CM_LOG_WARN,
+           "max_clients lowered from %d to %d: the descriptor limit (RLIMIT_NOFILE) is %llu, "
+           "%llu kept for storages, the loader and listeners",
+           srv->max_clients, lowered, (unsigned long long)rl.rlim_cur,
+           (unsigned long long)(rl.rlim_cur - (rlim_t)lowered));
+    srv->max_clients = lowered;
 }
 
 /* Parses "host:port", "[v6]:port" or "unix:/path" into a sockaddr. */
@@ -166,6 +308,15 @@ static void close_listeners(struct cm_server *srv)
             }
         }
     }
+    /* What only accepting needs goes with the listeners. */
+    if (srv->accept_resume != NULL) {
+        event_free(srv->accept_resume);
+        srv->accept_resume = NULL;
+    }
+    if (srv->spare_fd >= 0) {
+        close(srv->spare_fd);
+        srv->spare_fd = -1;
+    }
 }
 
 static void on_metrics(struct evhttp_request *req, void *arg)
@@ -204,6 +355,13 @@ static int open_metrics(struct cm_server *srv)
         cm_log(CM_LOG_ERR, "metrics_listen %s: cannot bind", spec);
         return CM_ERR;
     }
+    /* Bounded like the RESP side: 400 MB of headers or body used to grow RSS by 400 MB. A
+     * request over a limit gets 400/413 and its connection closes; an idle or slow one times
+     * out. */
+    evhttp_set_max_headers_size(srv->metrics, CM_METRICS_MAX_HEADERS);
+    evhttp_set_max_body_size(srv->metrics, 0);
+    evhttp_set_timeout(srv->metrics, CM_METRICS_TIMEOUT_S);
+    evhttp_set_allowed_methods(srv->metrics, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
     evhttp_set_cb(srv->metrics, "/metrics", on_metrics, srv);
     cm_log(CM_LOG_NOTICE, "metrics on http://%s/metrics", spec);
     return CM_OK;
@@ -266,6 +424,13 @@ static void on_cron(evutil_socket_t fd, short what, void *arg)
             next = TAILQ_NEXT(c, link);
             if (cm_conn_is_idle(c) && now - c->last_active_ms > srv->conf->client_timeout_ms) {
                 cm_conn_close(c, "idle timeout");
+            } else if (cm_conn_output_stalled(c, now, srv->conf->client_timeout_ms)) {
+                /* Not idle, but not reading either: its replies would be held forever. */
+                cm_log(CM_LOG_INFO,
+                       "conn#%llu %s: output stalled for %lld ms (%zu bytes pending), closing",
+                       (unsigned long long)c->id, c->addr, (long long)(now - c->last_output_ms),
+                       cm_buf_used(&c->wbuf));
+                cm_conn_close(c, "output stalled");
             }
         }
     }
@@ -282,6 +447,11 @@ static void on_cron(evutil_socket_t fd, short what, void *arg)
         if (!busy || now >= srv->shutdown_deadline_ms) {
             if (busy) {
                 cm_log(CM_LOG_WARN, "shutdown_timeout reached with work in progress");
+                /* Clients still waiting are told why before the close, in request order. */
+                for (c = TAILQ_FIRST(&srv->conns); c != NULL; c = next) {
+                    next = TAILQ_NEXT(c, link);
+                    cm_conn_abort_pending(c, "ERR server shutting down");
+                }
             }
             srv->stop = true;
             event_base_loopbreak(srv->base);
@@ -322,6 +492,10 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
     TAILQ_INIT(&srv->write_queue);
     srv->start_ms = cm_now_ms();
     srv->start_wall_us = cm_wall_us();
+    srv->max_clients = conf->max_clients;
+    srv->spare_fd = -1;
+    fit_max_clients(srv);
+    open_spare_fd(srv);
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
     srv->base = event_base_new();
@@ -366,6 +540,7 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
         return CM_ERR;
     }
     srv->write_ev = event_new(srv->base, -1, 0, on_write_queue, srv);
+    srv->accept_resume = evtimer_new(srv->base, on_accept_resume, srv);
     struct timeval tick = { 0, 100000 };
     srv->cron = event_new(srv->base, -1, EV_PERSIST, on_cron, srv);
     event_add(srv->cron, &tick);

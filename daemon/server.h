@@ -47,6 +47,13 @@ struct cm_server {
     TAILQ_HEAD(, cm_conn) write_queue; /* replies completed by callbacks, written by write_ev */
     struct event *write_ev;            /* runs cm_conn_flush_queued after the pass's callbacks */
     size_t nclients;
+    int max_clients;                   /* conf->max_clients, lowered to fit RLIMIT_NOFILE */
+    int spare_fd;                      /* reserved descriptor: freed to turn clients away at EMFILE */
+    struct event *accept_resume;       /* re-enables the listeners after an accept backoff */
+    int64_t accept_log_ms;             /* last accept-failure log line (one per second) */
+    uint64_t accept_failures;          /* accept failures since that line */
+    int64_t reject_log_ms;             /* last max_clients rejection log line */
+    uint64_t rejects_unlogged;         /* rejections since that line */
     uint64_t next_conn_id;
     struct cm_server_stats stats;
     int64_t start_ms;

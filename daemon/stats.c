@@ -96,7 +96,7 @@ void cm_stats_info(struct cm_server *srv, const char *section, struct cm_buf *ou
     if (want(section, "clients", true)) {
         cm_buf_printf(out, "# Clients\r\nconnected_clients:%zu\r\nmaxclients:%d\r\n"
                            "blocked_clients:0\r\n\r\n",
-                      srv->nclients, srv->conf->max_clients);
+                      srv->nclients, srv->max_clients);
     }
     if (want(section, "memory", true)) {
         cm_buf_printf(out, "# Memory\r\nused_memory:%zu\r\n\r\n", cm_alloc_used());

@@ -7,6 +7,7 @@
 #include "daemon/val.h"
 #include "daemon/resp.h"
 #include "daemon/server.h"
+#include "daemon/util.h"
 
 #include <check.h>
 #include <event2/event.h>
@@ -134,6 +135,62 @@ START_TEST(test_orphaned_request_freed_by_last_holder)
 }
 END_TEST
 
+START_TEST(test_quit_waits_for_earlier_replies)
+{
+    /* GET (still loading) + QUIT in one read: both replies, then the close (issue 14, 7). */
+    struct cm_req *get = queue_req(), *quit = queue_req();
+    conn->close_after_write = true;
+    complete(quit, "+OK\r\n");
+    ck_assert_str_eq(drain(), "");
+    ck_assert_int_eq(conn->state, CM_CONN_ACTIVE);
+    complete(get, "$1\r\nv\r\n");
+    ck_assert_str_eq(drain(), "$1\r\nv\r\n+OK\r\n");
+    ck_assert_int_eq(conn->state, CM_CONN_CLOSING);
+}
+END_TEST
+
+START_TEST(test_abort_pending_answers_in_order)
+{
+    struct cm_req *a = queue_req(), *b = queue_req(), *c = queue_req();
+    a->refs = 1;   /* flights hold the waiting ones */
+    c->refs = 1;
+    complete(b, "+b\r\n");
+    ck_assert_str_eq(drain(), "");
+    cm_conn_abort_pending(conn, "ERR server shutting down");
+    ck_assert_str_eq(drain(), "-ERR server shutting down\r\n+b\r\n-ERR server shutting down\r\n");
+    ck_assert_int_eq(conn->state, CM_CONN_CLOSING);
+    ck_assert_ptr_null(a->conn);
+    ck_assert_ptr_null(c->conn);
+    /* Their flights end later: done on an orphan writes nothing, unref frees (ASan checks). */
+    cm_req_done(a);
+    cm_req_unref(a);
+    cm_req_unref(c);
+}
+END_TEST
+
+START_TEST(test_output_stall_is_detected)
+{
+    struct cm_req *r = queue_req();
+    size_t big = 4 << 20;   /* more than the socketpair takes: the rest waits for the peer */
+    char *v = cm_malloc(big);
+    memset(v, 'v', big);
+    int64_t before = cm_now_ms();
+    cm_buf_append(&r->reply, v, big);
+    cm_free(v);
+    cm_req_done(r);
+    ck_assert(conn->writing);
+    ck_assert(cm_buf_used(&conn->wbuf) > 0);
+    ck_assert(!cm_conn_output_stalled(conn, before, 1000));
+    ck_assert(cm_conn_output_stalled(conn, cm_now_ms() + 1001, 1000));
+    /* Progress restarts the clock. */
+    char sink[65536];
+    while (read(peer, sink, sizeof(sink)) > 0) {
+    }
+    cm_conn_on_writable(conn);
+    ck_assert(!cm_conn_output_stalled(conn, cm_now_ms() + 500, 1000));
+}
+END_TEST
+
 static Suite *conn_suite(void)
 {
     Suite *s = suite_create("conn");
@@ -144,6 +201,9 @@ static Suite *conn_suite(void)
     tcase_add_test(tc, test_slots_complete_in_any_order);
     tcase_add_test(tc, test_single_answered_by_reference_behind_a_waiting_one);
     tcase_add_test(tc, test_orphaned_request_freed_by_last_holder);
+    tcase_add_test(tc, test_quit_waits_for_earlier_replies);
+    tcase_add_test(tc, test_abort_pending_answers_in_order);
+    tcase_add_test(tc, test_output_stall_is_detected);
     suite_add_tcase(s, tc);
     return s;
 }

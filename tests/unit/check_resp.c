@@ -653,6 +653,11 @@ START_TEST(test_encoder_scalars)
     ENC_EQ(&b, "-ERR wrong number of arguments for 'get' command (3)\r\n");
     cm_resp_errorf(&b, "ERR %s", "x\ny");
     ENC_EQ(&b, "-ERR x y\r\n");
+    /* Echoed client bytes cannot end the line early and forge a reply; NUL goes too. */
+    cm_resp_errorf(&b, "ERR %c%s'", 0, "a\r\n+OK\r\n:1");
+    ENC_EQ(&b, "-ERR  a  +OK  :1'\r\n");
+    cm_resp_status(&b, "\r\n-ERR x\r\n");
+    ENC_EQ(&b, "+  -ERR x  \r\n");
     char *long_msg = repeat('z', 1000);
     long_msg[1000] = '\0';
     cm_resp_errorf(&b, "ERR %s!", long_msg);
