@@ -878,8 +878,10 @@ static struct keyent *ke_of(struct cm_flights *fl, struct cm_node *node, const c
     return ke;
 }
 
-bool cm_flight_get_local(struct cm_flights *fl, struct cm_node *node, const char *key,
-                         size_t klen, struct cm_buf *out)
+/* Looks key up in node's local caches, in order (a later one's hit backfills the earlier ones).
+ * On a hit points *val at the stored bytes (valid until the next call into the storage). */
+static bool local_lookup(struct cm_flights *fl, struct cm_node *node, const char *key,
+                         size_t klen, const char **val, size_t *vlen)
 {
     if (node->nlocal == 0) {
         return false;
@@ -890,18 +892,15 @@ bool cm_flight_get_local(struct cm_flights *fl, struct cm_node *node, const char
     bool hit = false;
     for (size_t i = 0; i < node->nlocal && !hit; i++) {
         struct cm_node_cache *nc = &node->caches[node->local_idx[i]];
-        const char *val;
-        size_t vlen;
-        if (!cm_storage_lookup(nc->st, skey, sklen, &val, &vlen, NULL)) {
+        if (!cm_storage_lookup(nc->st, skey, sklen, val, vlen, NULL)) {
             continue;
         }
         hit = true;
         node->stats.hit_count++;
         node->stats.local_hit_count++;
-        cm_resp_bulk(out, val, vlen);
         for (size_t j = 0; j < i; j++) {
             struct cm_node_cache *prev = &node->caches[node->local_idx[j]];
-            cm_storage_store(prev->st, skey, sklen, val, vlen, prev->ttl_ms, 0);
+            cm_storage_store(prev->st, skey, sklen, *val, *vlen, prev->ttl_ms, 0);
         }
     }
     if (skey != small) {
@@ -910,20 +909,50 @@ bool cm_flight_get_local(struct cm_flights *fl, struct cm_node *node, const char
     return hit;
 }
 
+bool cm_flight_get_local(struct cm_flights *fl, struct cm_node *node, const char *key,
+                         size_t klen, struct cm_buf *out)
+{
+    const char *val;
+    size_t vlen;
+    if (!local_lookup(fl, node, key, klen, &val, &vlen)) {
+        return false;
+    }
+    cm_resp_bulk(out, val, vlen);
+    return true;
+}
+
 void cm_flight_get(struct cm_flights *fl, struct cm_req *req, const struct cm_getkey *keys,
                    size_t n)
 {
+    /* The previous key's local hit, shared with the next slot when that asks for the same key
+     * (MGET k k k ...: one copy of the value, not one per slot). */
+    struct cm_val *last = NULL;
+    const struct cm_getkey *last_key = NULL;
     cm_req_hold(req);   /* the last answer may complete req, whose client may then go */
     for (size_t k = 0; k < n; k++) {
         struct cm_node *node = keys[k].node;
-        if (!keys[k].local_checked && node->nlocal > 0) {
-            struct cm_buf tmp;
-            if (cm_flight_get_local(fl, node, keys[k].key, keys[k].klen,
-                                    cm_req_answer_buf(req, &tmp))) {
-                cm_req_answer_encoded(req, keys[k].slot, &tmp);
-                continue;
-            }
-            cm_buf_deinit(&tmp);   /* a miss wrote nothing */
+        if (cm_req_over_budget(req)) {
+            /* The reply cannot be sent (its client is gone, or it is past the output limit
+             * already): no storage or loader work for the rest of it. */
+            cm_req_answer_nil(req, keys[k].slot);
+            continue;
+        }
+        if (last != NULL && last_key->node == node && last_key->klen == keys[k].klen &&
+            memcmp(last_key->key, keys[k].key, keys[k].klen) == 0) {
+            node->stats.hit_count++;
+            node->stats.local_hit_count++;
+            cm_req_answer_val(req, keys[k].slot, last);
+            continue;
+        }
+        const char *lval;
+        size_t lvlen;
+        if (!keys[k].local_checked && local_lookup(fl, node, keys[k].key, keys[k].klen, &lval,
+                                                   &lvlen)) {
+            cm_val_unref(last);
+            last = cm_val_copy(lval, lvlen);
+            last_key = &keys[k];
+            cm_req_answer_val(req, keys[k].slot, last);
+            continue;
         }
 
         /* 2. join the key's flight, or start one */
@@ -949,6 +978,7 @@ void cm_flight_get(struct cm_flights *fl, struct cm_req *req, const struct cm_ge
         }
         queue_read(f);   /* 3. the remote reads of new flights are batched per storage */
     }
+    cm_val_unref(last);
     cm_req_unref(req);
 }
 

@@ -92,7 +92,7 @@ static void complete_array(struct cm_req *req)
         total += req->slots[i].val != NULL ? req->slots[i].val->len + BULK_OVERHEAD
                                            : req->slots[i].len;
     }
-    if (req->conn != NULL && total > cm_conn_output_room(req->conn)) {
+    if (req->conn != NULL && (req->oversized || total > cm_conn_output_room(req->conn))) {
         cm_resp_errorf(&req->reply, "ERR reply of %zu bytes exceeds the client output limit",
                        total);
         cm_conn_close_after(req->conn, req);
@@ -151,6 +151,18 @@ void cm_req_part_done(struct cm_req *req)
     }
 }
 
+bool cm_req_over_budget(struct cm_req *req)
+{
+    if (req->conn == NULL || req->oversized) {
+        return true;
+    }
+    if (req->shape == CM_REQ_SHAPE_ARRAY &&
+        req->answered_bytes > cm_conn_output_room(req->conn)) {
+        req->oversized = true;   /* its slots are no longer all answered for real */
+    }
+    return req->oversized;
+}
+
 /* Slot i of an ARRAY request, checked. */
 static struct cm_slot *slot_of(struct cm_req *req, size_t i)
 {
@@ -171,6 +183,7 @@ void cm_req_answer_val(struct cm_req *req, size_t i, struct cm_val *v)
         }
     } else {
         slot_of(req, i)->val = cm_val_ref(v);
+        req->answered_bytes += v->len + BULK_OVERHEAD;
     }
     cm_req_part_done(req);
 }
@@ -186,6 +199,7 @@ void cm_req_answer_encoded(struct cm_req *req, size_t i, struct cm_buf *tmp)
     if (req->shape != CM_REQ_SHAPE_SINGLE) {
         struct cm_slot *s = slot_of(req, i);
         s->data = cm_buf_steal(tmp, &s->len);
+        req->answered_bytes += s->len;
     }
     cm_req_part_done(req);
 }

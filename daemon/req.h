@@ -56,6 +56,8 @@ struct cm_req {
     int refs;                      /* flights/ops holding this request */
     int64_t intval;                /* DEL: keys matched */
     size_t out_len;                /* bytes this reply adds to the output once DONE */
+    size_t answered_bytes;         /* ARRAY: bytes of the slots answered so far */
+    bool oversized;                /* ARRAY: past the output limit: the reply is an error */
 };
 
 struct cm_req *cm_req_new(struct cm_conn *c, struct cm_argv *argv);
@@ -83,6 +85,11 @@ void cm_req_answer_error(struct cm_req *req, size_t i, const char *msg);  /* "ER
  * tmp when nothing was written. */
 struct cm_buf *cm_req_answer_buf(struct cm_req *req, struct cm_buf *tmp);
 void cm_req_answer_encoded(struct cm_req *req, size_t i, struct cm_buf *tmp);
+
+/* True when the rest of req's answers would be wasted: its client is gone, or the slots
+ * answered so far already pass what the client may still be sent (the reply becomes an error,
+ * complete_array). The engine then answers the remaining keys with nil, without any work. */
+bool cm_req_over_budget(struct cm_req *req);
 
 /* A flight or op holds req: it stays allocated until the matching cm_req_unref. */
 void cm_req_hold(struct cm_req *req);
