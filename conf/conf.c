@@ -5,6 +5,7 @@
 #include "conf/conf.h"
 
 #include "conf/conf_check.h"
+#include "conf/ini_reader.h"
 #include "conf/url.h"
 #include "daemon/alloc.h"
 #include "daemon/log.h"
@@ -12,7 +13,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <ini.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,15 +29,6 @@
 enum sec_kind { SEC_SERVER, SEC_STORAGE, SEC_NODE };
 
 static const char *const sec_kind_names[] = {"server", "storage", "node"};
-
-/* How the reader classified the physical line inih is processing, mimicking inih's rules. */
-enum line_kind {
-    LK_BLANK,   /* empty or comment */
-    LK_SECTION, /* [header] */
-    LK_KV,      /* name = value: the handler will be called */
-    LK_CONT,    /* indented line after a key: inih calls the handler as a continuation */
-    LK_BAD,     /* inih would reject it silently */
-};
 
 /* One given key: value (owned) and its line. value NULL = not given. */
 struct kv {
@@ -65,17 +56,7 @@ struct conf_err {
 /* The loader: reader state, the sections found, the errors, the config being built. */
 struct loader {
     const char *file;
-    const char *text;
-    size_t len;
-    size_t off;          /* next byte the reader returns */
-    int line;            /* physical line of the chunk inih is processing */
-    int chunks;          /* chunks returned so far: inih's own line count */
-    int max_line;        /* longest line inih can take whole */
-    bool partial;        /* the last chunk ended before its line did */
-    bool skip;           /* current physical line is already reported */
-    bool ini_prev_name;  /* inih has a name a continuation line would extend */
-    enum line_kind kind; /* of the current chunk */
-    bool kv_pending;     /* an LK_KV chunk whose handler call has not come yet */
+    struct cm_ini_reader rd; /* the line reader: rd.line is the line inih is processing */
     int cur;             /* index in secs of the current section, or CUR_* */
     struct section *secs;
     size_t nsecs;
@@ -217,6 +198,12 @@ static const char *esc(char *out, size_t outsz, const char *s)
     return out;
 }
 
+/* The reader's on_err. */
+static void reader_err(void *arg, int line, const char *msg)
+{
+    add_err(arg, line, "%s", msg);
+}
+
 /* "[server]", "[storage NAME]" or "[node NAME]" */
 static const char *sec_label(char *out, size_t outsz, const struct section *sec)
 {
@@ -259,45 +246,21 @@ static void print_errs(struct loader *L, FILE *errs)
     }
 }
 
-/* ---- the line reader: physical lines, and inih's view of them ------------------------------ */
-
-/* inih's find_chars_or_comment: stops at one of chars, at an inline ';' that follows
- * whitespace, or at the end. */
-static const char *ini_find(const char *s, const char *end, const char *chars)
+/* The reader's on_section: s[0..len) is the trimmed header text, NULL for an unusable header. */
+static void open_section(void *arg, int line, const char *s, size_t len)
 {
-    bool was_space = false;
-    while (s < end && (chars == NULL || strchr(chars, *s) == NULL) && !(was_space && *s == ';')) {
-        was_space = isspace((unsigned char)*s);
-        s++;
-    }
-    return s;
-}
-
-static bool only_comment_after(const char *s, const char *end)
-{
-    while (s < end && isspace((unsigned char)*s)) {
-        s++;
-    }
-    return s == end || *s == ';' || *s == '#';
-}
-
-static void open_section(struct loader *L, const char *s, size_t len)
-{
+    struct loader *L = arg;
     char shown[256], why[128];
     const char *name;
     size_t wlen = 0, nlen;
     enum sec_kind kind;
     const char *reason;
 
-    while (len > 0 && isspace((unsigned char)*s)) {
-        s++;
-        len--;
-    }
-    while (len > 0 && isspace((unsigned char)s[len - 1])) {
-        len--;
+    L->cur = CUR_IGNORE;
+    if (s == NULL) {
+        return;
     }
     cm_log_escape(shown, sizeof(shown), s, len, 200);
-    L->cur = CUR_IGNORE;
     while (wlen < len && !isspace((unsigned char)s[wlen])) {
         wlen++;
     }
@@ -310,24 +273,24 @@ static void open_section(struct loader *L, const char *s, size_t len)
     if (wlen == 6 && memcmp(s, "server", 6) == 0) {
         kind = SEC_SERVER;
         if (nlen > 0) {
-            add_err(L, L->line, "[%s]: unknown section ([server] takes no name)", shown);
+            add_err(L, line, "[%s]: unknown section ([server] takes no name)", shown);
             return;
         }
     } else if ((wlen == 7 && memcmp(s, "storage", 7) == 0) ||
                (wlen == 4 && memcmp(s, "node", 4) == 0)) {
         kind = wlen == 4 ? SEC_NODE : SEC_STORAGE;
         if (nlen == 0) {
-            add_err(L, L->line, "[%s]: missing name (write [%s NAME])", shown,
+            add_err(L, line, "[%s]: missing name (write [%s NAME])", shown,
                     sec_kind_names[kind]);
             return;
         }
         reason = cm_conf_check_name(name, nlen, why, sizeof(why));
         if (reason != NULL) {
-            add_err(L, L->line, "[%s]: %s", shown, reason);
+            add_err(L, line, "[%s]: %s", shown, reason);
             return;
         }
     } else {
-        add_err(L, L->line,
+        add_err(L, line,
                 "[%s]: unknown section (expected [server], [storage NAME] or [node NAME])", shown);
         return;
     }
@@ -335,152 +298,17 @@ static void open_section(struct loader *L, const char *s, size_t len)
         const struct section *o = &L->secs[i];
         if (o->kind == kind &&
             (kind == SEC_SERVER || (strlen(o->name) == nlen && memcmp(o->name, name, nlen) == 0))) {
-            add_err(L, L->line, "[%s]: duplicate section (first at line %d)", shown, o->line);
+            add_err(L, line, "[%s]: duplicate section (first at line %d)", shown, o->line);
             return;
         }
     }
     L->secs = cm_realloc(L->secs, (L->nsecs + 1) * sizeof(*L->secs));
     L->secs[L->nsecs].kind = kind;
     L->secs[L->nsecs].name = kind == SEC_SERVER ? NULL : cm_strndup(name, nlen);
-    L->secs[L->nsecs].line = L->line;
+    L->secs[L->nsecs].line = line;
     L->secs[L->nsecs].keys = cm_calloc(NKEYS, sizeof(struct kv));
     L->cur = (int)L->nsecs;
     L->nsecs++;
-}
-
-/* Classifies a chunk exactly as inih 55 will parse it (so the handler's calls can be matched to
- * lines) and reports what inih would drop silently. */
-static void classify(struct loader *L, const char *str, bool overlong, bool has_nul)
-{
-    const char *start = str;
-    const char *end = str + strlen(str);
-
-    if (L->chunks == 1 && (unsigned char)str[0] == 0xEF && (unsigned char)str[1] == 0xBB &&
-        (unsigned char)str[2] == 0xBF) {
-        start += 3;
-    }
-    while (end > start && isspace((unsigned char)end[-1])) {
-        end--;
-    }
-    while (start < end && isspace((unsigned char)*start)) {
-        start++;
-    }
-    if (start == end || *start == ';' || *start == '#') {
-        L->kind = LK_BLANK;
-    } else if (L->ini_prev_name && start > str) {
-        L->kind = LK_CONT;
-    } else if (*start == '[') {
-        const char *rb = ini_find(start + 1, end, "]");
-        if (rb < end && *rb == ']') {
-            L->kind = LK_SECTION;
-            L->ini_prev_name = false;
-        } else {
-            L->kind = LK_BAD;
-        }
-    } else {
-        const char *sep = ini_find(start, end, "=:");
-        if (sep < end && (*sep == '=' || *sep == ':')) {
-            const char *ne = sep;
-            while (ne > start && isspace((unsigned char)ne[-1])) {
-                ne--;
-            }
-            L->kind = LK_KV;
-            L->kv_pending = true;
-            L->ini_prev_name = ne > start;
-        } else {
-            L->kind = LK_BAD;
-        }
-    }
-
-    if (L->skip) {
-        return;
-    }
-    if (overlong) {
-        add_err(L, L->line, "line too long (more than %d characters)", L->max_line);
-        L->skip = true;
-        return;
-    }
-    if (has_nul) {
-        add_err(L, L->line, "NUL byte in line");
-        L->skip = true;
-        return;
-    }
-    switch (L->kind) {
-    case LK_BLANK:
-    case LK_KV:
-        break;
-    case LK_CONT:
-        add_err(L, L->line, "unexpected indented line (continuation lines are not supported)");
-        break;
-    case LK_BAD:
-        if (*start == '[') {
-            add_err(L, L->line, "unterminated section header: missing ']'");
-        } else {
-            add_err(L, L->line, "expected \"key = value\", \"[section]\" or a ; comment");
-        }
-        break;
-    case LK_SECTION: {
-        const char *rb = ini_find(start + 1, end, "]");
-        if (!only_comment_after(rb + 1, end)) {
-            add_err(L, L->line, "text after ']' in section header");
-            L->cur = CUR_IGNORE;
-        } else {
-            open_section(L, start + 1, (size_t)(rb - start - 1));
-        }
-        break;
-    }
-    }
-}
-
-/* Our reading of a line and inih's must agree: a line we took for "key = value" gets exactly
- * one handler call before the next line is read. A different inih build (other comment or
- * continuation rules) would show up here as an error instead of a silently dropped key. */
-static void check_kv_handled(struct loader *L)
-{
-    if (L->kv_pending && !L->skip) {
-        add_err(L, L->line, "could not parse this line (INI parser disagreement)");
-    }
-    L->kv_pending = false;
-}
-
-/* ini_reader over the in-memory text. Returns at most num-1 bytes of one line; a longer line
- * comes back in several chunks, all flagged overlong, and counted as one physical line. */
-static char *reader(char *str, int num, void *arg)
-{
-    struct loader *L = arg;
-    const char *p = L->text + L->off;
-    size_t avail = L->len - L->off;
-    const char *nl;
-    size_t content, take, consumed;
-    bool was_partial = L->partial;
-
-    check_kv_handled(L);
-    if (L->off >= L->len || num < 2) {
-        return NULL;
-    }
-    L->max_line = num - 1;
-    nl = memchr(p, '\n', avail);
-    content = nl != NULL ? (size_t)(nl - p) : avail;
-    if (content <= (size_t)num - 1) {
-        /* The whole line fits; its '\n' is left out when there is no room (inih strips it). */
-        take = content + (nl != NULL && content < (size_t)num - 1 ? 1 : 0);
-        consumed = content + (nl != NULL ? 1 : 0);
-        L->partial = false;
-    } else {
-        take = (size_t)num - 1;
-        consumed = take;
-        L->partial = true;
-    }
-    memcpy(str, p, take);
-    str[take] = '\0';
-    L->off += consumed;
-    L->chunks++;
-    if (!was_partial) {
-        L->line++;
-        L->skip = false;
-    }
-    classify(L, str, was_partial || L->partial, memchr(p, '\0', take) != NULL);
-    return str;
 }
 
 static const struct key_def *find_key(enum sec_kind kind, const char *name)
@@ -503,44 +331,38 @@ static int handler(void *arg, const char *section, const char *name, const char 
     char n[256], v[1024], why[64];
 
     CM_UNUSED(section);
-    if (L->skip || L->kind == LK_CONT) {
+    if (!cm_ini_reader_take_kv(&L->rd, name)) {
         return 1;
     }
-    if (L->kind != LK_KV || !L->kv_pending) {
-        add_err(L, L->line, "unexpected value for '%s' (INI parser disagreement)",
-                esc(n, sizeof(n), name));
-        return 1;
-    }
-    L->kv_pending = false;
     if (L->cur == CUR_IGNORE) {
         return 1;
     }
     if (L->cur == CUR_NONE) {
-        add_err(L, L->line, "%s = \"%s\": key outside of any section", esc(n, sizeof(n), name),
+        add_err(L, L->rd.line, "%s = \"%s\": key outside of any section", esc(n, sizeof(n), name),
                 esc(v, sizeof(v), value));
         return 1;
     }
     sec = &L->secs[L->cur];
     k = find_key(sec->kind, name);
     if (k == NULL) {
-        key_err(L, sec, name, value, L->line, "unknown key");
+        key_err(L, sec, name, value, L->rd.line, "unknown key");
         return 1;
     }
     if (k->set == NULL) {
         L->listens = cm_realloc(L->listens, (L->nlistens + 1) * sizeof(*L->listens));
         L->listens[L->nlistens].value = cm_strdup(value);
-        L->listens[L->nlistens].line = L->line;
+        L->listens[L->nlistens].line = L->rd.line;
         L->nlistens++;
         return 1;
     }
     if (sec->keys[KEY_INDEX(k)].value != NULL) {
         snprintf(why, sizeof(why), "duplicate key (first at line %d)",
                  sec->keys[KEY_INDEX(k)].line);
-        key_err(L, sec, name, value, L->line, why);
+        key_err(L, sec, name, value, L->rd.line, why);
         return 1;
     }
     sec->keys[KEY_INDEX(k)].value = cm_strdup(value);
-    sec->keys[KEY_INDEX(k)].line = L->line;
+    sec->keys[KEY_INDEX(k)].line = L->rd.line;
     return 1;
 }
 
@@ -1163,16 +985,18 @@ int cm_conf_load_string(const char *name, const char *text, size_t len, struct c
     *out = NULL;
     memset(&L, 0, sizeof(L));
     L.file = name;
-    L.text = text;
-    L.len = len;
+    L.rd.text = text;
+    L.rd.len = len;
+    L.rd.on_err = reader_err;
+    L.rd.on_section = open_section;
+    L.rd.arg = &L;
     L.cur = CUR_NONE;
     L.conf = cm_calloc(1, sizeof(*L.conf));
     L.conf->file = cm_strdup(name);
 
-    rc = ini_parse_stream(reader, &L, handler, &L);
-    check_kv_handled(&L);
+    rc = cm_ini_reader_parse(&L.rd, handler, &L);
     if (rc < 0) {
-        add_err(&L, L.line, "INI parser failed (%d)", rc);
+        add_err(&L, L.rd.line, "INI parser failed (%d)", rc);
     }
     build(&L);
     if (L.nerrs > 0) {
