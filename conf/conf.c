@@ -623,11 +623,13 @@ static const char *chk_mongo_name(struct loader *L, void *obj, const char *v, ch
     return cm_conf_check_chars(v, MAX_TABLE_LEN, "-.", buf, bufsz);
 }
 
+/* Parses the key template into node->key_tpl: the form the daemon matches keys with. */
 static const char *chk_key(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
 {
+    struct cm_conf_node *node = obj;
     CM_UNUSED(L);
-    CM_UNUSED(obj);
-    return cm_conf_check_key_template(v, buf, bufsz);
+    cm_tpl_deinit(&node->key_tpl);
+    return cm_tpl_parse(&node->key_tpl, v, buf, bufsz) == CM_OK ? NULL : buf;
 }
 
 static const char *set_serializer(struct loader *L, const struct key_def *k, void *obj,
@@ -665,11 +667,13 @@ static const char *set_doorkeeper(struct loader *L, const struct key_def *k, voi
     return NULL;
 }
 
+/* Parses the loader URL template into node->loader_tpl (the key is parsed before it). */
 static const char *chk_loader(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
 {
-    const struct cm_conf_node *node = obj;
+    struct cm_conf_node *node = obj;
     CM_UNUSED(L);
-    return cm_conf_check_loader(v, node->key, buf, bufsz);
+    cm_tpl_deinit(&node->loader_tpl);
+    return cm_conf_check_loader(v, node->key, &node->key_tpl, &node->loader_tpl, buf, bufsz);
 }
 
 static const char *chk_socket(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
@@ -1078,9 +1082,13 @@ void cm_conf_free(struct cm_conf *conf)
         struct cm_conf_node *n = &conf->nodes[i];
         cm_free(n->name);
         cm_free(n->key);
+        cm_tpl_deinit(&n->key_tpl);
         cm_free(n->version);
         cm_free(n->caches);
         cm_free(n->loader);
+        cm_tpl_deinit(&n->loader_tpl);
+        cm_free(n->loader_batch);
+        cm_tpl_deinit(&n->loader_batch_tpl);
         cm_free(n->loader_socket);
         cm_free(n->invalidate_channel);
     }

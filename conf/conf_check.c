@@ -13,7 +13,6 @@
 
 #define MAX_NAME_LEN 64
 #define MAX_HOST_LEN 253
-#define MAX_PARAMS 32
 /* Largest doorkeeper filter accepted: 2^33 bits = 1 GiB. */
 #define MAX_DK_BITS (1ULL << 33)
 
@@ -183,97 +182,12 @@ const char *cm_conf_check_word(const char *s, size_t max, char *buf, size_t bufs
     return NULL;
 }
 
-/* One {param} of a template. */
-struct tpl_param {
-    const char *name;
-    size_t len;
-    size_t start; /* offset of '{' */
-    size_t end;   /* offset just after '}' */
-};
-
-/* Splits a template into its parameters; checks braces and names. Returns NULL or a reason. */
-static const char *scan_template(const char *s, struct tpl_param *params, size_t *nparams,
-                                 char *buf, size_t bufsz)
+const char *cm_conf_check_loader(const char *url, const char *key_src, const struct cm_tpl *key,
+                                 struct cm_tpl *out, char *buf, size_t bufsz)
 {
-    size_t n = 0;
-    for (size_t i = 0; s[i] != '\0'; i++) {
-        if (s[i] == '}') {
-            return say(buf, bufsz, "unmatched '}' at offset %zu", i);
-        }
-        if (s[i] != '{') {
-            continue;
-        }
-        size_t j = i + 1;
-        while (is_ident_char(s[j])) {
-            j++;
-        }
-        if (s[j] == '\0') {
-            return say(buf, bufsz, "unclosed '{' at offset %zu", i);
-        }
-        if (s[j] != '}') {
-            return say(
-                buf, bufsz,
-                "bad character '%c' in parameter name at offset %zu (allowed: A-Z a-z 0-9 _)",
-                isprint((unsigned char)s[j]) ? s[j] : '?', j);
-        }
-        if (j == i + 1) {
-            return say(buf, bufsz, "empty parameter name '{}' at offset %zu", i);
-        }
-        if (n == MAX_PARAMS) {
-            return say(buf, bufsz, "more than %d parameters", MAX_PARAMS);
-        }
-        params[n].name = s + i + 1;
-        params[n].len = j - i - 1;
-        params[n].start = i;
-        params[n].end = j + 1;
-        n++;
-        i = j;
-    }
-    *nparams = n;
-    return NULL;
-}
-
-const char *cm_conf_check_key_template(const char *s, char *buf, size_t bufsz)
-{
-    struct tpl_param p[MAX_PARAMS];
-    size_t n;
-    const char *why;
-
-    if (s[0] == '\0') {
-        return "must not be empty";
-    }
-    for (size_t i = 0; s[i] != '\0'; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < ' ' || c == 0x7f) {
-            return "control characters are not allowed";
-        }
-    }
-    why = scan_template(s, p, &n, buf, bufsz);
-    if (why != NULL) {
-        return why;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0 && p[i - 1].end == p[i].start) {
-            return say(buf, bufsz,
-                       "parameters {%.*s} and {%.*s} are adjacent: separate them with literal text",
-                       (int)p[i - 1].len, p[i - 1].name, (int)p[i].len, p[i].name);
-        }
-        for (size_t j = 0; j < i; j++) {
-            if (p[j].len == p[i].len && memcmp(p[j].name, p[i].name, p[i].len) == 0) {
-                return say(buf, bufsz, "parameter {%.*s} appears twice", (int)p[i].len, p[i].name);
-            }
-        }
-    }
-    return NULL;
-}
-
-const char *cm_conf_check_loader(const char *url, const char *key_tpl, char *buf, size_t bufsz)
-{
-    struct tpl_param p[MAX_PARAMS], kp[MAX_PARAMS];
-    size_t n, kn = 0;
     size_t host_end;
-    const char *why;
 
+    memset(out, 0, sizeof(*out));
     if (strncasecmp(url, "https://", 8) == 0) {
         return "https:// is not supported: use http:// (or loader_socket)";
     }
@@ -293,24 +207,20 @@ const char *cm_conf_check_loader(const char *url, const char *key_tpl, char *buf
     if (url[host_end] == '#') {
         return "fragments ('#') are not allowed";
     }
-    why = scan_template(url, p, &n, buf, bufsz);
-    if (why != NULL) {
-        return why;
+    if (cm_tpl_parse_url(out, url, buf, bufsz) != CM_OK) {
+        return buf;
     }
-    if (n > 0 && p[0].start < host_end) {
+    if (out->nparams > 0 && cm_tpl_first_param_offset(out) < host_end) {
+        cm_tpl_deinit(out);
         return "parameters are not allowed in the host part";
     }
-    if (key_tpl == NULL || scan_template(key_tpl, kp, &kn, buf, bufsz) != NULL) {
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        bool found = false;
-        for (size_t j = 0; j < kn && !found; j++) {
-            found = kp[j].len == p[i].len && memcmp(kp[j].name, p[i].name, p[i].len) == 0;
-        }
-        if (!found) {
-            return say(buf, bufsz, "parameter {%.*s} is not in the key template '%.64s'",
-                       (int)p[i].len, p[i].name, key_tpl);
+    for (size_t i = 0; i < out->nsegs && key->nsegs > 0; i++) {
+        const struct cm_tpl_seg *p = &out->segs[i];
+        if (p->param && cm_tpl_count_param(key, p->text, p->len) == 0) {
+            say(buf, bufsz, "parameter {%.*s} is not in the key template '%.64s'", (int)p->len,
+                p->text, key_src);
+            cm_tpl_deinit(out);
+            return buf;
         }
     }
     return NULL;

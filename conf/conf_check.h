@@ -3,6 +3,8 @@
 #ifndef CM_CONF_CONF_CHECK_H
 #define CM_CONF_CONF_CHECK_H
 
+#include "conf/template.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -20,12 +22,11 @@ const char *cm_conf_check_chars(const char *s, size_t max, const char *extra, ch
                                 size_t bufsz);
 /* One word: non-empty, no whitespace or control characters, at most max characters. */
 const char *cm_conf_check_word(const char *s, size_t max, char *buf, size_t bufsz);
-/* A node key template: {name} parameters of [A-Za-z0-9_], balanced braces, no empty names,
- * no two parameters directly adjacent, no parameter twice. */
-const char *cm_conf_check_key_template(const char *s, char *buf, size_t bufsz);
 /* A loader URL template: http://host[:port]/..., parameters only after the host and each one
- * present in key_tpl (skipped when key_tpl is NULL). */
-const char *cm_conf_check_loader(const char *url, const char *key_tpl, char *buf, size_t bufsz);
+ * present in the parsed key template key, parsed from key_src (not checked when key is empty). On success the
+ * parsed template is in *out (free with cm_tpl_deinit); on failure *out holds nothing. */
+const char *cm_conf_check_loader(const char *url, const char *key_src, const struct cm_tpl *key,
+                                 struct cm_tpl *out, char *buf, size_t bufsz);
 /* "capacity, fpp" with capacity >= 1 and 0 < fpp < 1 (and a filter of at most 1 GiB). */
 const char *cm_conf_parse_doorkeeper(const char *s, uint64_t *capacity, double *fpp, char *buf,
                                      size_t bufsz);
