@@ -10,6 +10,7 @@
 #include "daemon/alloc.h"
 #include "daemon/log.h"
 #include "daemon/util.h"
+#include "storages/local.h" /* CM_LOCAL_MAX_SIZE: what a local storage opens with */
 
 #include <ctype.h>
 #include <errno.h>
@@ -20,9 +21,12 @@
 
 #define DEFAULT_LISTEN "127.0.0.1:6380"
 #define MAX_FILE_SIZE (16u * 1024 * 1024)
-#define MAX_TABLE_LEN 63
+#define MAX_NAME_LEN 63 /* mongo database and collection */
 #define MAX_WORD_LEN 128
 #define MSG_MAX 512
+/* Longest grace, stale_if_error, refresh_after, negative_ttl: ten years, so that ttl + grace
+ * cannot overflow anywhere. */
+#define MAX_STALE_MS (3650LL * 86400 * 1000)
 #define CUR_NONE (-1)   /* no section header seen yet */
 #define CUR_IGNORE (-2) /* inside a section already reported as bad: its keys are skipped */
 
@@ -97,9 +101,9 @@ struct key_def {
 #define T_ALL 0u
 
 static set_fn set_str, set_opt_str, set_int, set_u64, set_dur, set_size, set_bool, set_log_level,
-    set_caches, set_serializer, set_doorkeeper;
+    set_caches, set_serializer, set_doorkeeper, set_breaker;
 static check_fn chk_word, chk_metrics, chk_url, chk_table, chk_mongo_name, chk_key, chk_loader,
-    chk_socket;
+    chk_socket, chk_batch;
 
 #define SRV(f) offsetof(struct cm_conf, f)
 #define ST(f) offsetof(struct cm_conf_storage, f)
@@ -123,7 +127,8 @@ static const struct key_def key_defs[] = {
      "64mb", T_ALL, false},
 
     {SEC_STORAGE, "url", set_str, chk_url, ST(url), 0, 0, NULL, T_ALL, true},
-    {SEC_STORAGE, "size", set_u64, NULL, ST(size), 1, 1LL << 40, "10000", T_LOCAL, false},
+    {SEC_STORAGE, "size", set_u64, NULL, ST(size), 1, (int64_t)CM_LOCAL_MAX_SIZE, "10000", T_LOCAL,
+     false},
     {SEC_STORAGE, "cluster", set_bool, NULL, ST(cluster), 0, 0, "no", T(CM_ST_TYPE_REDIS), false},
     {SEC_STORAGE, "pool_size", set_int, NULL, ST(pool_size), 1, 1024, NULL, T_REMOTE, false},
     {SEC_STORAGE, "timeout", set_dur, NULL, ST(timeout_ms), 1, 3600000, "500ms", T_REMOTE, false},
@@ -148,6 +153,21 @@ static const struct key_def key_defs[] = {
      false},
     {SEC_NODE, "invalidate_channel", set_opt_str, chk_word, ND(invalidate_channel), 0, 0, NULL,
      T_ALL, false},
+    /* SPEC §12. stale_if_error's default (grace) is set by finish_node. */
+    {SEC_NODE, "grace", set_dur, NULL, ND(grace_ms), 0, MAX_STALE_MS, "0", T_ALL, false},
+    {SEC_NODE, "stale_if_error", set_dur, NULL, ND(stale_if_error_ms), 0, MAX_STALE_MS, NULL, T_ALL,
+     false},
+    {SEC_NODE, "refresh_after", set_dur, NULL, ND(refresh_after_ms), 0, MAX_STALE_MS, "0", T_ALL,
+     false},
+    {SEC_NODE, "negative_ttl", set_dur, NULL, ND(negative_ttl_ms), 0, MAX_STALE_MS, "0", T_ALL,
+     false},
+    {SEC_NODE, "loader_concurrency", set_int, NULL, ND(loader_concurrency), 0, 1000000, "0", T_ALL,
+     false},
+    {SEC_NODE, "breaker", set_breaker, NULL, 0, 0, 0, NULL, T_ALL, false},
+    /* SPEC §13. After key and loader: its check reads both. */
+    {SEC_NODE, "loader_batch", set_opt_str, chk_batch, ND(loader_batch), 0, 0, NULL, T_ALL, false},
+    {SEC_NODE, "loader_batch_max", set_int, NULL, ND(loader_batch_max), 1, 10000, "100", T_ALL,
+     false},
 };
 
 #define NKEYS CM_ARRAY_LEN(key_defs)
@@ -156,14 +176,6 @@ static const struct key_def key_defs[] = {
 static const char *const ser_names[] = {"raw", "json", "msgpack", "compressed_json",
                                         "compressed_msgpack"};
 
-static const struct {
-    const char *scheme;
-    enum cm_st_type type;
-} schemes[] = {
-    {"redis", CM_ST_TYPE_REDIS},       {"postgresql", CM_ST_TYPE_PG}, {"postgres", CM_ST_TYPE_PG},
-    {"mysql", CM_ST_TYPE_MYSQL},       {"sqlite", CM_ST_TYPE_SQLITE}, {"mongodb", CM_ST_TYPE_MONGO},
-    {"mongodb+srv", CM_ST_TYPE_MONGO},
-};
 
 const char *cm_ser_name(enum cm_ser ser)
 {
@@ -521,86 +533,11 @@ static const char *chk_metrics(struct loader *L, void *obj, const char *v, char 
     return cm_conf_check_listen(v, false, buf, bufsz);
 }
 
-static const char *check_url_parts(enum cm_st_type type, const struct cm_url *u)
-{
-    switch (type) {
-    case CM_ST_TYPE_LRU:
-    case CM_ST_TYPE_TLFU:
-        if (u->user != NULL || u->password != NULL || u->port != 0 || u->path != NULL ||
-            u->query != NULL) {
-            return "a local storage is just local://lru or local://tlfu";
-        }
-        return NULL;
-    case CM_ST_TYPE_REDIS:
-        if (u->host == NULL) {
-            return "missing host (redis://[:password@]host:port[/db])";
-        }
-        if (u->path != NULL) {
-            int64_t db;
-            if (cm_parse_i64(u->path, strlen(u->path), &db) != CM_OK || db < 0 || db > INT_MAX) {
-                return "the path must be a database number (redis://host:port/0)";
-            }
-        }
-        return NULL;
-    case CM_ST_TYPE_PG:
-    case CM_ST_TYPE_MYSQL:
-        if (u->host == NULL) {
-            return "missing host (scheme://user:password@host:port/database)";
-        }
-        if (u->path == NULL) {
-            return "missing database name (scheme://user:password@host:port/database)";
-        }
-        return NULL;
-    case CM_ST_TYPE_SQLITE:
-        if (u->path == NULL) {
-            return "missing file path (sqlite:///absolute/path.db or sqlite://relative/path.db)";
-        }
-        return NULL;
-    case CM_ST_TYPE_MONGO:
-        if (u->host == NULL) {
-            return "missing host (mongodb://host:port/?options)";
-        }
-        return NULL;
-    }
-    return NULL;
-}
-
-/* Sets st->type from the scheme. */
+/* Sets st->type from the scheme (conf_storage.c checks the URL as its backend will read it). */
 static const char *chk_url(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
 {
     struct cm_conf_storage *st = obj;
-    struct cm_url u;
-    char err[128];
-    const char *why = NULL;
-    bool found = false;
-
-    if (cm_url_parse(v, &u, err, sizeof(err)) != CM_OK) {
-        snprintf(buf, bufsz, "bad URL: %s", err);
-        return buf;
-    }
-    if (strcmp(u.scheme, "local") == 0) {
-        found = true;
-        if (u.host != NULL && strcmp(u.host, "lru") == 0) {
-            st->type = CM_ST_TYPE_LRU;
-        } else if (u.host != NULL && strcmp(u.host, "tlfu") == 0) {
-            st->type = CM_ST_TYPE_TLFU;
-        } else {
-            why = "a local storage is local://lru or local://tlfu";
-        }
-    }
-    for (size_t i = 0; i < CM_ARRAY_LEN(schemes) && !found; i++) {
-        if (strcmp(u.scheme, schemes[i].scheme) == 0) {
-            st->type = schemes[i].type;
-            found = true;
-        }
-    }
-    if (!found) {
-        why = "unknown scheme (expected local, redis, postgresql, mysql, sqlite or mongodb)";
-    }
-    if (why == NULL) {
-        why = check_url_parts(st->type, &u);
-    }
-    cm_url_deinit(&u);
+    const char *why = cm_conf_check_storage_url(v, &st->type, buf, bufsz);
     if (why != NULL) {
         return why;
     }
@@ -612,7 +549,7 @@ static const char *chk_table(struct loader *L, void *obj, const char *v, char *b
 {
     CM_UNUSED(L);
     CM_UNUSED(obj);
-    return cm_conf_check_chars(v, MAX_TABLE_LEN, "", buf, bufsz);
+    return cm_conf_check_table(v, buf, bufsz);
 }
 
 static const char *chk_mongo_name(struct loader *L, void *obj, const char *v, char *buf,
@@ -620,7 +557,7 @@ static const char *chk_mongo_name(struct loader *L, void *obj, const char *v, ch
 {
     CM_UNUSED(L);
     CM_UNUSED(obj);
-    return cm_conf_check_chars(v, MAX_TABLE_LEN, "-.", buf, bufsz);
+    return cm_conf_check_chars(v, MAX_NAME_LEN, "-.", buf, bufsz);
 }
 
 /* Parses the key template into node->key_tpl: the form the daemon matches keys with. */
@@ -668,6 +605,29 @@ static const char *set_doorkeeper(struct loader *L, const struct key_def *k, voi
 }
 
 /* Parses the loader URL template into node->loader_tpl (the key is parsed before it). */
+/* "K, T": after K consecutive failed loads the breaker opens for T. Empty = no breaker. */
+static const char *set_breaker(struct loader *L, const struct key_def *k, void *obj, const char *v,
+                               char *buf, size_t bufsz)
+{
+    struct cm_conf_node *node = obj;
+    CM_UNUSED(L);
+    CM_UNUSED(k);
+    if (v[0] == '\0') {
+        node->breaker_failures = 0;
+        node->breaker_open_ms = 0;
+        return NULL;
+    }
+    return cm_conf_parse_breaker(v, MAX_STALE_MS, &node->breaker_failures,
+                                 &node->breaker_open_ms, buf, bufsz);
+}
+
+/* The value given for key name of the section being built (NULL when absent or empty). */
+static const char *given(struct loader *L, const char *name)
+{
+    const char *v = L->sec->keys[KEY_INDEX(find_key(L->sec->kind, name))].value;
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
 static const char *chk_loader(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
 {
     struct cm_conf_node *node = obj;
@@ -678,10 +638,8 @@ static const char *chk_loader(struct loader *L, void *obj, const char *v, char *
 
 static const char *chk_socket(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
 {
-    const struct key_def *loader_key = find_key(SEC_NODE, "loader");
-    const char *loader = L->sec->keys[KEY_INDEX(loader_key)].value;
     CM_UNUSED(obj);
-    if (loader == NULL || loader[0] == '\0') {
+    if (given(L, "loader") == NULL) {
         return "loader_socket needs a loader URL (its path and Host header are used)";
     }
     if (v[0] != '/') {
@@ -689,6 +647,43 @@ static const char *chk_socket(struct loader *L, void *obj, const char *v, char *
     }
     if (strlen(v) > CM_CONF_MAX_SUN_PATH) {
         snprintf(buf, bufsz, "socket path longer than %d bytes", CM_CONF_MAX_SUN_PATH);
+        return buf;
+    }
+    return NULL;
+}
+
+/* SPEC §13: the batch URL lists the values of the key's one parameter, comma-joined. */
+static const char *chk_batch(struct loader *L, void *obj, const char *v, char *buf, size_t bufsz)
+{
+    struct cm_conf_node *node = obj;
+    const char *why;
+    const struct cm_tpl_seg *param = NULL;
+
+    cm_tpl_deinit(&node->loader_batch_tpl);
+    if (given(L, "loader") == NULL) {
+        return "loader_batch needs a loader URL too (a key too long for a batch request goes "
+               "to it)";
+    }
+    if (node->key_tpl.nsegs == 0) {
+        return NULL; /* the key template is reported already */
+    }
+    if (node->key_tpl.nparams != 1) {
+        snprintf(buf, bufsz,
+                 "needs a key template with exactly one parameter (the key '%.64s' has %zu)",
+                 node->key, node->key_tpl.nparams);
+        return buf;
+    }
+    why = cm_conf_check_loader(v, node->key, &node->key_tpl, &node->loader_batch_tpl, buf, bufsz);
+    if (why != NULL) {
+        return why;
+    }
+    for (size_t i = 0; i < node->key_tpl.nsegs; i++) {
+        param = node->key_tpl.segs[i].param ? &node->key_tpl.segs[i] : param;
+    }
+    if (cm_tpl_count_param(&node->loader_batch_tpl, param->text, param->len) != 1) {
+        cm_tpl_deinit(&node->loader_batch_tpl);
+        snprintf(buf, bufsz, "must use {%s} exactly once (it stands for the comma-joined values)",
+                 param->text);
         return buf;
     }
     return NULL;
@@ -882,36 +877,97 @@ static void finish_storage(struct loader *L, struct section *sec, struct cm_conf
     }
 }
 
+/* Node rules across keys and sections. */
+static void finish_node(struct loader *L, struct section *sec, struct cm_conf_node *node)
+{
+    const struct kv *inval = &sec->keys[KEY_INDEX(find_key(SEC_NODE, "invalidate_channel"))];
+    bool redis = false;
+
+    L->sec = sec;
+    if (given(L, "stale_if_error") == NULL) {
+        node->stale_if_error_ms = node->grace_ms;
+    }
+    for (size_t i = 0; i < node->ncaches; i++) {
+        redis = redis || node->caches[i].st->type == CM_ST_TYPE_REDIS;
+    }
+    if (node->invalidate_channel != NULL && !redis) {
+        /* invalidate.c subscribes through the node's first redis storage. */
+        key_err(L, sec, "invalidate_channel", inval->value, inval->line,
+                "needs a redis storage in the node's caches (it is published and subscribed "
+                "there)");
+    }
+}
+
+/* Why listen string a (at line, 0 = the default) cannot bind next to b, or NULL. */
+static const char *listen_conflict(const char *a, const char *b, int line, char *buf, size_t bufsz)
+{
+    struct cm_conf_addr x, y;
+    char shown[128];
+    if (!cm_conf_listen_parse(a, &x) || !cm_conf_listen_parse(b, &y) ||
+        !cm_conf_listen_conflict(&x, &y)) {
+        return NULL;
+    }
+    esc(shown, sizeof(shown), b);
+    if (line == 0) {
+        snprintf(buf, bufsz, "conflicts with the default listen = %s", shown);
+    } else if (strcmp(a, b) == 0) {
+        snprintf(buf, bufsz, "listed twice (first at line %d)", line);
+    } else {
+        snprintf(buf, bufsz,
+                 "conflicts with listen = \"%s\" at line %d (same port; 0.0.0.0 takes it on every "
+                 "IPv4 address, [::] and a host name on any)",
+                 shown, line);
+    }
+    return buf;
+}
+
 static void build_listens(struct loader *L)
 {
     struct cm_conf *conf = L->conf;
     struct section *srv = NULL;
+    const struct kv *metrics = NULL;
     char buf[256];
 
     for (size_t i = 0; i < L->nsecs; i++) {
         if (L->secs[i].kind == SEC_SERVER) {
             srv = &L->secs[i];
+            metrics = &srv->keys[KEY_INDEX(find_key(SEC_SERVER, "metrics_listen"))];
         }
     }
+    int *lines = cm_calloc(L->nlistens > 0 ? L->nlistens : 1, sizeof(int)); /* of conf->listen */
+
     conf->listen = cm_calloc(L->nlistens > 0 ? L->nlistens : 1, sizeof(char *));
     for (size_t i = 0; i < L->nlistens; i++) {
         const struct kv *l = &L->listens[i];
         const char *why = cm_conf_check_listen(l->value, true, buf, sizeof(buf));
         for (size_t j = 0; j < i && why == NULL; j++) {
-            if (strcmp(L->listens[j].value, l->value) == 0) {
-                snprintf(buf, sizeof(buf), "listed twice (first at line %d)", L->listens[j].line);
-                why = buf;
-            }
+            why = listen_conflict(l->value, L->listens[j].value, L->listens[j].line, buf,
+                                  sizeof(buf));
         }
         if (why != NULL) {
             key_err(L, srv, "listen", l->value, l->line, why);
             continue;
         }
+        lines[conf->nlisten] = l->line;
         conf->listen[conf->nlisten++] = cm_strdup(l->value);
     }
     if (L->nlistens == 0) {
         conf->listen[conf->nlisten++] = cm_strdup(DEFAULT_LISTEN);
     }
+    /* metrics_listen was checked by its setter; here only against the listeners. */
+    for (size_t i = 0; conf->metrics_listen != NULL && i < conf->nlisten; i++) {
+        int line = lines[i];
+        const char *why =
+            listen_conflict(conf->metrics_listen, conf->listen[i], line, buf, sizeof(buf));
+        if (why != NULL) {
+            if (line != 0 && strcmp(conf->metrics_listen, conf->listen[i]) == 0) {
+                snprintf(buf, sizeof(buf), "same address as listen at line %d", line);
+            }
+            key_err(L, srv, "metrics_listen", metrics->value, metrics->line, why);
+            break;
+        }
+    }
+    cm_free(lines);
 }
 
 static void build(struct loader *L)
@@ -956,6 +1012,7 @@ static void build(struct loader *L)
             node->name = cm_strdup(sec->name);
             node->line = sec->line;
             apply_keys(L, sec, node);
+            finish_node(L, sec, node);
         }
     }
 }

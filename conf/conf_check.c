@@ -119,6 +119,84 @@ const char *cm_conf_check_listen(const char *s, bool allow_unix, char *buf, size
     return NULL;
 }
 
+bool cm_conf_listen_parse(const char *s, struct cm_conf_addr *out)
+{
+    const char *colon = strrchr(s, ':');
+    char host[MAX_HOST_LEN + 1];
+    size_t hlen;
+    uint64_t port;
+
+    memset(out, 0, sizeof(*out));
+    if (strncmp(s, "unix:", 5) == 0) {
+        out->family = AF_UNIX;
+        out->name = s + 5;
+        out->namelen = strlen(s + 5);
+        return true;
+    }
+    if (colon == NULL || cm_parse_u64(colon + 1, strlen(colon + 1), &port) != CM_OK ||
+        port < 1 || port > 65535) {
+        return false;
+    }
+    out->port = (int)port;
+    hlen = (size_t)(colon - s);
+    if (hlen >= 2 && s[0] == '[' && s[hlen - 1] == ']') {
+        s++;
+        hlen -= 2;
+    }
+    if (hlen == 0 || hlen > MAX_HOST_LEN) {
+        return false;
+    }
+    memcpy(host, s, hlen);
+    host[hlen] = '\0';
+    if (inet_pton(AF_INET, host, out->addr) == 1) {
+        out->family = AF_INET;
+    } else if (inet_pton(AF_INET6, host, out->addr) == 1) {
+        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        out->family = AF_INET6;
+        if (memcmp(out->addr, v4mapped, 12) == 0) { /* ::ffff:a.b.c.d is a.b.c.d */
+            memmove(out->addr, out->addr + 12, 4);
+            memset(out->addr + 4, 0, 12);
+            out->family = AF_INET;
+        }
+    } else {
+        out->family = 0; /* a host name, resolved at start */
+    }
+    out->name = s;
+    out->namelen = hlen;
+    return true;
+}
+
+/* 0.0.0.0 or [::]. */
+static bool is_wildcard(const struct cm_conf_addr *a)
+{
+    static const unsigned char zero[16];
+    return (a->family == AF_INET && memcmp(a->addr, zero, 4) == 0) ||
+           (a->family == AF_INET6 && memcmp(a->addr, zero, 16) == 0);
+}
+
+bool cm_conf_listen_conflict(const struct cm_conf_addr *a, const struct cm_conf_addr *b)
+{
+    if (a->family == AF_UNIX || b->family == AF_UNIX) {
+        return a->family == b->family && a->namelen == b->namelen &&
+               memcmp(a->name, b->name, a->namelen) == 0;
+    }
+    if (a->port != b->port) {
+        return false;
+    }
+    if (a->family == 0 || b->family == 0) {
+        /* A host name: the same name, or a wildcard that takes the port on every address. */
+        return (a->family == b->family && a->namelen == b->namelen &&
+                strncasecmp(a->name, b->name, a->namelen) == 0) ||
+               is_wildcard(a) || is_wildcard(b);
+    }
+    if (a->family == b->family) {
+        return memcmp(a->addr, b->addr, a->family == AF_INET ? 4 : 16) == 0 || is_wildcard(a) ||
+               is_wildcard(b);
+    }
+    /* IPv4 and IPv6: [::] is dual-stack (the daemon does not set IPV6_V6ONLY). */
+    return (a->family == AF_INET6 && is_wildcard(a)) || (b->family == AF_INET6 && is_wildcard(b));
+}
+
 const char *cm_conf_check_name(const char *s, size_t len, char *buf, size_t bufsz)
 {
     CM_UNUSED(buf);
@@ -277,5 +355,39 @@ const char *cm_conf_parse_doorkeeper(const char *s, uint64_t *capacity, double *
     }
     *capacity = cap;
     *fpp = p;
+    return NULL;
+}
+
+const char *cm_conf_parse_breaker(const char *s, int64_t max_open_ms, int *failures,
+                                  int64_t *open_ms, char *buf, size_t bufsz)
+{
+    const char *comma = strchr(s, ',');
+    const char *k, *t;
+    size_t klen, tlen;
+    char tmp[64];
+    int64_t n, ms;
+
+    if (comma == NULL) {
+        return "expected \"failures, open time\", e.g. 5, 10s";
+    }
+    klen = (size_t)(comma - s);
+    k = trim(s, &klen);
+    tlen = strlen(comma + 1);
+    t = trim(comma + 1, &tlen);
+    if (cm_parse_i64(k, klen, &n) != CM_OK || n < 1 || n > 1000000) {
+        return say(buf, bufsz, "bad failure count '%.*s' (expected an integer 1..1000000)",
+                   (int)(klen > 32 ? 32 : klen), k);
+    }
+    if (tlen == 0 || tlen >= sizeof(tmp)) {
+        return "bad open time (expected a duration, e.g. 10s)";
+    }
+    memcpy(tmp, t, tlen);
+    tmp[tlen] = '\0';
+    if (cm_parse_duration_ms(tmp, &ms) != CM_OK || ms < 1 || ms > max_open_ms) {
+        return say(buf, bufsz, "bad open time '%s' (expected a duration from 1ms to %lldd)", tmp,
+                   (long long)(max_open_ms / 86400000));
+    }
+    *failures = (int)n;
+    *open_ms = ms;
     return NULL;
 }

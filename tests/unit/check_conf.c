@@ -435,7 +435,7 @@ static const struct {
     /* 45 */
     {"[storage l]\nurl = redis://h:1/x\n" NODE_N,
      "t.conf:2: [storage l] url = \"redis://h:1/x\": the path must be a database number "
-     "(redis://host:port/0)\n"},
+     "0..65535 (redis://host:port/0)\n"},
     {"[storage l]\nurl = redis://h:1/2\ncluster = yes\n" NODE_N,
      "t.conf:2: [storage l] url = \"redis://h:1/2\": a Redis Cluster has only database 0 "
      "(cluster = yes)\n"},
@@ -463,7 +463,7 @@ static const struct {
     {"[storage l]\nurl = postgres://u@h/d\ntable = "
      "t234567890123456789012345678901234567890123456789012345678901234\n" NODE_N,
      "t.conf:3: [storage l] table = "
-     "\"t234567890123456789012345678901234567890123456789012345678901234\": longer than 63 "
+     "\"t234567890123456789012345678901234567890123456789012345678901234\": longer than 48 "
      "characters\n"},
     {"[storage l]\nurl = postgres://u@h/d\npool_size = 0\n" NODE_N,
      "t.conf:3: [storage l] pool_size = \"0\": must be between 1 and 1024\n"},
@@ -471,7 +471,7 @@ static const struct {
     {"[storage l]\nurl = postgres://u@h/d\npool_size = 1025\n" NODE_N,
      "t.conf:3: [storage l] pool_size = \"1025\": must be between 1 and 1024\n"},
     {"[storage l]\nurl = local://lru\nsize = 0\n" NODE_N,
-     "t.conf:3: [storage l] size = \"0\": must be between 1 and 1099511627776\n"},
+     "t.conf:3: [storage l] size = \"0\": must be between 1 and 2147483648\n"},
     {"[storage l]\nurl = redis://h:1\ncluster = maybe\n" NODE_N,
      "t.conf:3: [storage l] cluster = \"maybe\": not a boolean (yes/no, true/false, on/off, "
      "1/0)\n"},
@@ -541,6 +541,111 @@ static const struct {
     {"[server]\nprefix ; = x\n" ST_L NODE_N,
      "t.conf:2: expected \"key = value\", \"[section]\" or a ; comment\n"},
 };
+
+/* Defect 16 (issue 14): configs the check passed that then failed to start (exit 1). Each is now
+ * rejected by cm_conf_load, the one validation both --check and start run. */
+#define K17 "{a1}:{a2}:{a3}:{a4}:{a5}:{a6}:{a7}:{a8}:{a9}:{a10}:{a11}:{a12}:{a13}:{a14}:{a15}:{a16}:{a17}"
+static const struct {
+    const char *text;
+    const char *want;
+} start_cases[] = {
+    /* 0: node.c took at most 16 params, the check 32 */
+    {ST_L "[node n]\nkey = " K17 "\nversion = 1\ncaches = l\n",
+     "t.conf:4: [node n] key = \"" K17 "\": more than 16 parameters\n"},
+    /* st_redis.c takes db 0..65535, the check took up to INT_MAX */
+    {"[storage r]\nurl = redis://h:1/65536\n" NODE_N,
+     "t.conf:2: [storage r] url = \"redis://h:1/65536\": the path must be a database number "
+     "0..65535 (redis://host:port/0)\n"
+     "t.conf:6: [node n] caches = \"l\": unknown storage 'l'\n"},
+    /* local.c opens at most 2^31 entries, the check took 2^40 */
+    {"[storage l]\nurl = local://lru\nsize = 2147483649\n" NODE_N,
+     "t.conf:3: [storage l] size = \"2147483649\": must be between 1 and 2147483648\n"},
+    /* invalidate.c needs a redis storage in the node's caches */
+    {ST_L NODE_N "invalidate_channel = inv\n",
+     "t.conf:7: [node n] invalidate_channel = \"inv\": needs a redis storage in the node's caches "
+     "(it is published and subscribed there)\n"},
+    /* listeners that cannot all bind */
+    {"[server]\nlisten = 127.0.0.1:7000\nlisten = 0.0.0.0:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"0.0.0.0:7000\": conflicts with listen = \"127.0.0.1:7000\" "
+     "at line 2 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on "
+     "any)\n"},
+    /* 5 */
+    {"[server]\nlisten = [::]:7000\nlisten = 127.0.0.1:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"127.0.0.1:7000\": conflicts with listen = \"[::]:7000\" at "
+     "line 2 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on any)\n"},
+    {"[server]\nlisten = [::1]:7000\nlisten = [0:0::1]:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"[0:0::1]:7000\": conflicts with listen = \"[::1]:7000\" at "
+     "line 2 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on any)\n"},
+    {"[server]\nlisten = [::ffff:127.0.0.1]:7000\nlisten = 127.0.0.1:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"127.0.0.1:7000\": conflicts with listen = "
+     "\"[::ffff:127.0.0.1]:7000\" at line 2 (same port; 0.0.0.0 takes it on every IPv4 address, "
+     "[::] and a host name on any)\n"},
+    {"[server]\nlisten = 0.0.0.0:7000\nlisten = localhost:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"localhost:7000\": conflicts with listen = \"0.0.0.0:7000\" at "
+     "line 2 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on any)\n"},
+    {"[server]\nlisten = unix:/tmp/a.sock\nlisten = LOCALHOST:7000\nlisten = localhost:7000\n" ST_L
+         NODE_N,
+     "t.conf:4: [server] listen = \"localhost:7000\": conflicts with listen = \"LOCALHOST:7000\" "
+     "at line 3 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on "
+     "any)\n"},
+    /* 10: metrics_listen against the listeners */
+    {"[server]\nlisten = 127.0.0.1:7000\nmetrics_listen = 127.0.0.1:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] metrics_listen = \"127.0.0.1:7000\": same address as listen at line 2\n"},
+    {"[server]\nmetrics_listen = 0.0.0.0:7000\nlisten = unix:/tmp/a.sock\nlisten = "
+     "127.0.0.1:7000\n" ST_L NODE_N,
+     "t.conf:2: [server] metrics_listen = \"0.0.0.0:7000\": conflicts with listen = "
+     "\"127.0.0.1:7000\" at line 4 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and "
+     "a host name on any)\n"},
+    {"[server]\nmetrics_listen = 127.0.0.1:6380\n" ST_L NODE_N,
+     "t.conf:2: [server] metrics_listen = \"127.0.0.1:6380\": conflicts with the default listen "
+     "= 127.0.0.1:6380\n"},
+    /* sql_common.c takes table names of at most 48 characters, not starting with a digit */
+    {"[storage l]\nurl = postgres://u@h/d\ntable = t234567890123456789012345678901234567890123456789\n"
+         NODE_N,
+     "t.conf:3: [storage l] table = \"t234567890123456789012345678901234567890123456789\": longer "
+     "than 48 characters\n"},
+    {"[storage l]\nurl = mysql://u@h/d\ntable = 1cache\n" NODE_N,
+     "t.conf:3: [storage l] table = \"1cache\": must not start with a digit\n"},
+    /* 15: st_sqlite.c cuts the path at '#' */
+    {"[storage l]\nurl = sqlite://#x\n" NODE_N,
+     "t.conf:2: [storage l] url = \"sqlite://#x\": bad URL: fragments ('#') are not allowed\n"},
+    /* the drivers' own URL parsers, offline */
+    {"[storage l]\nurl = mongodb://h/?replicaSet=\n" NODE_N,
+     "t.conf:2: [storage l] url = \"mongodb://h/?replicaSet=\": libmongoc: Value for URI option "
+     "\"replicaset\" cannot be empty string\n"},
+    {"[storage l]\nurl = mongodb://h/a.b\n" NODE_N,
+     "t.conf:2: [storage l] url = \"mongodb://h/a.b\": libmongoc: Invalid database name in URI\n"},
+    {"[storage l]\nurl = postgresql://u@h/db?foo=1\n" NODE_N,
+     "t.conf:2: [storage l] url = \"postgresql://u@h/db?foo=1\": libpq: invalid URI query "
+     "parameter: \"foo\"\n"},
+};
+
+START_TEST(test_configs_that_failed_to_start)
+{
+    load_bad(start_cases[_i].text, start_cases[_i].want);
+}
+END_TEST
+
+/* What the check accepts here, node setup accepted too (it did not always). */
+START_TEST(test_accepted_forms)
+{
+    struct cm_conf *c = load_ok("[server]\nlisten = 127.0.0.1:7000\nlisten = 127.0.0.2:7000\n"
+                                "listen = [::1]:7000\nlisten = unix:/tmp/a.sock\n"
+                                "listen = localhost:7001\nlisten = example.com:7001\n"
+                                "metrics_listen = [::1]:7002\n"
+                                "[storage r]\nurl = redis://h:1/65535\n"
+                                "[storage l]\nurl = local://lru\nsize = 2147483648\n"
+                                "[storage p]\nurl = postgres://u@h/d\n"
+                                "table = t2345678901234567890123456789012345678901234567\n"
+                                "[node n]\nkey = {a}:{b}\nversion = 1\ncaches = l, r\n"
+                                "loader = http://h/{a}{b}?again={a}\ninvalidate_channel = x\n");
+    ck_assert_uint_eq(c->nlisten, 6);
+    ck_assert_uint_eq(c->storages[1].size, 1ULL << 31);
+    ck_assert_uint_eq(c->nodes[0].key_tpl.nparams, 2);
+    ck_assert_uint_eq(c->nodes[0].loader_tpl.nparams, 3);
+    cm_conf_free(c);
+}
+END_TEST
 
 START_TEST(test_bad_configs)
 {
@@ -759,6 +864,9 @@ static Suite *conf_suite(void)
     tcase_add_loop_test(tc, test_durations, 0, (int)CM_ARRAY_LEN(dur_cases));
     tcase_add_loop_test(tc, test_sizes, 0, (int)CM_ARRAY_LEN(size_cases));
     tcase_add_loop_test(tc, test_bad_configs, 0, (int)CM_ARRAY_LEN(bad_cases));
+    tcase_add_loop_test(tc, test_configs_that_failed_to_start, 0,
+                        (int)CM_ARRAY_LEN(start_cases));
+    tcase_add_test(tc, test_accepted_forms);
     tcase_add_test(tc, test_all_errors_reported);
     tcase_add_test(tc, test_long_line);
     tcase_add_test(tc, test_line_length_limit);
