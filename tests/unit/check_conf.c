@@ -111,6 +111,46 @@ START_TEST(test_example_loads)
 }
 END_TEST
 
+/* Every commented-out "; key = value" and "; [section]" line of the example, uncommented, still
+ * loads (the first node also caching in the redis storage, for its invalidate_channel): the
+ * documented optional keys (SPEC §12, §13 included) are ones the loader takes. */
+START_TEST(test_example_commented_keys_load)
+{
+    FILE *f = fopen("cachemed.conf.example", "r");
+    char line[512];
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    int n = 0;
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        size_t w = 2;
+        while (line[w] == '_' || (line[w] >= 'a' && line[w] <= 'z')) {
+            w++;
+        }
+        if (strncmp(line, "; [", 3) == 0 || (strncmp(line, "; ", 2) == 0 && w > 2 &&
+                                             strncmp(line + w, " = ", 3) == 0)) {
+            fputs(line + 2, out);
+            n++;
+        } else if (strncmp(line, "caches = local:30s, lite:10d ", 29) == 0) {
+            fputs("caches = local:30s, lite:10d, shared\n", out); /* invalidate_channel: redis */
+        } else {
+            fputs(line, out);
+        }
+    }
+    fclose(f);
+    fclose(out);
+    ck_assert_int_ge(n, 20);
+    struct cm_conf *c = load_ok(text);
+    ck_assert_int_eq(c->nodes[0].grace_ms, 300000);
+    ck_assert_int_eq(c->nodes[0].stale_if_error_ms, 3600000);
+    ck_assert_int_eq(c->nodes[0].breaker_failures, 5);
+    ck_assert_uint_eq(c->nodes[0].loader_batch_tpl.nparams, 1);
+    cm_conf_free(c);
+    free(text);
+}
+END_TEST
+
 START_TEST(test_defaults)
 {
     struct cm_conf *c = load_ok(ST_L NODE_N);
@@ -647,6 +687,126 @@ START_TEST(test_accepted_forms)
 }
 END_TEST
 
+/* SPEC §12 and §13 keys: defaults, accepted forms, rejected forms with their message. */
+START_TEST(test_origin_protection_keys)
+{
+    struct cm_conf *c = load_ok(ST_L NODE_N);
+    struct cm_conf_node *n = &c->nodes[0];
+    ck_assert_int_eq(n->grace_ms, 0);
+    ck_assert_int_eq(n->stale_if_error_ms, 0);
+    ck_assert_int_eq(n->refresh_after_ms, 0);
+    ck_assert_int_eq(n->negative_ttl_ms, 0);
+    ck_assert_int_eq(n->loader_concurrency, 0);
+    ck_assert_int_eq(n->breaker_failures, 0);
+    ck_assert_int_eq(n->breaker_open_ms, 0);
+    ck_assert_ptr_null(n->loader_batch);
+    ck_assert_uint_eq(n->loader_batch_tpl.nsegs, 0);
+    ck_assert_int_eq(n->loader_batch_max, 100);
+    cm_conf_free(c);
+
+    /* stale_if_error defaults to grace */
+    c = load_ok(ST_L NODE_N "grace = 5m\nrefresh_after = 20s\nnegative_ttl = 30s\n"
+                            "loader_concurrency = 64\nbreaker = 5, 10s\n"
+                            "loader = http://o/u/{id}\nloader_batch = http://o/u?ids={id}\n"
+                            "loader_batch_max = 10000\n");
+    n = &c->nodes[0];
+    ck_assert_int_eq(n->grace_ms, 300000);
+    ck_assert_int_eq(n->stale_if_error_ms, 300000);
+    ck_assert_int_eq(n->refresh_after_ms, 20000);
+    ck_assert_int_eq(n->negative_ttl_ms, 30000);
+    ck_assert_int_eq(n->loader_concurrency, 64);
+    ck_assert_int_eq(n->breaker_failures, 5);
+    ck_assert_int_eq(n->breaker_open_ms, 10000);
+    ck_assert_str_eq(n->loader_batch, "http://o/u?ids={id}");
+    ck_assert_uint_eq(n->loader_batch_tpl.nparams, 1);
+    ck_assert_int_eq(n->loader_batch_max, 10000);
+    cm_conf_free(c);
+
+    /* given: its own value; 0 = off; the breaker's K and T with any spacing */
+    c = load_ok(ST_L NODE_N "grace = 1m\nstale_if_error = 0\nbreaker = 1,1ms\n"
+                            "loader_concurrency = 0\nloader_batch =\nloader_batch_max = 1\n");
+    n = &c->nodes[0];
+    ck_assert_int_eq(n->grace_ms, 60000);
+    ck_assert_int_eq(n->stale_if_error_ms, 0);
+    ck_assert_int_eq(n->breaker_failures, 1);
+    ck_assert_int_eq(n->breaker_open_ms, 1);
+    ck_assert_int_eq(n->loader_concurrency, 0);
+    ck_assert_ptr_null(n->loader_batch);
+    ck_assert_int_eq(n->loader_batch_max, 1);
+    cm_conf_free(c);
+}
+END_TEST
+
+#define NODE_L "[node n]\nkey = k:{id}\nversion = v1\ncaches = l\nloader = http://o/{id}\n"
+static const struct {
+    const char *text;
+    const char *want;
+} new_key_cases[] = {
+    {ST_L NODE_N "grace = -1s\n", "t.conf:7: [node n] grace = \"-1s\": not a duration (e.g. "
+                                  "500ms, 30s, 10m, 2h, 10d; a bare number is seconds)\n"},
+    {ST_L NODE_N "stale_if_error = 3651d\n",
+     "t.conf:7: [node n] stale_if_error = \"3651d\": must be between 0ms and 315360000000ms\n"},
+    {ST_L NODE_N "refresh_after = soon\n",
+     "t.conf:7: [node n] refresh_after = \"soon\": not a duration (e.g. 500ms, 30s, 10m, 2h, 10d; "
+     "a bare number is seconds)\n"},
+    {ST_L NODE_N "negative_ttl = 1y\n",
+     "t.conf:7: [node n] negative_ttl = \"1y\": not a duration (e.g. 500ms, 30s, 10m, 2h, 10d; a "
+     "bare number is seconds)\n"},
+    {ST_L NODE_N "loader_concurrency = -1\n",
+     "t.conf:7: [node n] loader_concurrency = \"-1\": must be between 0 and 1000000\n"},
+    /* 5 */
+    {ST_L NODE_N "loader_concurrency = many\n",
+     "t.conf:7: [node n] loader_concurrency = \"many\": not an integer\n"},
+    {ST_L NODE_N "breaker = 5\n",
+     "t.conf:7: [node n] breaker = \"5\": expected \"failures, open time\", e.g. 5, 10s\n"},
+    {ST_L NODE_N "breaker = 0, 10s\n",
+     "t.conf:7: [node n] breaker = \"0, 10s\": bad failure count '0' (expected an integer "
+     "1..1000000)\n"},
+    {ST_L NODE_N "breaker = 5, 0\n",
+     "t.conf:7: [node n] breaker = \"5, 0\": bad open time '0' (expected a duration from 1ms to "
+     "3650d)\n"},
+    {ST_L NODE_N "breaker = 5,\n",
+     "t.conf:7: [node n] breaker = \"5,\": bad open time (expected a duration, e.g. 10s)\n"},
+    /* 10 */
+    {ST_L NODE_L "loader_batch_max = 0\n",
+     "t.conf:8: [node n] loader_batch_max = \"0\": must be between 1 and 10000\n"},
+    {ST_L NODE_L "loader_batch_max = 10001\n",
+     "t.conf:8: [node n] loader_batch_max = \"10001\": must be between 1 and 10000\n"},
+    {ST_L NODE_N "loader_batch = http://o/u?ids={id}\n",
+     "t.conf:7: [node n] loader_batch = \"http://o/u?ids={id}\": loader_batch needs a loader URL "
+     "too (a key too long for a batch request goes to it)\n"},
+    {ST_L "[node n]\nkey = k:{a}:{b}\nversion = v1\ncaches = l\nloader = http://o/{a}/{b}\n"
+          "loader_batch = http://o/u?ids={a}\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u?ids={a}\": needs a key template with exactly "
+     "one parameter (the key 'k:{a}:{b}' has 2)\n"},
+    {ST_L "[node n]\nkey = k\nversion = v1\ncaches = l\nloader = http://o/k\n"
+          "loader_batch = http://o/u\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u\": needs a key template with exactly one "
+     "parameter (the key 'k' has 0)\n"},
+    /* 15 */
+    {ST_L NODE_L "loader_batch = http://o/u\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u\": must use {id} exactly once (it stands for "
+     "the comma-joined values)\n"},
+    {ST_L NODE_L "loader_batch = http://o/u?ids={id}&again={id}\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u?ids={id}&again={id}\": must use {id} exactly "
+     "once (it stands for the comma-joined values)\n"},
+    {ST_L NODE_L "loader_batch = http://o/u?ids={uid}\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u?ids={uid}\": parameter {uid} is not in the "
+     "key template 'k:{id}'\n"},
+    {ST_L NODE_L "loader_batch = https://o/u?ids={id}\n",
+     "t.conf:8: [node n] loader_batch = \"https://o/u?ids={id}\": https:// is not supported: use "
+     "http:// (or loader_socket)\n"},
+    {ST_L NODE_L "loader_batch = http://{id}/u\n",
+     "t.conf:8: [node n] loader_batch = \"http://{id}/u\": parameters are not allowed in the host "
+     "part\n"},
+};
+
+START_TEST(test_origin_protection_keys_bad)
+{
+    load_bad(new_key_cases[_i].text, new_key_cases[_i].want);
+}
+END_TEST
+
 START_TEST(test_bad_configs)
 {
     load_bad(bad_cases[_i].text, bad_cases[_i].want);
@@ -858,6 +1018,7 @@ static Suite *conf_suite(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_example_loads);
+    tcase_add_test(tc, test_example_commented_keys_load);
     tcase_add_test(tc, test_defaults);
     tcase_add_loop_test(tc, test_storage_types, 0, (int)CM_ARRAY_LEN(type_cases));
     tcase_add_test(tc, test_every_key);
@@ -867,6 +1028,8 @@ static Suite *conf_suite(void)
     tcase_add_loop_test(tc, test_configs_that_failed_to_start, 0,
                         (int)CM_ARRAY_LEN(start_cases));
     tcase_add_test(tc, test_accepted_forms);
+    tcase_add_test(tc, test_origin_protection_keys);
+    tcase_add_loop_test(tc, test_origin_protection_keys_bad, 0, (int)CM_ARRAY_LEN(new_key_cases));
     tcase_add_test(tc, test_all_errors_reported);
     tcase_add_test(tc, test_long_line);
     tcase_add_test(tc, test_line_length_limit);
