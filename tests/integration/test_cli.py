@@ -130,3 +130,13 @@ class CliTest(unittest.TestCase):
                 self.assertEqual(r.returncode, 0, r.stderr)
                 d = Daemon(body, server_extra=server, port=port)
                 d.stop()
+
+    def test_log_file_failure_is_runtime_error(self):
+        """A log file that cannot be created is the machine's doing: --check accepts the config,
+        start exits 1 naming the file (it exited 2, as for a bad config)."""
+        path = self.write("[server]\nlisten = 127.0.0.1:%d\nlog_file = /nonexistent/dir/cm.log\n"
+                          % free_port() + ST + NODE)
+        self.assertEqual(run("--check", "-c", path).returncode, 0)
+        r = run("-c", path)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("cannot open log file /nonexistent/dir/cm.log", r.stderr)
