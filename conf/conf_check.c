@@ -133,8 +133,8 @@ bool cm_conf_listen_parse(const char *s, struct cm_conf_addr *out)
         out->namelen = strlen(s + 5);
         return true;
     }
-    if (colon == NULL || cm_parse_u64(colon + 1, strlen(colon + 1), &port) != CM_OK ||
-        port < 1 || port > 65535) {
+    if (colon == NULL || cm_parse_u64(colon + 1, strlen(colon + 1), &port) != CM_OK || port < 1 ||
+        port > 65535) {
         return false;
     }
     out->port = (int)port;

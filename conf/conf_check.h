@@ -21,11 +21,11 @@
 const char *cm_conf_check_listen(const char *s, bool allow_unix, char *buf, size_t bufsz);
 /* A listen address, parsed (name points into the string it was parsed from). */
 struct cm_conf_addr {
-    int family;           /* AF_INET, AF_INET6 (v4-mapped ones are AF_INET), AF_UNIX, or 0 for
-                           * a host name (resolved at start) */
+    int family; /* AF_INET, AF_INET6 (v4-mapped ones are AF_INET), AF_UNIX, or 0 for
+                 * a host name (resolved at start) */
     unsigned char addr[16];
     int port;
-    const char *name;     /* the host as written (no brackets), or the Unix socket path */
+    const char *name; /* the host as written (no brackets), or the Unix socket path */
     size_t namelen;
 };
 
@@ -44,8 +44,8 @@ const char *cm_conf_check_chars(const char *s, size_t max, const char *extra, ch
 /* One word: non-empty, no whitespace or control characters, at most max characters. */
 const char *cm_conf_check_word(const char *s, size_t max, char *buf, size_t bufsz);
 /* A loader URL template: http://host[:port]/..., parameters only after the host and each one
- * present in the parsed key template key, parsed from key_src (not checked when key is empty). On success the
- * parsed template is in *out (free with cm_tpl_deinit); on failure *out holds nothing. */
+ * present in key, the parsed key template key_src (not checked when key is empty). On success
+ * the parsed template is in *out (free with cm_tpl_deinit); on failure *out holds nothing. */
 const char *cm_conf_check_loader(const char *url, const char *key_src, const struct cm_tpl *key,
                                  struct cm_tpl *out, char *buf, size_t bufsz);
 /* "capacity, fpp" with capacity >= 1 and 0 < fpp < 1 (and a filter of at most 1 GiB). */
