@@ -87,7 +87,13 @@ static const char *check_driver(enum cm_st_type type, const char *url, char *buf
     }
     if (type == CM_ST_TYPE_MONGO) {
         bson_error_t error;
-        mongoc_uri_t *uri = mongoc_uri_new_with_error(url, &error);
+        mongoc_uri_t *uri;
+        /* libmongoc also logs what it rejects ("Port could not be parsed"), on stderr by
+         * default: keep that out of --check's FILE:LINE output. The loader runs before
+         * st_mongo.c installs its own handler. */
+        mongoc_log_set_handler(NULL, NULL);
+        uri = mongoc_uri_new_with_error(url, &error);
+        mongoc_log_set_handler(mongoc_log_default_handler, NULL);
         if (uri != NULL) {
             mongoc_uri_destroy(uri);
             return NULL;
