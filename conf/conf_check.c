@@ -260,6 +260,32 @@ const char *cm_conf_check_word(const char *s, size_t max, char *buf, size_t bufs
     return NULL;
 }
 
+/* The [user@]host[:port] of an http:// URL, as a listen address is checked (port 80 when
+ * absent): a bad port or host would otherwise fail every load of the node. */
+static const char *check_url_host(const char *auth, size_t len, char *buf, size_t bufsz)
+{
+    char hp[MAX_HOST_LEN + 16];
+    char why[128];
+    const char *at = memrchr(auth, '@', len);
+    const char *rb, *colon, *r;
+    if (at != NULL) {
+        len -= (size_t)(at + 1 - auth);
+        auth = at + 1;
+    }
+    if (len == 0 || len > MAX_HOST_LEN + 6) {
+        return say(buf, bufsz, "bad host in URL");
+    }
+    rb = memrchr(auth, ']', len);
+    colon = memrchr(auth, ':', len);
+    if (colon != NULL && (rb == NULL || colon > rb)) {
+        snprintf(hp, sizeof(hp), "%.*s", (int)len, auth);
+    } else {
+        snprintf(hp, sizeof(hp), "%.*s:80", (int)len, auth);
+    }
+    r = cm_conf_check_listen(hp, false, why, sizeof(why));
+    return r != NULL ? say(buf, bufsz, "bad host in URL: %s", r) : NULL;
+}
+
 const char *cm_conf_check_loader(const char *url, const char *key_src, const struct cm_tpl *key,
                                  struct cm_tpl *out, char *buf, size_t bufsz)
 {
@@ -291,6 +317,10 @@ const char *cm_conf_check_loader(const char *url, const char *key_src, const str
     if (out->nparams > 0 && cm_tpl_first_param_offset(out) < host_end) {
         cm_tpl_deinit(out);
         return "parameters are not allowed in the host part";
+    }
+    if (check_url_host(url + 7, host_end - 7, buf, bufsz) != NULL) {
+        cm_tpl_deinit(out);
+        return buf;
     }
     for (size_t i = 0; i < out->nsegs && key->nsegs > 0; i++) {
         const struct cm_tpl_seg *p = &out->segs[i];

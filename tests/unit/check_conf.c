@@ -687,6 +687,42 @@ START_TEST(test_accepted_forms)
 }
 END_TEST
 
+/* A loader's host and port, checked like a listen address (every load failed before). */
+static const struct {
+    const char *text;
+    const char *want;
+} loader_host_cases[] = {
+    {ST_L NODE_N "loader = http://o:99999/{id}\n",
+     "t.conf:7: [node n] loader = \"http://o:99999/{id}\": bad host in URL: bad port '99999' "
+     "(expected 1..65535)\n"},
+    {ST_L NODE_N "loader = http://o:/{id}\n",
+     "t.conf:7: [node n] loader = \"http://o:/{id}\": bad host in URL: bad port '' (expected "
+     "1..65535)\n"},
+    {ST_L NODE_N "loader = http://::1/{id}\n",
+     "t.conf:7: [node n] loader = \"http://::1/{id}\": bad host in URL: an IPv6 address must be in "
+     "brackets: [address]:port\n"},
+    {ST_L NODE_N "loader = http://o$x/{id}\n",
+     "t.conf:7: [node n] loader = \"http://o$x/{id}\": bad host in URL: bad host name (allowed: "
+     "A-Z a-z 0-9 - . _)\n"},
+};
+
+START_TEST(test_loader_host)
+{
+    load_bad(loader_host_cases[_i].text, loader_host_cases[_i].want);
+}
+END_TEST
+
+START_TEST(test_loader_host_ok)
+{
+    struct cm_conf *c = load_ok(ST_L NODE_N "loader = http://u:pw@[::1]:8000/{id}\n");
+    cm_conf_free(c);
+    c = load_ok(ST_L NODE_N "loader = http://origin.example?id={id}\n");
+    cm_conf_free(c);
+    c = load_ok(ST_L NODE_N "loader = http://127.0.0.1:1/{id}\n");
+    cm_conf_free(c);
+}
+END_TEST
+
 /* SPEC §12 and §13 keys: defaults, accepted forms, rejected forms with their message. */
 START_TEST(test_origin_protection_keys)
 {
@@ -1028,6 +1064,8 @@ static Suite *conf_suite(void)
     tcase_add_loop_test(tc, test_configs_that_failed_to_start, 0,
                         (int)CM_ARRAY_LEN(start_cases));
     tcase_add_test(tc, test_accepted_forms);
+    tcase_add_loop_test(tc, test_loader_host, 0, (int)CM_ARRAY_LEN(loader_host_cases));
+    tcase_add_test(tc, test_loader_host_ok);
     tcase_add_test(tc, test_origin_protection_keys);
     tcase_add_loop_test(tc, test_origin_protection_keys_bad, 0, (int)CM_ARRAY_LEN(new_key_cases));
     tcase_add_test(tc, test_all_errors_reported);
