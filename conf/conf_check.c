@@ -346,11 +346,32 @@ static const char *trim(const char *s, size_t *len)
     return s;
 }
 
+/* Splits "A, B" at its first comma: A trimmed in *a, *alen (not NUL-terminated), B trimmed and
+ * copied into tmp ("" when empty or too long for tmp). False when there is no comma. */
+static bool split_pair(const char *s, const char **a, size_t *alen, char *tmp, size_t tmpsz)
+{
+    const char *comma = strchr(s, ',');
+    const char *b;
+    size_t blen;
+    if (comma == NULL) {
+        return false;
+    }
+    *alen = (size_t)(comma - s);
+    *a = trim(s, alen);
+    blen = strlen(comma + 1);
+    b = trim(comma + 1, &blen);
+    if (blen >= tmpsz) {
+        blen = 0;
+    }
+    memcpy(tmp, b, blen);
+    tmp[blen] = '\0';
+    return true;
+}
+
 const char *cm_conf_parse_doorkeeper(const char *s, uint64_t *capacity, double *fpp, char *buf,
                                      size_t bufsz)
 {
-    const char *comma = strchr(s, ',');
-    const char *c, *f;
+    const char *c;
     size_t clen, flen;
     char tmp[64];
     char *end;
@@ -358,22 +379,17 @@ const char *cm_conf_parse_doorkeeper(const char *s, uint64_t *capacity, double *
     double p;
     double bits;
 
-    if (comma == NULL) {
+    if (!split_pair(s, &c, &clen, tmp, sizeof(tmp))) {
         return "expected \"capacity, false-positive rate\", e.g. 100000, 0.01";
     }
-    clen = (size_t)(comma - s);
-    c = trim(s, &clen);
-    flen = strlen(comma + 1);
-    f = trim(comma + 1, &flen);
     if (cm_parse_u64(c, clen, &cap) != CM_OK || cap < 1) {
         return say(buf, bufsz, "bad capacity '%.*s' (expected an integer >= 1)",
                    (int)(clen > 32 ? 32 : clen), c);
     }
-    if (flen == 0 || flen >= sizeof(tmp)) {
+    if (tmp[0] == '\0') {
         return "bad false-positive rate (expected a number between 0 and 1)";
     }
-    memcpy(tmp, f, flen);
-    tmp[flen] = '\0';
+    flen = strlen(tmp);
     p = strtod(tmp, &end);
     if (*end != '\0' || !isdigit((unsigned char)tmp[flen - 1]) || !(p > 0.0 && p < 1.0)) {
         return say(buf, bufsz, "bad false-positive rate '%s' (expected 0 < rate < 1)", tmp);
@@ -391,28 +407,21 @@ const char *cm_conf_parse_doorkeeper(const char *s, uint64_t *capacity, double *
 const char *cm_conf_parse_breaker(const char *s, int64_t max_open_ms, int *failures,
                                   int64_t *open_ms, char *buf, size_t bufsz)
 {
-    const char *comma = strchr(s, ',');
-    const char *k, *t;
-    size_t klen, tlen;
+    const char *k;
+    size_t klen;
     char tmp[64];
     int64_t n, ms;
 
-    if (comma == NULL) {
+    if (!split_pair(s, &k, &klen, tmp, sizeof(tmp))) {
         return "expected \"failures, open time\", e.g. 5, 10s";
     }
-    klen = (size_t)(comma - s);
-    k = trim(s, &klen);
-    tlen = strlen(comma + 1);
-    t = trim(comma + 1, &tlen);
     if (cm_parse_i64(k, klen, &n) != CM_OK || n < 1 || n > 1000000) {
         return say(buf, bufsz, "bad failure count '%.*s' (expected an integer 1..1000000)",
                    (int)(klen > 32 ? 32 : klen), k);
     }
-    if (tlen == 0 || tlen >= sizeof(tmp)) {
+    if (tmp[0] == '\0') {
         return "bad open time (expected a duration, e.g. 10s)";
     }
-    memcpy(tmp, t, tlen);
-    tmp[tlen] = '\0';
     if (cm_parse_duration_ms(tmp, &ms) != CM_OK || ms < 1 || ms > max_open_ms) {
         return say(buf, bufsz, "bad open time '%s' (expected a duration from 1ms to %lldd)", tmp,
                    (long long)(max_open_ms / 86400000));

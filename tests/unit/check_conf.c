@@ -355,10 +355,12 @@ START_TEST(test_sizes)
 END_TEST
 
 /* One bad config and exactly what must be printed. */
-static const struct {
+struct bad_case {
     const char *text;
     const char *want;
-} bad_cases[] = {
+};
+
+static const struct bad_case bad_cases[] = {
     /* 0: the SPEC's example */
     {ST_L "[node user]\nkey = user:{id}\nversion = v1\ncaches = redis2:10d\n",
      "t.conf:6: [node user] caches = \"redis2:10d\": unknown storage 'redis2'\n"},
@@ -585,10 +587,7 @@ static const struct {
 /* Defect 16 (issue 14): configs the check passed that then failed to start (exit 1). Each is now
  * rejected by cm_conf_load, the one validation both --check and start run. */
 #define K17 "{a1}:{a2}:{a3}:{a4}:{a5}:{a6}:{a7}:{a8}:{a9}:{a10}:{a11}:{a12}:{a13}:{a14}:{a15}:{a16}:{a17}"
-static const struct {
-    const char *text;
-    const char *want;
-} start_cases[] = {
+static const struct bad_case start_cases[] = {
     /* 0: node.c took at most 16 params, the check 32 */
     {ST_L "[node n]\nkey = " K17 "\nversion = 1\ncaches = l\n",
      "t.conf:4: [node n] key = \"" K17 "\": more than 16 parameters\n"},
@@ -688,10 +687,7 @@ START_TEST(test_accepted_forms)
 END_TEST
 
 /* A loader's host and port, checked like a listen address (every load failed before). */
-static const struct {
-    const char *text;
-    const char *want;
-} loader_host_cases[] = {
+static const struct bad_case loader_host_cases[] = {
     {ST_L NODE_N "loader = http://o:99999/{id}\n",
      "t.conf:7: [node n] loader = \"http://o:99999/{id}\": bad host in URL: bad port '99999' "
      "(expected 1..65535)\n"},
@@ -724,20 +720,32 @@ START_TEST(test_loader_host_ok)
 END_TEST
 
 /* SPEC §12 and §13 keys: defaults, accepted forms, rejected forms with their message. */
+struct origin_want {
+    int64_t grace, stale_if_error, refresh_after, negative_ttl;
+    int concurrency, breaker_failures;
+    int64_t breaker_open;
+    int batch_max;
+};
+
+static void check_origin_keys(const struct cm_conf_node *n, struct origin_want w)
+{
+    ck_assert_int_eq(n->grace_ms, w.grace);
+    ck_assert_int_eq(n->stale_if_error_ms, w.stale_if_error);
+    ck_assert_int_eq(n->refresh_after_ms, w.refresh_after);
+    ck_assert_int_eq(n->negative_ttl_ms, w.negative_ttl);
+    ck_assert_int_eq(n->loader_concurrency, w.concurrency);
+    ck_assert_int_eq(n->breaker_failures, w.breaker_failures);
+    ck_assert_int_eq(n->breaker_open_ms, w.breaker_open);
+    ck_assert_int_eq(n->loader_batch_max, w.batch_max);
+}
+
 START_TEST(test_origin_protection_keys)
 {
     struct cm_conf *c = load_ok(ST_L NODE_N);
     struct cm_conf_node *n = &c->nodes[0];
-    ck_assert_int_eq(n->grace_ms, 0);
-    ck_assert_int_eq(n->stale_if_error_ms, 0);
-    ck_assert_int_eq(n->refresh_after_ms, 0);
-    ck_assert_int_eq(n->negative_ttl_ms, 0);
-    ck_assert_int_eq(n->loader_concurrency, 0);
-    ck_assert_int_eq(n->breaker_failures, 0);
-    ck_assert_int_eq(n->breaker_open_ms, 0);
+    check_origin_keys(n, (struct origin_want){0, 0, 0, 0, 0, 0, 0, 100});
     ck_assert_ptr_null(n->loader_batch);
     ck_assert_uint_eq(n->loader_batch_tpl.nsegs, 0);
-    ck_assert_int_eq(n->loader_batch_max, 100);
     cm_conf_free(c);
 
     /* stale_if_error defaults to grace */
@@ -746,38 +754,23 @@ START_TEST(test_origin_protection_keys)
                             "loader = http://o/u/{id}\nloader_batch = http://o/u?ids={id}\n"
                             "loader_batch_max = 10000\n");
     n = &c->nodes[0];
-    ck_assert_int_eq(n->grace_ms, 300000);
-    ck_assert_int_eq(n->stale_if_error_ms, 300000);
-    ck_assert_int_eq(n->refresh_after_ms, 20000);
-    ck_assert_int_eq(n->negative_ttl_ms, 30000);
-    ck_assert_int_eq(n->loader_concurrency, 64);
-    ck_assert_int_eq(n->breaker_failures, 5);
-    ck_assert_int_eq(n->breaker_open_ms, 10000);
+    check_origin_keys(n, (struct origin_want){300000, 300000, 20000, 30000, 64, 5, 10000, 10000});
     ck_assert_str_eq(n->loader_batch, "http://o/u?ids={id}");
     ck_assert_uint_eq(n->loader_batch_tpl.nparams, 1);
-    ck_assert_int_eq(n->loader_batch_max, 10000);
     cm_conf_free(c);
 
     /* given: its own value; 0 = off; the breaker's K and T with any spacing */
     c = load_ok(ST_L NODE_N "grace = 1m\nstale_if_error = 0\nbreaker = 1,1ms\n"
                             "loader_concurrency = 0\nloader_batch =\nloader_batch_max = 1\n");
     n = &c->nodes[0];
-    ck_assert_int_eq(n->grace_ms, 60000);
-    ck_assert_int_eq(n->stale_if_error_ms, 0);
-    ck_assert_int_eq(n->breaker_failures, 1);
-    ck_assert_int_eq(n->breaker_open_ms, 1);
-    ck_assert_int_eq(n->loader_concurrency, 0);
+    check_origin_keys(n, (struct origin_want){60000, 0, 0, 0, 0, 1, 1, 1});
     ck_assert_ptr_null(n->loader_batch);
-    ck_assert_int_eq(n->loader_batch_max, 1);
     cm_conf_free(c);
 }
 END_TEST
 
 #define NODE_L "[node n]\nkey = k:{id}\nversion = v1\ncaches = l\nloader = http://o/{id}\n"
-static const struct {
-    const char *text;
-    const char *want;
-} new_key_cases[] = {
+static const struct bad_case new_key_cases[] = {
     {ST_L NODE_N "grace = -1s\n", "t.conf:7: [node n] grace = \"-1s\": not a duration (e.g. "
                                   "500ms, 30s, 10m, 2h, 10d; a bare number is seconds)\n"},
     {ST_L NODE_N "stale_if_error = 3651d\n",
