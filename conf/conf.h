@@ -2,6 +2,7 @@
 #ifndef CM_CONF_CONF_H
 #define CM_CONF_CONF_H
 
+#include "conf/template.h"
 #include "daemon/common.h"
 
 #include <stdbool.h>
@@ -55,6 +56,7 @@ struct cm_conf_node {
     char *name;
     int line;
     char *key;                   /* key template, e.g. user:{user_id}:info */
+    struct cm_tpl key_tpl;       /* key, parsed (owned) */
     char *version;               /* required: last part of the storage key */
     struct cm_conf_cache *caches;
     size_t ncaches;
@@ -63,9 +65,22 @@ struct cm_conf_node {
     uint64_t dk_capacity;
     double dk_fpp;
     char *loader;                /* URL template or NULL */
+    struct cm_tpl loader_tpl;    /* loader, parsed (owned; nsegs 0 without a loader) */
     char *loader_socket;         /* Unix socket path or NULL */
     int64_t loader_timeout_ms;   /* default 2s */
-    char *invalidate_channel;    /* NULL = none */
+    char *invalidate_channel;    /* NULL = none; needs a redis storage in caches */
+    /* SPEC §12 (durations: 0 = off) */
+    int64_t grace_ms;            /* serve stale up to this long past ttl while refreshing */
+    int64_t stale_if_error_ms;   /* stale answers a failed load; default: grace_ms */
+    int64_t refresh_after_ms;    /* a hit older than this starts a background load */
+    int64_t negative_ttl_ms;     /* a 404 is cached as absent this long */
+    int loader_concurrency;      /* loads at the origin at once; 0 = unlimited */
+    int breaker_failures;        /* breaker = K, T: K consecutive failures (0 = no breaker) */
+    int64_t breaker_open_ms;     /* ... open it for T */
+    /* SPEC §13 */
+    char *loader_batch;          /* batch URL template or NULL (key has exactly one param) */
+    struct cm_tpl loader_batch_tpl;  /* loader_batch, parsed (owned) */
+    int loader_batch_max;        /* keys per batch request, 1..10000, default 100 */
 };
 
 struct cm_conf {

@@ -13,7 +13,6 @@
 
 #define MAX_NAME_LEN 64
 #define MAX_HOST_LEN 253
-#define MAX_PARAMS 32
 /* Largest doorkeeper filter accepted: 2^33 bits = 1 GiB. */
 #define MAX_DK_BITS (1ULL << 33)
 
@@ -120,6 +119,84 @@ const char *cm_conf_check_listen(const char *s, bool allow_unix, char *buf, size
     return NULL;
 }
 
+bool cm_conf_listen_parse(const char *s, struct cm_conf_addr *out)
+{
+    const char *colon = strrchr(s, ':');
+    char host[MAX_HOST_LEN + 1];
+    size_t hlen;
+    uint64_t port;
+
+    memset(out, 0, sizeof(*out));
+    if (strncmp(s, "unix:", 5) == 0) {
+        out->family = AF_UNIX;
+        out->name = s + 5;
+        out->namelen = strlen(s + 5);
+        return true;
+    }
+    if (colon == NULL || cm_parse_u64(colon + 1, strlen(colon + 1), &port) != CM_OK || port < 1 ||
+        port > 65535) {
+        return false;
+    }
+    out->port = (int)port;
+    hlen = (size_t)(colon - s);
+    if (hlen >= 2 && s[0] == '[' && s[hlen - 1] == ']') {
+        s++;
+        hlen -= 2;
+    }
+    if (hlen == 0 || hlen > MAX_HOST_LEN) {
+        return false;
+    }
+    memcpy(host, s, hlen);
+    host[hlen] = '\0';
+    if (inet_pton(AF_INET, host, out->addr) == 1) {
+        out->family = AF_INET;
+    } else if (inet_pton(AF_INET6, host, out->addr) == 1) {
+        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        out->family = AF_INET6;
+        if (memcmp(out->addr, v4mapped, 12) == 0) { /* ::ffff:a.b.c.d is a.b.c.d */
+            memmove(out->addr, out->addr + 12, 4);
+            memset(out->addr + 4, 0, 12);
+            out->family = AF_INET;
+        }
+    } else {
+        out->family = 0; /* a host name, resolved at start */
+    }
+    out->name = s;
+    out->namelen = hlen;
+    return true;
+}
+
+/* 0.0.0.0 or [::]. */
+static bool is_wildcard(const struct cm_conf_addr *a)
+{
+    static const unsigned char zero[16];
+    return (a->family == AF_INET && memcmp(a->addr, zero, 4) == 0) ||
+           (a->family == AF_INET6 && memcmp(a->addr, zero, 16) == 0);
+}
+
+bool cm_conf_listen_conflict(const struct cm_conf_addr *a, const struct cm_conf_addr *b)
+{
+    if (a->family == AF_UNIX || b->family == AF_UNIX) {
+        return a->family == b->family && a->namelen == b->namelen &&
+               memcmp(a->name, b->name, a->namelen) == 0;
+    }
+    if (a->port != b->port) {
+        return false;
+    }
+    if (a->family == 0 || b->family == 0) {
+        /* A host name: the same name, or a wildcard that takes the port on every address. */
+        return (a->family == b->family && a->namelen == b->namelen &&
+                strncasecmp(a->name, b->name, a->namelen) == 0) ||
+               is_wildcard(a) || is_wildcard(b);
+    }
+    if (a->family == b->family) {
+        return memcmp(a->addr, b->addr, a->family == AF_INET ? 4 : 16) == 0 || is_wildcard(a) ||
+               is_wildcard(b);
+    }
+    /* IPv4 and IPv6: [::] is dual-stack (the daemon does not set IPV6_V6ONLY). */
+    return (a->family == AF_INET6 && is_wildcard(a)) || (b->family == AF_INET6 && is_wildcard(b));
+}
+
 const char *cm_conf_check_name(const char *s, size_t len, char *buf, size_t bufsz)
 {
     CM_UNUSED(buf);
@@ -183,97 +260,38 @@ const char *cm_conf_check_word(const char *s, size_t max, char *buf, size_t bufs
     return NULL;
 }
 
-/* One {param} of a template. */
-struct tpl_param {
-    const char *name;
-    size_t len;
-    size_t start; /* offset of '{' */
-    size_t end;   /* offset just after '}' */
-};
-
-/* Splits a template into its parameters; checks braces and names. Returns NULL or a reason. */
-static const char *scan_template(const char *s, struct tpl_param *params, size_t *nparams,
-                                 char *buf, size_t bufsz)
+/* The [user@]host[:port] of an http:// URL, as a listen address is checked (port 80 when
+ * absent): a bad port or host would otherwise fail every load of the node. */
+static const char *check_url_host(const char *auth, size_t len, char *buf, size_t bufsz)
 {
-    size_t n = 0;
-    for (size_t i = 0; s[i] != '\0'; i++) {
-        if (s[i] == '}') {
-            return say(buf, bufsz, "unmatched '}' at offset %zu", i);
-        }
-        if (s[i] != '{') {
-            continue;
-        }
-        size_t j = i + 1;
-        while (is_ident_char(s[j])) {
-            j++;
-        }
-        if (s[j] == '\0') {
-            return say(buf, bufsz, "unclosed '{' at offset %zu", i);
-        }
-        if (s[j] != '}') {
-            return say(
-                buf, bufsz,
-                "bad character '%c' in parameter name at offset %zu (allowed: A-Z a-z 0-9 _)",
-                isprint((unsigned char)s[j]) ? s[j] : '?', j);
-        }
-        if (j == i + 1) {
-            return say(buf, bufsz, "empty parameter name '{}' at offset %zu", i);
-        }
-        if (n == MAX_PARAMS) {
-            return say(buf, bufsz, "more than %d parameters", MAX_PARAMS);
-        }
-        params[n].name = s + i + 1;
-        params[n].len = j - i - 1;
-        params[n].start = i;
-        params[n].end = j + 1;
-        n++;
-        i = j;
+    char hp[MAX_HOST_LEN + 16];
+    char why[128];
+    const char *at = memrchr(auth, '@', len);
+    const char *rb, *colon, *r;
+    if (at != NULL) {
+        len -= (size_t)(at + 1 - auth);
+        auth = at + 1;
     }
-    *nparams = n;
-    return NULL;
+    if (len == 0 || len > MAX_HOST_LEN + 6) {
+        return say(buf, bufsz, "bad host in URL");
+    }
+    rb = memrchr(auth, ']', len);
+    colon = memrchr(auth, ':', len);
+    if (colon != NULL && (rb == NULL || colon > rb)) {
+        snprintf(hp, sizeof(hp), "%.*s", (int)len, auth);
+    } else {
+        snprintf(hp, sizeof(hp), "%.*s:80", (int)len, auth);
+    }
+    r = cm_conf_check_listen(hp, false, why, sizeof(why));
+    return r != NULL ? say(buf, bufsz, "bad host in URL: %s", r) : NULL;
 }
 
-const char *cm_conf_check_key_template(const char *s, char *buf, size_t bufsz)
+const char *cm_conf_check_loader(const char *url, const char *key_src, const struct cm_tpl *key,
+                                 struct cm_tpl *out, char *buf, size_t bufsz)
 {
-    struct tpl_param p[MAX_PARAMS];
-    size_t n;
-    const char *why;
-
-    if (s[0] == '\0') {
-        return "must not be empty";
-    }
-    for (size_t i = 0; s[i] != '\0'; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < ' ' || c == 0x7f) {
-            return "control characters are not allowed";
-        }
-    }
-    why = scan_template(s, p, &n, buf, bufsz);
-    if (why != NULL) {
-        return why;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0 && p[i - 1].end == p[i].start) {
-            return say(buf, bufsz,
-                       "parameters {%.*s} and {%.*s} are adjacent: separate them with literal text",
-                       (int)p[i - 1].len, p[i - 1].name, (int)p[i].len, p[i].name);
-        }
-        for (size_t j = 0; j < i; j++) {
-            if (p[j].len == p[i].len && memcmp(p[j].name, p[i].name, p[i].len) == 0) {
-                return say(buf, bufsz, "parameter {%.*s} appears twice", (int)p[i].len, p[i].name);
-            }
-        }
-    }
-    return NULL;
-}
-
-const char *cm_conf_check_loader(const char *url, const char *key_tpl, char *buf, size_t bufsz)
-{
-    struct tpl_param p[MAX_PARAMS], kp[MAX_PARAMS];
-    size_t n, kn = 0;
     size_t host_end;
-    const char *why;
 
+    memset(out, 0, sizeof(*out));
     if (strncasecmp(url, "https://", 8) == 0) {
         return "https:// is not supported: use http:// (or loader_socket)";
     }
@@ -293,24 +311,24 @@ const char *cm_conf_check_loader(const char *url, const char *key_tpl, char *buf
     if (url[host_end] == '#') {
         return "fragments ('#') are not allowed";
     }
-    why = scan_template(url, p, &n, buf, bufsz);
-    if (why != NULL) {
-        return why;
+    if (cm_tpl_parse_url(out, url, buf, bufsz) != CM_OK) {
+        return buf;
     }
-    if (n > 0 && p[0].start < host_end) {
+    if (out->nparams > 0 && cm_tpl_first_param_offset(out) < host_end) {
+        cm_tpl_deinit(out);
         return "parameters are not allowed in the host part";
     }
-    if (key_tpl == NULL || scan_template(key_tpl, kp, &kn, buf, bufsz) != NULL) {
-        return NULL;
+    if (check_url_host(url + 7, host_end - 7, buf, bufsz) != NULL) {
+        cm_tpl_deinit(out);
+        return buf;
     }
-    for (size_t i = 0; i < n; i++) {
-        bool found = false;
-        for (size_t j = 0; j < kn && !found; j++) {
-            found = kp[j].len == p[i].len && memcmp(kp[j].name, p[i].name, p[i].len) == 0;
-        }
-        if (!found) {
-            return say(buf, bufsz, "parameter {%.*s} is not in the key template '%.64s'",
-                       (int)p[i].len, p[i].name, key_tpl);
+    for (size_t i = 0; i < out->nsegs && key->nsegs > 0; i++) {
+        const struct cm_tpl_seg *p = &out->segs[i];
+        if (p->param && cm_tpl_count_param(key, p->text, p->len) == 0) {
+            say(buf, bufsz, "parameter {%.*s} is not in the key template '%.64s'", (int)p->len,
+                p->text, key_src);
+            cm_tpl_deinit(out);
+            return buf;
         }
     }
     return NULL;
@@ -328,11 +346,32 @@ static const char *trim(const char *s, size_t *len)
     return s;
 }
 
+/* Splits "A, B" at its first comma: A trimmed in *a, *alen (not NUL-terminated), B trimmed and
+ * copied into tmp ("" when empty or too long for tmp). False when there is no comma. */
+static bool split_pair(const char *s, const char **a, size_t *alen, char *tmp, size_t tmpsz)
+{
+    const char *comma = strchr(s, ',');
+    const char *b;
+    size_t blen;
+    if (comma == NULL) {
+        return false;
+    }
+    *alen = (size_t)(comma - s);
+    *a = trim(s, alen);
+    blen = strlen(comma + 1);
+    b = trim(comma + 1, &blen);
+    if (blen >= tmpsz) {
+        blen = 0;
+    }
+    memcpy(tmp, b, blen);
+    tmp[blen] = '\0';
+    return true;
+}
+
 const char *cm_conf_parse_doorkeeper(const char *s, uint64_t *capacity, double *fpp, char *buf,
                                      size_t bufsz)
 {
-    const char *comma = strchr(s, ',');
-    const char *c, *f;
+    const char *c;
     size_t clen, flen;
     char tmp[64];
     char *end;
@@ -340,22 +379,17 @@ const char *cm_conf_parse_doorkeeper(const char *s, uint64_t *capacity, double *
     double p;
     double bits;
 
-    if (comma == NULL) {
+    if (!split_pair(s, &c, &clen, tmp, sizeof(tmp))) {
         return "expected \"capacity, false-positive rate\", e.g. 100000, 0.01";
     }
-    clen = (size_t)(comma - s);
-    c = trim(s, &clen);
-    flen = strlen(comma + 1);
-    f = trim(comma + 1, &flen);
     if (cm_parse_u64(c, clen, &cap) != CM_OK || cap < 1) {
         return say(buf, bufsz, "bad capacity '%.*s' (expected an integer >= 1)",
                    (int)(clen > 32 ? 32 : clen), c);
     }
-    if (flen == 0 || flen >= sizeof(tmp)) {
+    if (tmp[0] == '\0') {
         return "bad false-positive rate (expected a number between 0 and 1)";
     }
-    memcpy(tmp, f, flen);
-    tmp[flen] = '\0';
+    flen = strlen(tmp);
     p = strtod(tmp, &end);
     if (*end != '\0' || !isdigit((unsigned char)tmp[flen - 1]) || !(p > 0.0 && p < 1.0)) {
         return say(buf, bufsz, "bad false-positive rate '%s' (expected 0 < rate < 1)", tmp);
@@ -367,5 +401,32 @@ const char *cm_conf_parse_doorkeeper(const char *s, uint64_t *capacity, double *
     }
     *capacity = cap;
     *fpp = p;
+    return NULL;
+}
+
+const char *cm_conf_parse_breaker(const char *s, int64_t max_open_ms, int *failures,
+                                  int64_t *open_ms, char *buf, size_t bufsz)
+{
+    const char *k;
+    size_t klen;
+    char tmp[64];
+    int64_t n, ms;
+
+    if (!split_pair(s, &k, &klen, tmp, sizeof(tmp))) {
+        return "expected \"failures, open time\", e.g. 5, 10s";
+    }
+    if (cm_parse_i64(k, klen, &n) != CM_OK || n < 1 || n > 1000000) {
+        return say(buf, bufsz, "bad failure count '%.*s' (expected an integer 1..1000000)",
+                   (int)(klen > 32 ? 32 : klen), k);
+    }
+    if (tmp[0] == '\0') {
+        return "bad open time (expected a duration, e.g. 10s)";
+    }
+    if (cm_parse_duration_ms(tmp, &ms) != CM_OK || ms < 1 || ms > max_open_ms) {
+        return say(buf, bufsz, "bad open time '%s' (expected a duration from 1ms to %lldd)", tmp,
+                   (long long)(max_open_ms / 86400000));
+    }
+    *failures = (int)n;
+    *open_ms = ms;
     return NULL;
 }

@@ -174,6 +174,10 @@ static int parse_url(const char *s, struct cm_url *u, char *err, size_t errsz)
 
     if (strcmp(u->scheme, "sqlite") == 0) {
         const char *q = strchr(p, '?');
+        if (strchr(p, '#') != NULL) {
+            /* st_sqlite.c cuts the path at '#' too: "sqlite://#x" would have no path there. */
+            return fail(err, errsz, "fragments ('#') are not allowed");
+        }
         size_t plen = q != NULL ? (size_t)(q - p) : strlen(p);
         if (q != NULL) {
             u->query = cm_strdup(q + 1);

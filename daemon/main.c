@@ -55,9 +55,10 @@ int main(int argc, char **argv)
     }
     cm_log_level = conf->log_level;
     if (cm_log_open(conf->log_file) != CM_OK) {
+        /* The machine, not the config (--check accepted it): a runtime failure, SPEC §1. */
         fprintf(stderr, "cachemed: cannot open log file %s: %s\n", conf->log_file, strerror(errno));
         cm_conf_free(conf);
-        return 2;
+        return 1;
     }
     cm_raise_nofile();  /* each client is one descriptor */
     /* zlib's ~270 KB of deflate state would otherwise be trimmed back to the OS after every

@@ -1,4 +1,4 @@
-/* Nodes: template parsing and matching, storage keys, loader URLs, chain layout. */
+/* Nodes: template matching, storage keys, loader URLs, chain layout. */
 #include "daemon/node.h"
 #include "conf/conf.h"
 #include "daemon/alloc.h"
@@ -8,61 +8,6 @@
 #include "storages/storage.h"
 
 #include <string.h>
-
-static void add_seg(struct cm_tpl *t, bool param, const char *s, size_t len)
-{
-    t->segs = cm_realloc(t->segs, (t->nsegs + 1) * sizeof(*t->segs));
-    t->segs[t->nsegs].param = param;
-    t->segs[t->nsegs].text = cm_strndup(s, len);
-    t->segs[t->nsegs].len = len;
-    t->segs[t->nsegs].pidx = t->nparams;
-    t->nsegs++;
-    t->nparams += param;
-}
-
-int cm_tpl_parse(struct cm_tpl *t, const char *s, char *err, size_t errsz)
-{
-    const char *p = s;
-    memset(t, 0, sizeof(*t));
-    while (*p != '\0') {
-        const char *open = strchr(p, '{');
-        if (open == NULL) {
-            add_seg(t, false, p, strlen(p));
-            break;
-        }
-        if (open > p) {
-            add_seg(t, false, p, (size_t)(open - p));
-        }
-        const char *close = strchr(open, '}');
-        if (close == NULL || close == open + 1) {
-            snprintf(err, errsz, "unbalanced or empty {} in template '%s'", s);
-            cm_tpl_deinit(t);
-            return CM_ERR;
-        }
-        if (t->nsegs > 0 && t->segs[t->nsegs - 1].param) {
-            snprintf(err, errsz, "two parameters next to each other in template '%s'", s);
-            cm_tpl_deinit(t);
-            return CM_ERR;
-        }
-        if (t->nparams >= CM_NODE_MAX_PARAMS) {
-            snprintf(err, errsz, "more than %d parameters in template '%s'", CM_NODE_MAX_PARAMS, s);
-            cm_tpl_deinit(t);
-            return CM_ERR;
-        }
-        add_seg(t, true, open + 1, (size_t)(close - open - 1));
-        p = close + 1;
-    }
-    return CM_OK;
-}
-
-void cm_tpl_deinit(struct cm_tpl *t)
-{
-    for (size_t i = 0; i < t->nsegs; i++) {
-        cm_free(t->segs[i].text);
-    }
-    cm_free(t->segs);
-    memset(t, 0, sizeof(*t));
-}
 
 /*
  * Glob-style matching where each param is "one byte, then any bytes". Only the most recent
@@ -141,17 +86,19 @@ bool cm_tpl_match(const struct cm_tpl *t, const char *key, size_t klen, struct c
 struct cm_node *cm_nodes_new(const struct cm_conf *conf, struct cm_storage **storages, char *err,
                              size_t errsz)
 {
+    CM_UNUSED(err);
+    CM_UNUSED(errsz);
     struct cm_node *nodes = cm_calloc(conf->nnodes ? conf->nnodes : 1, sizeof(*nodes));
     for (size_t i = 0; i < conf->nnodes; i++) {
         const struct cm_conf_node *cn = &conf->nodes[i];
         struct cm_node *n = &nodes[i];
         n->conf = cn;
         n->name = cn->name;
-        if (cm_tpl_parse(&n->key, cn->key, err, errsz) != CM_OK ||
-            (cn->loader != NULL && cm_tpl_parse(&n->loader, cn->loader, err, errsz) != CM_OK)) {
-            cm_nodes_free(nodes, i + 1);
-            return NULL;
-        }
+        /* Parsed and checked once, by the config loader (key: at most CM_NODE_MAX_PARAMS). */
+        cm_assert(cn->key_tpl.nsegs > 0 && cn->key_tpl.nparams <= CM_NODE_MAX_PARAMS);
+        cm_assert((cn->loader == NULL) == (cn->loader_tpl.nsegs == 0));
+        n->key = cn->key_tpl;
+        n->loader = cn->loader_tpl;
         n->caches = cm_calloc(cn->ncaches ? cn->ncaches : 1, sizeof(*n->caches));
         n->local_idx = cm_calloc(cn->ncaches ? cn->ncaches : 1, sizeof(size_t));
         n->remote_idx = cm_calloc(cn->ncaches ? cn->ncaches : 1, sizeof(size_t));
@@ -179,8 +126,6 @@ void cm_nodes_free(struct cm_node *nodes, size_t n)
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        cm_tpl_deinit(&nodes[i].key);
-        cm_tpl_deinit(&nodes[i].loader);
         cm_free(nodes[i].caches);
         cm_free(nodes[i].local_idx);
         cm_free(nodes[i].remote_idx);

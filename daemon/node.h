@@ -2,6 +2,7 @@
 #ifndef CM_DAEMON_NODE_H
 #define CM_DAEMON_NODE_H
 
+#include "conf/template.h"
 #include "daemon/common.h"
 #include "daemon/stats.h"
 
@@ -15,23 +16,8 @@ struct cm_conf;
 struct cm_conf_node;
 struct cm_storage;
 
-/* One piece of a template: literal bytes or a {param}. */
-struct cm_tpl_seg {
-    bool param;
-    char *text;     /* literal bytes, or the param name; owned */
-    size_t len;
-    size_t pidx;    /* param: its position among the template's params */
-};
-
-/* A parsed template ("user:{id}:info" or a loader URL). */
-struct cm_tpl {
-    struct cm_tpl_seg *segs;   /* owned */
-    size_t nsegs;
-    size_t nparams;
-};
-
 /* A matched key's parameters: spans into the client key (borrowed). */
-#define CM_NODE_MAX_PARAMS 16
+#define CM_NODE_MAX_PARAMS CM_TPL_MAX_PARAMS
 struct cm_params {
     size_t n;
     const char *name[CM_NODE_MAX_PARAMS];   /* borrowed from the template */
@@ -50,8 +36,8 @@ struct cm_node_cache {
 struct cm_node {
     const struct cm_conf_node *conf;   /* borrowed from the server's config */
     const char *name;
-    struct cm_tpl key;
-    struct cm_tpl loader;              /* nsegs == 0 when the node has no loader */
+    struct cm_tpl key;                 /* a view of conf->key_tpl: its segs belong to the config */
+    struct cm_tpl loader;              /* view of conf->loader_tpl; nsegs == 0 without a loader */
     struct cm_node_cache *caches;      /* chain in config order, owned */
     size_t ncaches;
     size_t *local_idx;                 /* indices into caches of local storages, in order */
@@ -62,15 +48,14 @@ struct cm_node {
     struct cm_node_stats stats;
 };
 
-/* Parses a template. Returns CM_OK or CM_ERR (reason in err). */
-int cm_tpl_parse(struct cm_tpl *t, const char *s, char *err, size_t errsz) CM_MUSTCHECK;
-void cm_tpl_deinit(struct cm_tpl *t);
 /* Matches key against t: literal text exactly, each param one or more bytes, shortest first
  * (leftmost-shortest, like a glob matcher). O(len * segments). Fills params on success. */
 bool cm_tpl_match(const struct cm_tpl *t, const char *key, size_t klen, struct cm_params *params);
 
 /* Builds the nodes for conf, resolving cache names to storages (storages[i] is conf->storages[i]).
- * Returns an array of conf->nnodes nodes, or NULL with a reason in err. */
+ * Returns an array of conf->nnodes nodes. Everything it uses was validated and parsed by
+ * cm_conf_load (templates included), so it cannot fail for a config that loaded: err is kept
+ * for the callers and never written. */
 struct cm_node *cm_nodes_new(const struct cm_conf *conf, struct cm_storage **storages, char *err,
                              size_t errsz);
 void cm_nodes_free(struct cm_node *nodes, size_t n);

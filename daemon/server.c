@@ -347,8 +347,15 @@ static int open_metrics(struct cm_server *srv)
         cm_log(CM_LOG_ERR, "metrics_listen %s: expected host:port", spec);
         return CM_ERR;
     }
-    memcpy(host, spec, (size_t)(colon - spec));
-    host[colon - spec] = '\0';
+    /* evhttp resolves the host with getaddrinfo, which takes "::1", not "[::1]". */
+    size_t hlen = (size_t)(colon - spec);
+    const char *h = spec;
+    if (hlen >= 2 && spec[0] == '[' && spec[hlen - 1] == ']') {
+        h++;
+        hlen -= 2;
+    }
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
     srv->metrics = evhttp_new(srv->base);
     if (srv->metrics == NULL ||
         evhttp_bind_socket(srv->metrics, host, (ev_uint16_t)atoi(colon + 1)) != 0) {

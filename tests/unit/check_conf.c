@@ -111,6 +111,46 @@ START_TEST(test_example_loads)
 }
 END_TEST
 
+/* Every commented-out "; key = value" and "; [section]" line of the example, uncommented, still
+ * loads (the first node also caching in the redis storage, for its invalidate_channel): the
+ * documented optional keys (SPEC §12, §13 included) are ones the loader takes. */
+START_TEST(test_example_commented_keys_load)
+{
+    FILE *f = fopen("cachemed.conf.example", "r");
+    char line[512];
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    int n = 0;
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        size_t w = 2;
+        while (line[w] == '_' || (line[w] >= 'a' && line[w] <= 'z')) {
+            w++;
+        }
+        if (strncmp(line, "; [", 3) == 0 || (strncmp(line, "; ", 2) == 0 && w > 2 &&
+                                             strncmp(line + w, " = ", 3) == 0)) {
+            fputs(line + 2, out);
+            n++;
+        } else if (strncmp(line, "caches = local:30s, lite:10d ", 29) == 0) {
+            fputs("caches = local:30s, lite:10d, shared\n", out); /* invalidate_channel: redis */
+        } else {
+            fputs(line, out);
+        }
+    }
+    fclose(f);
+    fclose(out);
+    ck_assert_int_ge(n, 20);
+    struct cm_conf *c = load_ok(text);
+    ck_assert_int_eq(c->nodes[0].grace_ms, 300000);
+    ck_assert_int_eq(c->nodes[0].stale_if_error_ms, 3600000);
+    ck_assert_int_eq(c->nodes[0].breaker_failures, 5);
+    ck_assert_uint_eq(c->nodes[0].loader_batch_tpl.nparams, 1);
+    cm_conf_free(c);
+    free(text);
+}
+END_TEST
+
 START_TEST(test_defaults)
 {
     struct cm_conf *c = load_ok(ST_L NODE_N);
@@ -315,10 +355,12 @@ START_TEST(test_sizes)
 END_TEST
 
 /* One bad config and exactly what must be printed. */
-static const struct {
+struct bad_case {
     const char *text;
     const char *want;
-} bad_cases[] = {
+};
+
+static const struct bad_case bad_cases[] = {
     /* 0: the SPEC's example */
     {ST_L "[node user]\nkey = user:{id}\nversion = v1\ncaches = redis2:10d\n",
      "t.conf:6: [node user] caches = \"redis2:10d\": unknown storage 'redis2'\n"},
@@ -435,7 +477,7 @@ static const struct {
     /* 45 */
     {"[storage l]\nurl = redis://h:1/x\n" NODE_N,
      "t.conf:2: [storage l] url = \"redis://h:1/x\": the path must be a database number "
-     "(redis://host:port/0)\n"},
+     "0..65535 (redis://host:port/0)\n"},
     {"[storage l]\nurl = redis://h:1/2\ncluster = yes\n" NODE_N,
      "t.conf:2: [storage l] url = \"redis://h:1/2\": a Redis Cluster has only database 0 "
      "(cluster = yes)\n"},
@@ -463,7 +505,7 @@ static const struct {
     {"[storage l]\nurl = postgres://u@h/d\ntable = "
      "t234567890123456789012345678901234567890123456789012345678901234\n" NODE_N,
      "t.conf:3: [storage l] table = "
-     "\"t234567890123456789012345678901234567890123456789012345678901234\": longer than 63 "
+     "\"t234567890123456789012345678901234567890123456789012345678901234\": longer than 48 "
      "characters\n"},
     {"[storage l]\nurl = postgres://u@h/d\npool_size = 0\n" NODE_N,
      "t.conf:3: [storage l] pool_size = \"0\": must be between 1 and 1024\n"},
@@ -471,7 +513,7 @@ static const struct {
     {"[storage l]\nurl = postgres://u@h/d\npool_size = 1025\n" NODE_N,
      "t.conf:3: [storage l] pool_size = \"1025\": must be between 1 and 1024\n"},
     {"[storage l]\nurl = local://lru\nsize = 0\n" NODE_N,
-     "t.conf:3: [storage l] size = \"0\": must be between 1 and 1099511627776\n"},
+     "t.conf:3: [storage l] size = \"0\": must be between 1 and 2147483648\n"},
     {"[storage l]\nurl = redis://h:1\ncluster = maybe\n" NODE_N,
      "t.conf:3: [storage l] cluster = \"maybe\": not a boolean (yes/no, true/false, on/off, "
      "1/0)\n"},
@@ -541,6 +583,258 @@ static const struct {
     {"[server]\nprefix ; = x\n" ST_L NODE_N,
      "t.conf:2: expected \"key = value\", \"[section]\" or a ; comment\n"},
 };
+
+/* Defect 16 (issue 14): configs the check passed that then failed to start (exit 1). Each is now
+ * rejected by cm_conf_load, the one validation both --check and start run. */
+#define K17 "{a1}:{a2}:{a3}:{a4}:{a5}:{a6}:{a7}:{a8}:{a9}:{a10}:{a11}:{a12}:{a13}:{a14}:{a15}:{a16}:{a17}"
+static const struct bad_case start_cases[] = {
+    /* 0: node.c took at most 16 params, the check 32 */
+    {ST_L "[node n]\nkey = " K17 "\nversion = 1\ncaches = l\n",
+     "t.conf:4: [node n] key = \"" K17 "\": more than 16 parameters\n"},
+    /* st_redis.c takes db 0..65535, the check took up to INT_MAX */
+    {"[storage r]\nurl = redis://h:1/65536\n" NODE_N,
+     "t.conf:2: [storage r] url = \"redis://h:1/65536\": the path must be a database number "
+     "0..65535 (redis://host:port/0)\n"
+     "t.conf:6: [node n] caches = \"l\": unknown storage 'l'\n"},
+    /* local.c opens at most 2^31 entries, the check took 2^40 */
+    {"[storage l]\nurl = local://lru\nsize = 2147483649\n" NODE_N,
+     "t.conf:3: [storage l] size = \"2147483649\": must be between 1 and 2147483648\n"},
+    /* invalidate.c needs a redis storage in the node's caches */
+    {ST_L NODE_N "invalidate_channel = inv\n",
+     "t.conf:7: [node n] invalidate_channel = \"inv\": needs a redis storage in the node's caches "
+     "(it is published and subscribed there)\n"},
+    /* listeners that cannot all bind */
+    {"[server]\nlisten = 127.0.0.1:7000\nlisten = 0.0.0.0:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"0.0.0.0:7000\": conflicts with listen = \"127.0.0.1:7000\" "
+     "at line 2 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on "
+     "any)\n"},
+    /* 5 */
+    {"[server]\nlisten = [::]:7000\nlisten = 127.0.0.1:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"127.0.0.1:7000\": conflicts with listen = \"[::]:7000\" at "
+     "line 2 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on any)\n"},
+    {"[server]\nlisten = [::1]:7000\nlisten = [0:0::1]:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"[0:0::1]:7000\": conflicts with listen = \"[::1]:7000\" at "
+     "line 2 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on any)\n"},
+    {"[server]\nlisten = [::ffff:127.0.0.1]:7000\nlisten = 127.0.0.1:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"127.0.0.1:7000\": conflicts with listen = "
+     "\"[::ffff:127.0.0.1]:7000\" at line 2 (same port; 0.0.0.0 takes it on every IPv4 address, "
+     "[::] and a host name on any)\n"},
+    {"[server]\nlisten = 0.0.0.0:7000\nlisten = localhost:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] listen = \"localhost:7000\": conflicts with listen = \"0.0.0.0:7000\" at "
+     "line 2 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on any)\n"},
+    {"[server]\nlisten = unix:/tmp/a.sock\nlisten = LOCALHOST:7000\nlisten = localhost:7000\n" ST_L
+         NODE_N,
+     "t.conf:4: [server] listen = \"localhost:7000\": conflicts with listen = \"LOCALHOST:7000\" "
+     "at line 3 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and a host name on "
+     "any)\n"},
+    /* 10: metrics_listen against the listeners */
+    {"[server]\nlisten = 127.0.0.1:7000\nmetrics_listen = 127.0.0.1:7000\n" ST_L NODE_N,
+     "t.conf:3: [server] metrics_listen = \"127.0.0.1:7000\": same address as listen at line 2\n"},
+    {"[server]\nmetrics_listen = 0.0.0.0:7000\nlisten = unix:/tmp/a.sock\nlisten = "
+     "127.0.0.1:7000\n" ST_L NODE_N,
+     "t.conf:2: [server] metrics_listen = \"0.0.0.0:7000\": conflicts with listen = "
+     "\"127.0.0.1:7000\" at line 4 (same port; 0.0.0.0 takes it on every IPv4 address, [::] and "
+     "a host name on any)\n"},
+    {"[server]\nmetrics_listen = 127.0.0.1:6380\n" ST_L NODE_N,
+     "t.conf:2: [server] metrics_listen = \"127.0.0.1:6380\": conflicts with the default listen "
+     "= 127.0.0.1:6380\n"},
+    /* sql_common.c takes table names of at most 48 characters, not starting with a digit */
+    {"[storage l]\nurl = postgres://u@h/d\ntable = t234567890123456789012345678901234567890123456789\n"
+         NODE_N,
+     "t.conf:3: [storage l] table = \"t234567890123456789012345678901234567890123456789\": longer "
+     "than 48 characters\n"},
+    {"[storage l]\nurl = mysql://u@h/d\ntable = 1cache\n" NODE_N,
+     "t.conf:3: [storage l] table = \"1cache\": must not start with a digit\n"},
+    /* 15: st_sqlite.c cuts the path at '#' */
+    {"[storage l]\nurl = sqlite://#x\n" NODE_N,
+     "t.conf:2: [storage l] url = \"sqlite://#x\": bad URL: fragments ('#') are not allowed\n"},
+    /* the drivers' own URL parsers, offline */
+    {"[storage l]\nurl = mongodb://h/?replicaSet=\n" NODE_N,
+     "t.conf:2: [storage l] url = \"mongodb://h/?replicaSet=\": libmongoc: Value for URI option "
+     "\"replicaset\" cannot be empty string\n"},
+    {"[storage l]\nurl = mongodb://h/a.b\n" NODE_N,
+     "t.conf:2: [storage l] url = \"mongodb://h/a.b\": libmongoc: Invalid database name in URI\n"},
+    {"[storage l]\nurl = postgresql://u@h/db?foo=1\n" NODE_N,
+     "t.conf:2: [storage l] url = \"postgresql://u@h/db?foo=1\": libpq: invalid URI query "
+     "parameter: \"foo\"\n"},
+};
+
+START_TEST(test_configs_that_failed_to_start)
+{
+    load_bad(start_cases[_i].text, start_cases[_i].want);
+}
+END_TEST
+
+/* What the check accepts here, node setup accepted too (it did not always). */
+START_TEST(test_accepted_forms)
+{
+    struct cm_conf *c = load_ok("[server]\nlisten = 127.0.0.1:7000\nlisten = 127.0.0.2:7000\n"
+                                "listen = [::1]:7000\nlisten = unix:/tmp/a.sock\n"
+                                "listen = localhost:7001\nlisten = example.com:7001\n"
+                                "metrics_listen = [::1]:7002\n"
+                                "[storage r]\nurl = redis://h:1/65535\n"
+                                "[storage l]\nurl = local://lru\nsize = 2147483648\n"
+                                "[storage p]\nurl = postgres://u@h/d\n"
+                                "table = t2345678901234567890123456789012345678901234567\n"
+                                "[node n]\nkey = {a}:{b}\nversion = 1\ncaches = l, r\n"
+                                "loader = http://h/{a}{b}?again={a}\ninvalidate_channel = x\n");
+    ck_assert_uint_eq(c->nlisten, 6);
+    ck_assert_uint_eq(c->storages[1].size, 1ULL << 31);
+    ck_assert_uint_eq(c->nodes[0].key_tpl.nparams, 2);
+    ck_assert_uint_eq(c->nodes[0].loader_tpl.nparams, 3);
+    cm_conf_free(c);
+}
+END_TEST
+
+/* A loader's host and port, checked like a listen address (every load failed before). */
+static const struct bad_case loader_host_cases[] = {
+    {ST_L NODE_N "loader = http://o:99999/{id}\n",
+     "t.conf:7: [node n] loader = \"http://o:99999/{id}\": bad host in URL: bad port '99999' "
+     "(expected 1..65535)\n"},
+    {ST_L NODE_N "loader = http://o:/{id}\n",
+     "t.conf:7: [node n] loader = \"http://o:/{id}\": bad host in URL: bad port '' (expected "
+     "1..65535)\n"},
+    {ST_L NODE_N "loader = http://::1/{id}\n",
+     "t.conf:7: [node n] loader = \"http://::1/{id}\": bad host in URL: an IPv6 address must be in "
+     "brackets: [address]:port\n"},
+    {ST_L NODE_N "loader = http://o$x/{id}\n",
+     "t.conf:7: [node n] loader = \"http://o$x/{id}\": bad host in URL: bad host name (allowed: "
+     "A-Z a-z 0-9 - . _)\n"},
+};
+
+START_TEST(test_loader_host)
+{
+    load_bad(loader_host_cases[_i].text, loader_host_cases[_i].want);
+}
+END_TEST
+
+START_TEST(test_loader_host_ok)
+{
+    struct cm_conf *c = load_ok(ST_L NODE_N "loader = http://u:pw@[::1]:8000/{id}\n");
+    cm_conf_free(c);
+    c = load_ok(ST_L NODE_N "loader = http://origin.example?id={id}\n");
+    cm_conf_free(c);
+    c = load_ok(ST_L NODE_N "loader = http://127.0.0.1:1/{id}\n");
+    cm_conf_free(c);
+}
+END_TEST
+
+/* SPEC §12 and §13 keys: defaults, accepted forms, rejected forms with their message. */
+struct origin_want {
+    int64_t grace, stale_if_error, refresh_after, negative_ttl;
+    int concurrency, breaker_failures;
+    int64_t breaker_open;
+    int batch_max;
+};
+
+static void check_origin_keys(const struct cm_conf_node *n, struct origin_want w)
+{
+    ck_assert_int_eq(n->grace_ms, w.grace);
+    ck_assert_int_eq(n->stale_if_error_ms, w.stale_if_error);
+    ck_assert_int_eq(n->refresh_after_ms, w.refresh_after);
+    ck_assert_int_eq(n->negative_ttl_ms, w.negative_ttl);
+    ck_assert_int_eq(n->loader_concurrency, w.concurrency);
+    ck_assert_int_eq(n->breaker_failures, w.breaker_failures);
+    ck_assert_int_eq(n->breaker_open_ms, w.breaker_open);
+    ck_assert_int_eq(n->loader_batch_max, w.batch_max);
+}
+
+START_TEST(test_origin_protection_keys)
+{
+    struct cm_conf *c = load_ok(ST_L NODE_N);
+    struct cm_conf_node *n = &c->nodes[0];
+    check_origin_keys(n, (struct origin_want){0, 0, 0, 0, 0, 0, 0, 100});
+    ck_assert_ptr_null(n->loader_batch);
+    ck_assert_uint_eq(n->loader_batch_tpl.nsegs, 0);
+    cm_conf_free(c);
+
+    /* stale_if_error defaults to grace */
+    c = load_ok(ST_L NODE_N "grace = 5m\nrefresh_after = 20s\nnegative_ttl = 30s\n"
+                            "loader_concurrency = 64\nbreaker = 5, 10s\n"
+                            "loader = http://o/u/{id}\nloader_batch = http://o/u?ids={id}\n"
+                            "loader_batch_max = 10000\n");
+    n = &c->nodes[0];
+    check_origin_keys(n, (struct origin_want){300000, 300000, 20000, 30000, 64, 5, 10000, 10000});
+    ck_assert_str_eq(n->loader_batch, "http://o/u?ids={id}");
+    ck_assert_uint_eq(n->loader_batch_tpl.nparams, 1);
+    cm_conf_free(c);
+
+    /* given: its own value; 0 = off; the breaker's K and T with any spacing */
+    c = load_ok(ST_L NODE_N "grace = 1m\nstale_if_error = 0\nbreaker = 1,1ms\n"
+                            "loader_concurrency = 0\nloader_batch =\nloader_batch_max = 1\n");
+    n = &c->nodes[0];
+    check_origin_keys(n, (struct origin_want){60000, 0, 0, 0, 0, 1, 1, 1});
+    ck_assert_ptr_null(n->loader_batch);
+    cm_conf_free(c);
+}
+END_TEST
+
+#define NODE_L "[node n]\nkey = k:{id}\nversion = v1\ncaches = l\nloader = http://o/{id}\n"
+static const struct bad_case new_key_cases[] = {
+    {ST_L NODE_N "grace = -1s\n", "t.conf:7: [node n] grace = \"-1s\": not a duration (e.g. "
+                                  "500ms, 30s, 10m, 2h, 10d; a bare number is seconds)\n"},
+    {ST_L NODE_N "stale_if_error = 3651d\n",
+     "t.conf:7: [node n] stale_if_error = \"3651d\": must be between 0ms and 315360000000ms\n"},
+    {ST_L NODE_N "refresh_after = soon\n",
+     "t.conf:7: [node n] refresh_after = \"soon\": not a duration (e.g. 500ms, 30s, 10m, 2h, 10d; "
+     "a bare number is seconds)\n"},
+    {ST_L NODE_N "negative_ttl = 1y\n",
+     "t.conf:7: [node n] negative_ttl = \"1y\": not a duration (e.g. 500ms, 30s, 10m, 2h, 10d; a "
+     "bare number is seconds)\n"},
+    {ST_L NODE_N "loader_concurrency = -1\n",
+     "t.conf:7: [node n] loader_concurrency = \"-1\": must be between 0 and 1000000\n"},
+    /* 5 */
+    {ST_L NODE_N "loader_concurrency = many\n",
+     "t.conf:7: [node n] loader_concurrency = \"many\": not an integer\n"},
+    {ST_L NODE_N "breaker = 5\n",
+     "t.conf:7: [node n] breaker = \"5\": expected \"failures, open time\", e.g. 5, 10s\n"},
+    {ST_L NODE_N "breaker = 0, 10s\n",
+     "t.conf:7: [node n] breaker = \"0, 10s\": bad failure count '0' (expected an integer "
+     "1..1000000)\n"},
+    {ST_L NODE_N "breaker = 5, 0\n",
+     "t.conf:7: [node n] breaker = \"5, 0\": bad open time '0' (expected a duration from 1ms to "
+     "3650d)\n"},
+    {ST_L NODE_N "breaker = 5,\n",
+     "t.conf:7: [node n] breaker = \"5,\": bad open time (expected a duration, e.g. 10s)\n"},
+    /* 10 */
+    {ST_L NODE_L "loader_batch_max = 0\n",
+     "t.conf:8: [node n] loader_batch_max = \"0\": must be between 1 and 10000\n"},
+    {ST_L NODE_L "loader_batch_max = 10001\n",
+     "t.conf:8: [node n] loader_batch_max = \"10001\": must be between 1 and 10000\n"},
+    {ST_L NODE_N "loader_batch = http://o/u?ids={id}\n",
+     "t.conf:7: [node n] loader_batch = \"http://o/u?ids={id}\": loader_batch needs a loader URL "
+     "too (a key too long for a batch request goes to it)\n"},
+    {ST_L "[node n]\nkey = k:{a}:{b}\nversion = v1\ncaches = l\nloader = http://o/{a}/{b}\n"
+          "loader_batch = http://o/u?ids={a}\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u?ids={a}\": needs a key template with exactly "
+     "one parameter (the key 'k:{a}:{b}' has 2)\n"},
+    {ST_L "[node n]\nkey = k\nversion = v1\ncaches = l\nloader = http://o/k\n"
+          "loader_batch = http://o/u\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u\": needs a key template with exactly one "
+     "parameter (the key 'k' has 0)\n"},
+    /* 15 */
+    {ST_L NODE_L "loader_batch = http://o/u\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u\": must use {id} exactly once (it stands for "
+     "the comma-joined values)\n"},
+    {ST_L NODE_L "loader_batch = http://o/u?ids={id}&again={id}\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u?ids={id}&again={id}\": must use {id} exactly "
+     "once (it stands for the comma-joined values)\n"},
+    {ST_L NODE_L "loader_batch = http://o/u?ids={uid}\n",
+     "t.conf:8: [node n] loader_batch = \"http://o/u?ids={uid}\": parameter {uid} is not in the "
+     "key template 'k:{id}'\n"},
+    {ST_L NODE_L "loader_batch = https://o/u?ids={id}\n",
+     "t.conf:8: [node n] loader_batch = \"https://o/u?ids={id}\": https:// is not supported: use "
+     "http:// (or loader_socket)\n"},
+    {ST_L NODE_L "loader_batch = http://{id}/u\n",
+     "t.conf:8: [node n] loader_batch = \"http://{id}/u\": parameters are not allowed in the host "
+     "part\n"},
+};
+
+START_TEST(test_origin_protection_keys_bad)
+{
+    load_bad(new_key_cases[_i].text, new_key_cases[_i].want);
+}
+END_TEST
 
 START_TEST(test_bad_configs)
 {
@@ -753,12 +1047,20 @@ static Suite *conf_suite(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_example_loads);
+    tcase_add_test(tc, test_example_commented_keys_load);
     tcase_add_test(tc, test_defaults);
     tcase_add_loop_test(tc, test_storage_types, 0, (int)CM_ARRAY_LEN(type_cases));
     tcase_add_test(tc, test_every_key);
     tcase_add_loop_test(tc, test_durations, 0, (int)CM_ARRAY_LEN(dur_cases));
     tcase_add_loop_test(tc, test_sizes, 0, (int)CM_ARRAY_LEN(size_cases));
     tcase_add_loop_test(tc, test_bad_configs, 0, (int)CM_ARRAY_LEN(bad_cases));
+    tcase_add_loop_test(tc, test_configs_that_failed_to_start, 0,
+                        (int)CM_ARRAY_LEN(start_cases));
+    tcase_add_test(tc, test_accepted_forms);
+    tcase_add_loop_test(tc, test_loader_host, 0, (int)CM_ARRAY_LEN(loader_host_cases));
+    tcase_add_test(tc, test_loader_host_ok);
+    tcase_add_test(tc, test_origin_protection_keys);
+    tcase_add_loop_test(tc, test_origin_protection_keys_bad, 0, (int)CM_ARRAY_LEN(new_key_cases));
     tcase_add_test(tc, test_all_errors_reported);
     tcase_add_test(tc, test_long_line);
     tcase_add_test(tc, test_line_length_limit);

@@ -3,6 +3,7 @@
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
 #include "daemon/node.h"
+#include "storages/storage.h"
 
 #include <check.h>
 #include <string.h>
@@ -110,11 +111,16 @@ START_TEST(test_parse_errors)
 {
     struct cm_tpl t;
     char err[128];
+    /* The config loader's parser (conf/template.c): its messages are check_conf's. */
     ck_assert_int_eq(cm_tpl_parse(&t, "a{b", err, sizeof(err)), CM_ERR);
-    ck_assert_ptr_nonnull(strstr(err, "unbalanced or empty"));
+    ck_assert_str_eq(err, "unclosed '{' at offset 1");
     ck_assert_int_eq(cm_tpl_parse(&t, "a{}b", err, sizeof(err)), CM_ERR);
     ck_assert_int_eq(cm_tpl_parse(&t, "{a}{b}", err, sizeof(err)), CM_ERR);
-    ck_assert_ptr_nonnull(strstr(err, "next to each other"));
+    ck_assert_ptr_nonnull(strstr(err, "are adjacent"));
+    /* A URL template may repeat a param, or put two side by side; a key template may not. */
+    ck_assert_int_eq(cm_tpl_parse_url(&t, "http://h/{a}{b}?again={a}", err, sizeof(err)), CM_OK);
+    ck_assert_uint_eq(t.nparams, 3);
+    cm_tpl_deinit(&t);
 }
 END_TEST
 
@@ -189,6 +195,50 @@ START_TEST(test_regression_loader_url_dot_param_not_terminated)
 }
 END_TEST
 
+/* The nodes are built from the templates the config loader parsed (cm_nodes_new parsed them
+ * again with other rules, and refused 17+ params the check accepted and {a}{b} in a loader).
+ * Storages are not opened: cm_nodes_new only reads their ops and conf. */
+START_TEST(test_nodes_from_conf)
+{
+    static const char text[] =
+        "[storage l]\nurl = local://lru\n[storage r]\nurl = redis://127.0.0.1:1\n"
+        "[node wide]\nkey = w:{a1}:{a2}:{a3}:{a4}:{a5}:{a6}:{a7}:{a8}:{a9}:{a10}:{a11}:{a12}:{a13}"
+        ":{a14}:{a15}:{a16}\nversion = v1\ncaches = l\n"
+        "[node ab]\nkey = {a}-{b}\nversion = v2\ncaches = r:10s, l\n"
+        "loader = http://o/{a}{b}?again={a}\n";
+    struct cm_conf *conf;
+    struct cm_storage st[2];
+    struct cm_storage *sts[2] = { &st[0], &st[1] };
+    struct cm_params p;
+    struct cm_buf b;
+    char err[128] = "";
+    size_t used = cm_alloc_used();
+
+    ck_assert_int_eq(cm_conf_load_string("t.conf", text, sizeof(text) - 1, &conf, stderr), CM_OK);
+    memset(st, 0, sizeof(st));
+    for (size_t i = 0; i < 2; i++) {
+        st[i].ops = cm_storage_ops_for((int)conf->storages[i].type);
+        st[i].conf = &conf->storages[i];
+    }
+    struct cm_node *nodes = cm_nodes_new(conf, sts, err, sizeof(err));
+    ck_assert_ptr_nonnull(nodes);
+    ck_assert_uint_eq(nodes[0].key.nparams, CM_NODE_MAX_PARAMS);
+    ck_assert_ptr_eq(nodes[0].key.segs, conf->nodes[0].key_tpl.segs);   /* a view, not a copy */
+    ck_assert_uint_eq(nodes[1].nlocal, 1);
+    ck_assert_uint_eq(nodes[1].nremote, 1);
+    ck_assert_uint_eq(nodes[1].local_idx[0], 1);
+    ck_assert_ptr_eq(cm_node_find(nodes, 2, "x-y", 3, &p), &nodes[1]);
+    cm_buf_init(&b);
+    cm_node_loader_url(&nodes[1], &p, &b);
+    cm_buf_append(&b, "", 1);
+    ck_assert_str_eq(cm_buf_start(&b), "http://o/xy?again=x");
+    cm_buf_deinit(&b);
+    cm_nodes_free(nodes, conf->nnodes);
+    cm_conf_free(conf);
+    ck_assert_uint_eq(cm_alloc_used(), used);
+}
+END_TEST
+
 static Suite *node_suite(void)
 {
     Suite *s = suite_create("node");
@@ -200,6 +250,7 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_parse_errors);
     tcase_add_test(tc, test_storage_key_and_loader_url);
     tcase_add_test(tc, test_regression_loader_url_dot_param_not_terminated);
+    tcase_add_test(tc, test_nodes_from_conf);
     suite_add_tcase(s, tc);
     return s;
 }
