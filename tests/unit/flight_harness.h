@@ -685,6 +685,7 @@ FH_FN void fh_init(struct fh *h, bool consistent)
     char err[256];
     struct cm_server *srv = &h->srv;
     memset(h, 0, sizeof(*h));
+    srv->spare_fd = -1;   /* as cm_server_init leaves it: cm_server_deinit closes it otherwise */
     fh_cur = h;
     h->consistent = consistent;
     cm_log_level = CM_LOG_ERR;   /* the injected failures are expected */
