@@ -667,7 +667,8 @@ static void start_load(struct flight *f)
     cm_node_loader_url(node, &params, &url);
     cm_buf_append(&url, "", 1);
     f->load_start_ns = cm_now_ns();
-    int rc = cm_loader_fetch(srv->loader, cm_buf_start(&url), node->conf->loader_socket,
+    int rc = cm_loader_fetch(srv->loader, (size_t)(node - srv->nodes), cm_buf_start(&url),
+                             node->conf->loader_socket,
                              node->conf->loader_timeout_ms, srv->conf->max_value_size, on_load, f);
     cm_buf_deinit(&url);
     if (rc != CM_OK) {
