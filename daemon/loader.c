@@ -4,6 +4,7 @@
 #include "daemon/loader.h"
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
+#include "daemon/httpc.h"
 #include "daemon/log.h"
 #include "daemon/util.h"
 
@@ -49,14 +50,17 @@
 /* What a sent transfer needs besides its request; allocated at the send, so that a waiting
  * transfer costs only its struct xfer and URL. Owned by its xfer. */
 struct run {
-    CURL *easy;          /* NULL when setup failed (the timer then finishes it) */
+    CURL *easy;          /* libcurl's transfer, or NULL */
+    struct cm_httpc_req *hreq; /* the lean client's request, or NULL */
     struct shard *shard; /* the multi handle it was given to, NULL before */
-    bool in_multi;       /* handed to curl (counted in l->active and shard->active) */
+    bool in_multi;       /* handed to curl (counted in shard->active) */
+    bool holds_slot;     /* counted in l->active and group->active */
+    bool setup_failed;   /* the timer (at zero) reports setup_err */
     uint64_t max_size;   /* larger bodies fail */
     bool too_big;        /* body or Content-Length exceeded max_size */
     bool head_open;      /* a status line came, its header block has not ended yet */
     bool head_done;      /* a final header block ended with its empty line */
-    char setup_err[96];  /* reason for a setup failure */
+    char setup_err[160]; /* reason for a setup failure */
     struct cm_buf body;  /* response body so far */
     char errbuf[CURL_ERROR_SIZE];
 };
@@ -134,10 +138,13 @@ struct cm_loader {
     size_t nwaiting;            /* over all groups */
     size_t rr;                  /* the group whose turn is next in start_waiting */
     bool freeing;               /* cm_loader_free in progress: refuse new fetches */
+    struct cm_httpc *httpc;     /* the lean client (owned) */
 };
 
 static void start_waiting(struct cm_loader *l);
 static void xfer_send(struct xfer *x);
+static void on_lean_done(struct cm_load_result *res, void *arg);
+static bool send_curl(struct xfer *x);
 
 static bool curl_ready;
 
@@ -219,8 +226,6 @@ static CURLMcode add_to_shard(struct cm_loader *l, struct xfer *x)
         x->run->shard = best;
         x->run->in_multi = true;
         best->active++;
-        x->group->active++;
-        l->active++;
     }
     return mrc;
 }
@@ -233,9 +238,11 @@ static void group_dequeue(struct cm_loader *l, struct xfer *x)
     x->waiting = false;
 }
 
-/* Ends a transfer: detaches it from curl and the loader, runs done once, frees it.
- * reason != NULL forces a failure with that text (setup failure, timeouts, shutdown). */
-static void xfer_finish(struct xfer *x, CURLcode rc, const char *reason, bool queue_timeout)
+/* Ends a transfer: detaches it from curl or the lean client and from the loader, runs done once,
+ * frees it. given: the lean client's result; else reason != NULL forces a failure with that text
+ * (setup failure, timeouts, shutdown); else curl's rc is classified. */
+static void xfer_finish(struct xfer *x, struct cm_load_result *given, CURLcode rc,
+                        const char *reason, bool queue_timeout)
 {
     struct cm_loader *l = x->l;
     struct run *r = x->run;
@@ -252,11 +259,21 @@ static void xfer_finish(struct xfer *x, CURLcode rc, const char *reason, bool qu
         curl_multi_remove_handle(r->shard->multi, r->easy);
         r->in_multi = false;
         r->shard->active--;
+    }
+    if (r != NULL && r->hreq != NULL) {
+        cm_httpc_cancel(r->hreq); /* done has not run: it would have cleared hreq */
+        r->hreq = NULL;
+    }
+    if (r != NULL && r->holds_slot) {
+        r->holds_slot = false;
         x->group->active--;
         l->active--;
         freed_slot = true;
     }
-    if (reason != NULL) {
+    if (given != NULL) {
+        res = *given;
+        given->body = NULL;
+    } else if (reason != NULL) {
         res.outcome = CM_LOAD_FAILED;
         res.queue_timeout = queue_timeout;
         snprintf(res.reason, sizeof(res.reason), "%s", reason);
@@ -326,7 +343,7 @@ static void check_multi_info(struct shard *sh)
         CURLcode rc = msg->data.result;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
         cm_assert(x != NULL);
-        xfer_finish(x, rc, NULL, false);
+        xfer_finish(x, NULL, rc, NULL, false);
     }
 }
 
@@ -484,6 +501,7 @@ struct cm_loader *cm_loader_new(struct event_base *base)
     }
     struct cm_loader *l = cm_calloc(1, sizeof(*l));
     l->base = base;
+    l->httpc = cm_httpc_new(base);
     LIST_INIT(&l->xfers);
     for (size_t i = 0; i < LOADER_SHARDS; i++) {
         struct shard *sh = &l->shards[i];
@@ -512,6 +530,7 @@ fail:
             event_free(l->shards[i].timer);
         }
     }
+    cm_httpc_free(l->httpc);
     cm_free(l);
     return NULL;
 }
@@ -525,7 +544,7 @@ void cm_loader_free(struct cm_loader *l)
     }
     l->freeing = true;
     while (!LIST_EMPTY(&l->xfers)) {
-        xfer_finish(LIST_FIRST(&l->xfers), CURLE_OK, "shutting down", false);
+        xfer_finish(LIST_FIRST(&l->xfers), NULL, CURLE_OK, "shutting down", false);
     }
     for (size_t i = 0; i < LOADER_SHARDS; i++) {
         curl_multi_cleanup(l->shards[i].multi); /* closes its connections: on_curl_close */
@@ -539,6 +558,7 @@ void cm_loader_free(struct cm_loader *l)
     while (l->nspare > 0) {
         curl_easy_cleanup(l->spare[--l->nspare]);
     }
+    cm_httpc_free(l->httpc);
     for (size_t i = 0; i < l->ngroups; i++) {
         cm_free(l->groups[i]);
     }
@@ -554,16 +574,16 @@ static void on_xfer_timer(evutil_socket_t fd, short what, void *arg)
     CM_UNUSED(fd);
     CM_UNUSED(what);
     struct xfer *x = arg;
-    char reason[96];
+    char reason[160];
     bool queued = x->waiting || x->expired;
     if (queued) {
         snprintf(reason, sizeof(reason), "load queue timeout");
-    } else if (x->run->easy == NULL) {
+    } else if (x->run->setup_failed) {
         memcpy(reason, x->run->setup_err, sizeof(reason));
     } else {
         snprintf(reason, sizeof(reason), "timeout after %" PRId64 " ms", x->timeout_ms);
     }
-    xfer_finish(x, CURLE_OK, reason, queued);
+    xfer_finish(x, NULL, CURLE_OK, reason, queued);
 }
 
 static void timer_arm(struct xfer *x, int64_t ms)
@@ -581,6 +601,7 @@ static void fail_later(struct xfer *x)
         easy_put(x->l, r->easy);
         r->easy = NULL;
     }
+    r->setup_failed = true;
     timer_arm(x, 0);
 }
 
@@ -633,30 +654,59 @@ static void xfer_send(struct xfer *x)
     x->run = r;
     r->max_size = x->max_size;
     cm_buf_init(&r->body);
+    if (cm_httpc_accepts(x->req, x->unix_socket)) {
+        r->hreq = cm_httpc_start(l->httpc, x->req, x->unix_socket, x->max_size, on_lean_done, x,
+                                 r->setup_err, sizeof(r->setup_err));
+        if (r->hreq == NULL) {
+            fail_later(x);
+            return;
+        }
+    } else if (!send_curl(x)) {
+        return;
+    }
+    r->holds_slot = true;
+    x->group->active++;
+    l->active++;
+    if (x->timeout_ms > 0) {
+        timer_arm(x, x->timeout_ms);
+    } else {
+        event_del(&x->timer);
+    }
+}
+
+/* The lean client's result for x. */
+static void on_lean_done(struct cm_load_result *res, void *arg)
+{
+    struct xfer *x = arg;
+    x->run->hreq = NULL; /* the client freed it */
+    xfer_finish(x, res, CURLE_OK, NULL, false);
+}
+
+/* Hands x to curl; false (and a failure reported from the loop) when that failed. */
+static bool send_curl(struct xfer *x)
+{
+    struct cm_loader *l = x->l;
+    struct run *r = x->run;
     r->easy = easy_get(l);
     if (r->easy == NULL) {
         snprintf(r->setup_err, sizeof(r->setup_err), "upstream error: curl_easy_init failed");
         fail_later(x);
-        return;
+        return false;
     }
     CURLcode rc = setup_easy(x);
     if (rc != CURLE_OK) {
         snprintf(r->setup_err, sizeof(r->setup_err), "upstream error: %s", curl_easy_strerror(rc));
         fail_later(x);
-        return;
+        return false;
     }
     CURLMcode mrc = add_to_shard(l, x);
     if (mrc != CURLM_OK) {
         snprintf(r->setup_err, sizeof(r->setup_err), "upstream error: %s",
                  curl_multi_strerror(mrc));
         fail_later(x);
-        return;
+        return false;
     }
-    if (x->timeout_ms > 0) {
-        timer_arm(x, x->timeout_ms);
-    } else {
-        event_del(&x->timer);
-    }
+    return true;
 }
 
 /* The group of that index, made on first use. */
