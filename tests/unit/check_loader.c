@@ -869,6 +869,83 @@ START_TEST(test_waiting_is_cheap)
 }
 END_TEST
 
+/* The lean client (daemon/httpc.c) resends a request once, on a fresh connection, when the
+ * reused connection it went on dies before any byte of the response; never when part of the
+ * response came (that would ask the origin twice for a response it began). */
+START_TEST(test_retry_on_dead_reused_connection)
+{
+    rule("path=/rc&reused_close_ms=1");
+    struct got g;
+    fetch(url("/warm"), NULL, 2000, MAX_SIZE, &g);
+    got_clear(&g);
+    long long conns = stat_int("connections");
+    fetch(url("/rc"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    ck_assert_str_eq(g.body, "{\"path\": \"/rc\", \"n\": 2}"); /* asked twice: closed, then served */
+    got_clear(&g);
+    ck_assert_int_eq(stat_int("connections"), conns + 1);
+    /* cut short after some bytes: no retry */
+    rule("path=/cut&raw=HTTP%2F1.1%20200%20OK%0D%0AContent-Length%3A%205%0D%0A%0D%0Aab");
+    long long total = stat_int("total");
+    fetch(url("/cut"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_FAILED);
+    ck_assert_str_eq(g.reason, "upstream error: response body cut short");
+    ck_assert_int_eq(stat_int("total"), total + 1);
+}
+END_TEST
+
+/* Interim 1xx responses are skipped; "Connection: close" and HTTP/1.0 answers are not reused;
+ * bytes after the response (never asked for) close the connection instead of being taken for the
+ * next answer. */
+START_TEST(test_response_forms)
+{
+    struct got g;
+    rule("path=/f/100&raw=HTTP%2F1.1%20100%20Continue%0D%0A%0D%0AHTTP%2F1.1%20200%20OK%0D%0A"
+         "Content-Length%3A%202%0D%0A%0D%0Aok");
+    fetch(url("/f/100"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    ck_assert_str_eq(g.body, "ok");
+    got_clear(&g);
+    rule("path=/f/10&raw=HTTP%2F1.0%20200%20OK%0D%0AContent-Length%3A%202%0D%0A%0D%0Aok");
+    fetch(url("/f/10"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    ck_assert_str_eq(g.body, "ok");
+    got_clear(&g);
+    rule("path=/f/extra&raw=HTTP%2F1.1%20200%20OK%0D%0AContent-Length%3A%202%0D%0A%0D%0Aok"
+         "HTTP%2F1.1%20200%20OK%0D%0AContent-Length%3A%203%0D%0A%0D%0Abad");
+    fetch(url("/f/extra"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    ck_assert_str_eq(g.body, "ok");
+    got_clear(&g);
+    fetch(url("/users/5"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_str_eq(g.body, "{\"path\": \"/users/5\", \"n\": 1}");
+    got_clear(&g);
+    rule("path=/f/garbage&raw=SPDY%2F9%20what%0D%0A%0D%0A");
+    fetch(url("/f/garbage"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_FAILED);
+    ck_assert_msg(strncmp(g.reason, "upstream error: bad response: ", 30) == 0, "reason: %s",
+                  g.reason);
+}
+END_TEST
+
+/* URLs the lean client does not take (a host name) still go through libcurl. */
+START_TEST(test_curl_fallback)
+{
+    char u[128];
+    snprintf(u, sizeof(u), "http://localhost:%d/users/8", org.port);
+    struct got g;
+    fetch(u, NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    ck_assert_str_eq(g.body, "{\"path\": \"/users/8\", \"n\": 1}");
+    got_clear(&g);
+    rule("path=/cf/head&raw=HTTP%2F1.1%20200%20OK%0D%0ACont");
+    snprintf(u, sizeof(u), "http://localhost:%d/cf/head", org.port);
+    fetch(u, NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_FAILED);
+    ck_assert_str_eq(g.reason, "upstream error: response headers cut short");
+}
+END_TEST
+
 static Suite *loader_suite(void)
 {
     Suite *s = suite_create("loader");
@@ -897,6 +974,9 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, test_group_not_stalled);
     tcase_add_test(tc, test_queue_timeout);
     tcase_add_test(tc, test_waiting_is_cheap);
+    tcase_add_test(tc, test_retry_on_dead_reused_connection);
+    tcase_add_test(tc, test_response_forms);
+    tcase_add_test(tc, test_curl_fallback);
     suite_add_tcase(s, tc);
 
     TCase *tu = tcase_create("unix");
