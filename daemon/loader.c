@@ -405,6 +405,22 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/* t (*n slots of elem bytes) grown, doubling, to hold index idx; new slots zeroed. */
+static void *table_fit(void *t, size_t *n, size_t idx, size_t elem)
+{
+    if (idx < *n) {
+        return t;
+    }
+    size_t m = *n > 0 ? *n : 8;
+    while (m <= idx) {
+        m *= 2;
+    }
+    t = cm_realloc(t, m * elem);
+    memset((char *)t + *n * elem, 0, (m - *n) * elem);
+    *n = m;
+    return t;
+}
+
 static void sock_free(struct cm_loader *l, struct sockinfo *si)
 {
     l->fds[si->fd] = NULL;
@@ -417,15 +433,7 @@ static void sock_free(struct cm_loader *l, struct sockinfo *si)
 /* The sockinfo of fd s, made on first use. */
 static struct sockinfo *sock_of(struct cm_loader *l, curl_socket_t s)
 {
-    if ((size_t)s >= l->nfds) {
-        size_t n = l->nfds > 0 ? l->nfds : 64;
-        while (n <= (size_t)s) {
-            n *= 2;
-        }
-        l->fds = cm_realloc(l->fds, n * sizeof(*l->fds));
-        memset(l->fds + l->nfds, 0, (n - l->nfds) * sizeof(*l->fds));
-        l->nfds = n;
-    }
+    l->fds = table_fit(l->fds, &l->nfds, (size_t)s, sizeof(*l->fds));
     struct sockinfo *si = l->fds[s];
     if (si == NULL) {
         si = cm_calloc(1, sizeof(*si));
@@ -727,12 +735,7 @@ static bool send_curl(struct xfer *x)
 /* The group of that index, made on first use. */
 static struct group *group_of(struct cm_loader *l, size_t idx)
 {
-    if (idx >= l->ngroups) {
-        size_t n = idx + 1;
-        l->groups = cm_realloc(l->groups, n * sizeof(*l->groups));
-        memset(l->groups + l->ngroups, 0, (n - l->ngroups) * sizeof(*l->groups));
-        l->ngroups = n;
-    }
+    l->groups = table_fit(l->groups, &l->ngroups, idx, sizeof(*l->groups));
     struct group *g = l->groups[idx];
     if (g == NULL) {
         g = cm_calloc(1, sizeof(*g));
