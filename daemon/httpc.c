@@ -50,8 +50,8 @@ struct conn {
     struct event rev; /* EV_READ|EV_PERSIST, added once connected */
     struct event wev; /* connect completion, the rest of a request */
     bool connected;
-    unsigned served;             /* responses completed on it */
-    struct cm_httpc_req *rq;     /* NULL while idle */
+    unsigned served;         /* responses completed on it */
+    struct cm_httpc_req *rq; /* NULL while idle */
     LIST_ENTRY(conn) idle_link;
     http_parser parser;
 };
@@ -103,7 +103,7 @@ static void req_free(struct cm_httpc_req *rq)
     cm_free(rq);
 }
 
-/* Ends rq with res: detaches it from its connection (kept when reusable, else closed), then done. */
+/* Ends rq with res: detaches it from its connection (kept if reusable, else closed), then done. */
 static void req_end(struct cm_httpc_req *rq, struct cm_load_result *res, bool keep_conn)
 {
     struct conn *cn = rq->conn;

@@ -65,18 +65,18 @@
 /* What a sent transfer needs besides its request; allocated at the send, so that a waiting
  * transfer costs only its struct xfer and URL. Owned by its xfer. */
 struct run {
-    CURL *easy;          /* libcurl's transfer, or NULL */
+    CURL *easy;                /* libcurl's transfer, or NULL */
     struct cm_httpc_req *hreq; /* the lean client's request, or NULL */
-    struct shard *shard; /* the multi handle it was given to, NULL before */
-    bool in_multi;       /* handed to curl (counted in shard->active) */
-    bool holds_slot;     /* counted in l->active and group->active */
-    bool setup_failed;   /* the timer (at zero) reports setup_err */
-    uint64_t max_size;   /* larger bodies fail */
-    bool too_big;        /* body or Content-Length exceeded max_size */
-    bool head_open;      /* a status line came, its header block has not ended yet */
-    bool head_done;      /* a final header block ended with its empty line */
-    char setup_err[160]; /* reason for a setup failure */
-    struct cm_buf body;  /* response body so far */
+    struct shard *shard;       /* the multi handle it was given to, NULL before */
+    bool in_multi;             /* handed to curl (counted in shard->active) */
+    bool holds_slot;           /* counted in l->active and group->active */
+    bool setup_failed;         /* the timer (at zero) reports setup_err */
+    uint64_t max_size;         /* larger bodies fail */
+    bool too_big;              /* body or Content-Length exceeded max_size */
+    bool head_open;            /* a status line came, its header block has not ended yet */
+    bool head_done;            /* a final header block ended with its empty line */
+    char setup_err[160];       /* reason for a setup failure */
+    struct cm_buf body;        /* response body so far */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -84,21 +84,21 @@ struct run {
 struct group {
     TAILQ_HEAD(, xfer) waiting; /* not yet sent, FIFO */
     size_t nwaiting;
-    size_t active;              /* sent (slots held) */
-    size_t limit;               /* 0 = LOADER_GROUP_DEFAULT */
+    size_t active; /* sent (slots held) */
+    size_t limit;  /* 0 = LOADER_GROUP_DEFAULT */
 };
 
 /* One fetch; owned by its loader's list from cm_loader_fetch until xfer_finish. A waiting one is
  * this struct and its URL (one allocation), ~250 bytes. */
 struct xfer {
-    struct cm_loader *l;     /* owner */
+    struct cm_loader *l; /* owner */
     struct group *group;
-    struct run *run;         /* NULL while waiting */
-    struct event timer;      /* queue timeout while waiting, timeout from the send after it, or
-                                zero for a setup failure; assigned at fetch */
-    uint64_t max_size;       /* larger bodies fail */
-    int64_t timeout_ms;      /* <= 0: none */
-    int64_t start_ns;        /* cm_now_ns() at fetch */
+    struct run *run;    /* NULL while waiting */
+    struct event timer; /* queue timeout while waiting, timeout from the send after it, or
+                           zero for a setup failure; assigned at fetch */
+    uint64_t max_size;  /* larger bodies fail */
+    int64_t timeout_ms; /* <= 0: none */
+    int64_t start_ns;   /* cm_now_ns() at fetch */
     cm_load_done_fn *done;
     void *arg;
     LIST_ENTRY(xfer) link;   /* l->xfers */
@@ -147,13 +147,13 @@ struct cm_loader {
     CURL *spare[LOADER_SPARE_EASY]; /* reset easy handles ready for reuse */
     size_t nspare;
     size_t pending;
-    size_t active;              /* transfers handed to curl */
-    struct group **groups;      /* by index, each made on first use (owned) */
+    size_t active;         /* transfers handed to curl */
+    struct group **groups; /* by index, each made on first use (owned) */
     size_t ngroups;
-    size_t nwaiting;            /* over all groups */
-    size_t rr;                  /* the group whose turn is next in start_waiting */
-    bool freeing;               /* cm_loader_free in progress: refuse new fetches */
-    struct cm_httpc *httpc;     /* the lean client (owned) */
+    size_t nwaiting;        /* over all groups */
+    size_t rr;              /* the group whose turn is next in start_waiting */
+    bool freeing;           /* cm_loader_free in progress: refuse new fetches */
+    struct cm_httpc *httpc; /* the lean client (owned) */
 };
 
 static void start_waiting(struct cm_loader *l);
@@ -337,8 +337,8 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *userdata)
     if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) {
         r->head_open = true;
         r->head_done = false;
-    } else if (r->head_open && ((n == 2 && line[0] == '\r' && line[1] == '\n') ||
-                                (n == 1 && line[0] == '\n'))) {
+    } else if (r->head_open &&
+               ((n == 2 && line[0] == '\r' && line[1] == '\n') || (n == 1 && line[0] == '\n'))) {
         r->head_open = false;
         r->head_done = true;
     }

@@ -25,21 +25,22 @@ struct event_base;
 struct cm_loader;
 
 enum cm_load_outcome {
-    CM_LOAD_OK = 0,      /* HTTP 200: body holds the value */
-    CM_LOAD_NOT_FOUND,   /* HTTP 404: no value */
-    CM_LOAD_FAILED,      /* anything else: reason holds a short text for the client */
+    CM_LOAD_OK = 0,    /* HTTP 200: body holds the value */
+    CM_LOAD_NOT_FOUND, /* HTTP 404: no value */
+    CM_LOAD_FAILED,    /* anything else: reason holds a short text for the client */
 };
 
 /* Result handed to the done callback; the callee may steal body (set it to NULL). */
 struct cm_load_result {
     enum cm_load_outcome outcome;
-    long http_status;    /* 0 when no response was received */
-    char *body;          /* CM_LOAD_OK: cm_malloc'd, NUL-terminated; else NULL */
+    long http_status; /* 0 when no response was received */
+    char *body;       /* CM_LOAD_OK: cm_malloc'd, NUL-terminated; else NULL */
     size_t len;
-    char reason[160];    /* CM_LOAD_FAILED: e.g. "status 500", "timeout after 2000 ms",
-                            "connect failed: Connection refused", "response larger than 1024 bytes" */
-    int64_t elapsed_ns;  /* from cm_loader_fetch to done(), queueing included */
-    bool queue_timeout;  /* failed in the queue, never sent: not the origin's fault (breaker) */
+    char reason[160];   /* CM_LOAD_FAILED: e.g. "status 500", "timeout after 2000 ms",
+                           "load queue timeout", "connect failed: Connection refused",
+                           "upstream error: response headers cut short" */
+    int64_t elapsed_ns; /* from cm_loader_fetch to done(), queueing included */
+    bool queue_timeout; /* failed in the queue, never sent: not the origin's fault (breaker) */
 };
 
 /* Runs exactly once per accepted fetch, on the loop thread, never from inside cm_loader_fetch. */

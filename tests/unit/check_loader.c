@@ -386,8 +386,8 @@ START_TEST(test_concurrent_100)
         memset(&gs[i], 0, sizeof(gs[i]));
         gs[i].counter = &done;
         snprintf(path, sizeof(path), "/c/%d", i);
-        ck_assert_int_eq(cm_loader_fetch(loader, 0, url(path), NULL, 5000, MAX_SIZE, on_done, &gs[i]),
-                         CM_OK);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, 0, url(path), NULL, 5000, MAX_SIZE, on_done, &gs[i]), CM_OK);
     }
     ck_assert_uint_eq(cm_loader_pending(loader), N);
     ck_assert_int_eq(done, 0);
@@ -414,8 +414,8 @@ START_TEST(test_concurrent_100)
         memset(&gs[i], 0, sizeof(gs[i]));
         gs[i].counter = &done;
         snprintf(path, sizeof(path), "/d/%d", i);
-        ck_assert_int_eq(cm_loader_fetch(loader, 0, url(path), NULL, 5000, MAX_SIZE, on_done, &gs[i]),
-                         CM_OK);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, 0, url(path), NULL, 5000, MAX_SIZE, on_done, &gs[i]), CM_OK);
     }
     run_until(&done, N, 15000);
     ck_assert_int_eq(done, N);
@@ -440,8 +440,8 @@ START_TEST(test_more_than_active_limit)
         memset(&gs[i], 0, sizeof(gs[i]));
         gs[i].counter = &done;
         snprintf(path, sizeof(path), "/m/%d", i);
-        ck_assert_int_eq(cm_loader_fetch(loader, 0, url(path), NULL, 20000, MAX_SIZE, on_done, &gs[i]),
-                         CM_OK);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, 0, url(path), NULL, 20000, MAX_SIZE, on_done, &gs[i]), CM_OK);
     }
     run_until(&done, N, 30000);
     ck_assert_int_eq(done, N);
@@ -515,7 +515,8 @@ START_TEST(test_free_pending)
         memset(&gs[i], 0, sizeof(gs[i]));
         gs[i].counter = &done;
         ck_assert_int_eq(
-            cm_loader_fetch(loader, 0, url("/hang"), NULL, 20000, MAX_SIZE, on_done, &gs[i]), CM_OK);
+            cm_loader_fetch(loader, 0, url("/hang"), NULL, 20000, MAX_SIZE, on_done, &gs[i]),
+            CM_OK);
     }
     /* Let them reach the origin, so they are mid-transfer when freed. */
     run_for(300);
@@ -523,8 +524,8 @@ START_TEST(test_free_pending)
     /* One more that never got a turn on the loop. */
     memset(&gs[N], 0, sizeof(gs[N]));
     gs[N].counter = &done;
-    ck_assert_int_eq(cm_loader_fetch(loader, 0, url("/hang"), NULL, 20000, MAX_SIZE, on_done, &gs[N]),
-                     CM_OK);
+    ck_assert_int_eq(
+        cm_loader_fetch(loader, 0, url("/hang"), NULL, 20000, MAX_SIZE, on_done, &gs[N]), CM_OK);
     ck_assert_uint_eq(cm_loader_pending(loader), N + 1);
     cm_loader_free(loader);
     loader = NULL;
@@ -601,8 +602,8 @@ static void on_chain(struct cm_load_result *res, void *arg)
     ck_assert_int_eq(res->outcome, CM_LOAD_OK);
     c->completed++;
     if (--c->left > 0) {
-        ck_assert_int_eq(cm_loader_fetch(loader, 0, url("/chain"), NULL, 2000, MAX_SIZE, on_chain, c),
-                         CM_OK);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, 0, url("/chain"), NULL, 2000, MAX_SIZE, on_chain, c), CM_OK);
     }
 }
 
@@ -700,17 +701,19 @@ START_TEST(test_truncated_responses)
     raw_case("/t/short", "HTTP%2F1.1%20200%20OK%0D%0AContent-Length%3A%2010%0D%0A%0D%0Aabcd", NULL,
              &g);
     /* chunked without the last (0) chunk, close */
-    raw_case("/t/chunk",
-             "HTTP%2F1.1%20200%20OK%0D%0ATransfer-Encoding%3A%20chunked%0D%0A%0D%0A4%0D%0Aabcd%0D%0A",
-             NULL, &g);
+    raw_case(
+        "/t/chunk",
+        "HTTP%2F1.1%20200%20OK%0D%0ATransfer-Encoding%3A%20chunked%0D%0A%0D%0A4%0D%0Aabcd%0D%0A",
+        NULL, &g);
     /* neither Content-Length nor chunked: the close ends the body, a success */
     raw_case("/t/eof", "HTTP%2F1.1%20200%20OK%0D%0AContent-Type%3A%20text%2Fplain%0D%0A%0D%0Aabcd",
              "abcd", &g);
     /* a complete chunked body, then close: fine */
-    raw_case("/t/chunk-ok",
-             "HTTP%2F1.1%20200%20OK%0D%0ATransfer-Encoding%3A%20chunked%0D%0A%0D%0A4%0D%0Aabcd%0D%0A"
-             "0%0D%0A%0D%0A",
-             "abcd", &g);
+    raw_case(
+        "/t/chunk-ok",
+        "HTTP%2F1.1%20200%20OK%0D%0ATransfer-Encoding%3A%20chunked%0D%0A%0D%0A4%0D%0Aabcd%0D%0A"
+        "0%0D%0A%0D%0A",
+        "abcd", &g);
 }
 END_TEST
 
@@ -887,7 +890,8 @@ START_TEST(test_retry_on_dead_reused_connection)
     long long conns = stat_int("connections");
     fetch(url("/rc"), NULL, 2000, MAX_SIZE, &g);
     ck_assert_int_eq(g.outcome, CM_LOAD_OK);
-    ck_assert_str_eq(g.body, "{\"path\": \"/rc\", \"n\": 2}"); /* asked twice: closed, then served */
+    ck_assert_str_eq(g.body,
+                     "{\"path\": \"/rc\", \"n\": 2}"); /* asked twice: closed, then served */
     got_clear(&g);
     ck_assert_int_eq(stat_int("connections"), conns + 1);
     /* cut short after some bytes: no retry */
