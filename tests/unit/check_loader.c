@@ -803,6 +803,50 @@ START_TEST(test_group_not_stalled)
 }
 END_TEST
 
+/* When every slot is taken, a freed slot goes to the groups with waiting fetches in turn: group
+ * 0 holds all 1,024 slots (its limit raised) with 76 more waiting; groups 1 and 2 queue 10
+ * each behind it. As group 0's first wave ends, the others are sent within the next few slots,
+ * not after group 0's backlog. */
+START_TEST(test_groups_take_turns)
+{
+    rule("path=/r0/&prefix=1&delay_ms=1500");
+    cm_loader_group_limit(loader, 0, 1024);
+    enum { N0 = 1100, N = 10 };
+    static struct got g0[N0], g1[N], g2[N];
+    int done = 0;
+    fetch_many(g0, N0, 0, "/r0/", 20000, &done);
+    fetch_many(g1, N, 1, "/r1/", 20000, &done);
+    fetch_many(g2, N, 2, "/r2/", 20000, &done);
+    ck_assert_uint_eq(cm_loader_queued(loader, 0), N0 - 1024);
+    ck_assert_uint_eq(cm_loader_queued(loader, 1), N);
+    ck_assert_uint_eq(cm_loader_queued(loader, 2), N);
+    run_until(&done, N0 + 2 * N, 25000);
+    ck_assert_int_eq(done, N0 + 2 * N);
+    json_t *log = origin_json("/__requests");
+    size_t last_other = 0, n_other = 0;
+    for (size_t i = 0; i < json_array_size(log); i++) {
+        const char *p = json_string_value(json_array_get(log, i));
+        if (strncmp(p, "/r1/", 4) == 0 || strncmp(p, "/r2/", 4) == 0) {
+            ck_assert_uint_ge(i, 1024);
+            last_other = i;
+            n_other++;
+        }
+    }
+    json_decref(log);
+    ck_assert_uint_eq(n_other, 2 * N);
+    /* FIFO over all would put them after the 76: at 1,100 and later */
+    ck_assert_msg(last_other < 1024 + 3 * N + 5, "last of groups 1-2 sent as request %zu",
+                  last_other);
+    for (int i = 0; i < N; i++) {
+        got_clear(&g1[i]);
+        got_clear(&g2[i]);
+    }
+    for (int i = 0; i < N0; i++) {
+        got_clear(&g0[i]);
+    }
+}
+END_TEST
+
 /* SPEC 12: a fetch that waits longer than its timeout fails "load queue timeout" without reaching
  * the origin; a sent one's timeout counts from its send. */
 START_TEST(test_queue_timeout)
@@ -970,6 +1014,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, test_timeout_over_retry);
     tcase_add_test(tc, test_closed_after_answer);
     tcase_add_test(tc, test_group_not_stalled);
+    tcase_add_test(tc, test_groups_take_turns);
     tcase_add_test(tc, test_queue_timeout);
     tcase_add_test(tc, test_waiting_is_cheap);
     tcase_add_test(tc, test_retry_on_dead_reused_connection);
