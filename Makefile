@@ -6,7 +6,7 @@ PKGS    := libevent libevent_pthreads hiredis libpq libmariadb libmongoc-1.0 sql
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
            -Wformat=2 -Wundef -Wvla -Wno-missing-field-initializers
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread -lm
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -pthread -lm # http_parser: no .pc in Debian
 CHECK_FLAGS = $(shell pkg-config --cflags --libs check 2>/dev/null)
 
 CC      ?= cc

@@ -472,8 +472,8 @@ static int loader_fetch(void *arg, size_t group, const char *url, const char *un
                         void *done_arg)
 {
     struct cm_server *srv = arg;
-    CM_UNUSED(group);
-    return cm_loader_fetch(srv->loader, url, unix_socket, timeout_ms, max_size, done, done_arg);
+    return cm_loader_fetch(srv->loader, group, url, unix_socket, timeout_ms, max_size, done,
+                           done_arg);
 }
 
 static void loader_close(void *arg)
@@ -531,6 +531,12 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
         return CM_ERR;
     }
     srv->nnodes = conf->nnodes;
+    for (size_t i = 0; i < srv->nnodes; i++) {
+        /* SPEC §12 loader_concurrency: the node's loads at the origin at once (its loader group) */
+        if (conf->nodes[i].loader_concurrency > 0) {
+            cm_loader_group_limit(srv->loader, i, (size_t)conf->nodes[i].loader_concurrency);
+        }
+    }
     struct cm_flight_env env = {
         .base = srv->base, .prefix = conf->prefix, .nodes = srv->nodes, .nnodes = srv->nnodes,
         .nstorages = srv->nstorages, .max_value_size = conf->max_value_size,

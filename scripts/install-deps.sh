@@ -12,7 +12,7 @@ readonly PACKAGES=(
     build-essential pkg-config clang libclang-rt-14-dev llvm
     # libraries the daemon links (Makefile PKGS) and Check for the unit suites
     libevent-dev libhiredis-dev libpq-dev libmariadb-dev libmongoc-dev libbson-dev libsqlite3-dev
-    libmsgpack-dev zlib1g-dev libinih-dev check libcurl4-openssl-dev libjansson-dev
+    libmsgpack-dev zlib1g-dev libinih-dev check libcurl4-openssl-dev libjansson-dev libhttp-parser-dev
     # the servers scripts/backends.sh starts, and their clients
     redis-server redis-tools mariadb-server mariadb-client postgresql sqlite3 zstd
     # Python test clients (Debian's, for /usr/bin/python3; PyPI is not used)

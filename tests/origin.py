@@ -14,8 +14,17 @@ counted and not logged):
   GET  /__requests  JSON list of raw targets in arrival order (the first 1,000,000)
   GET  /__reset     clears counters, rules and the request log (not the default delay)
   POST /__rule      JSON {"path", "delay_ms", "status", "body", "size", "close", "prefix",
-                    "chunked"} (chunked: send "size" bytes with Transfer-Encoding: chunked)
-  GET  /__rule?path=...&delay_ms=...&status=...&body=...&size=...&close=1&prefix=1
+                    "chunked", "raw", "close_after", "reused_close_ms"}
+                    chunked: send "size" bytes with Transfer-Encoding: chunked
+                    close: close the connection (after delay_ms) without answering
+                    raw: after delay_ms send exactly these bytes (latin-1) and close, e.g. a
+                      response cut short: "HTTP/1.1 200 OK\r\nCont"
+                    close_after: answer, then close the kept-alive connection (no
+                      "Connection: close" header: the client learns it only from the close)
+                    reused_close_ms: on a connection that already served a request, wait this
+                      long, then close it without answering (a kept-alive connection that dies
+                      under a request); a first request on a connection is served as usual
+  GET  /__rule?path=...&delay_ms=...&status=...&body=...&size=...&close=1&prefix=1 (same keys)
   GET  /__default?delay_ms=N   default delay for every path without a rule
 """
 
@@ -83,7 +92,12 @@ class Origin:
             "size": None if spec.get("size") in (None, "") else int(spec["size"]),
             "close": truthy(spec.get("close")),
             "chunked": truthy(spec.get("chunked")),
+            "raw": spec.get("raw"),
+            "close_after": truthy(spec.get("close_after")),
+            "reused_close_ms": float(spec.get("reused_close_ms") or 0),
         }
+        if rule["raw"] is not None and not isinstance(rule["raw"], str):
+            raise ValueError("\"raw\" must be a string")
         if rule["body"] is not None and not isinstance(rule["body"], str):
             rule["body"] = json.dumps(rule["body"])
         self.rules.pop(path, None)
@@ -166,8 +180,9 @@ async def send_size(writer, status, size, chunked, close):
         await writer.drain()
 
 
-async def serve(origin, target, writer, close):
-    """Answers an ordinary request; returns False when the connection must be dropped."""
+async def serve(origin, target, writer, close, served):
+    """Answers an ordinary request (served: requests this connection answered before); returns
+    False when the connection must be dropped."""
     origin.total += 1
     n = origin.paths.get(target, 0) + 1
     origin.paths[target] = n
@@ -177,15 +192,22 @@ async def serve(origin, target, writer, close):
     origin.max_active = max(origin.max_active, origin.active)
     try:
         rule = origin.rule_for(target)
+        if rule and rule["reused_close_ms"] > 0 and served > 0:
+            await asyncio.sleep(rule["reused_close_ms"] / 1000.0)
+            return False
         delay = rule["delay_ms"] if rule else origin.default_delay_ms
         if delay > 0:
             await asyncio.sleep(delay / 1000.0)
         if rule and rule["close"]:
             return False
+        if rule and rule["raw"] is not None:
+            writer.write(rule["raw"].encode("latin-1"))
+            await writer.drain()
+            return False
         status = rule["status"] if rule else 200
         if rule and rule["size"] is not None:
             await send_size(writer, status, rule["size"], rule["chunked"], close)
-            return True
+            return not rule["close_after"]
         if rule and rule["body"] is not None:
             body = rule["body"]
         else:
@@ -193,13 +215,14 @@ async def serve(origin, target, writer, close):
             body = m.group(1) if m else json.dumps({"path": target, "n": n})
         writer.write(response(status, body, close=close))
         await writer.drain()
-        return True
+        return not (rule and rule["close_after"])
     finally:
         origin.active -= 1
 
 
 async def handle(origin, reader, writer):
     origin.connections += 1
+    served = 0
     try:
         while True:
             try:
@@ -229,8 +252,10 @@ async def handle(origin, reader, writer):
             if target.startswith("/__"):
                 writer.write(await control(origin, method, target, body))
                 await writer.drain()
-            elif not await serve(origin, target, writer, close):
-                return
+            else:
+                if not await serve(origin, target, writer, close, served):
+                    return
+                served += 1
             if close:
                 return
     except ConnectionError:

@@ -42,6 +42,7 @@ struct got {
     size_t len;
     char reason[160];
     int64_t elapsed_ns;
+    bool queue_timeout;
     int *counter; /* optional shared completion counter */
 };
 
@@ -165,6 +166,7 @@ static void on_done(struct cm_load_result *res, void *arg)
     g->len = res->len;
     snprintf(g->reason, sizeof(g->reason), "%s", res->reason);
     g->elapsed_ns = res->elapsed_ns;
+    g->queue_timeout = res->queue_timeout;
     if (g->counter != NULL) {
         (*g->counter)++;
     }
@@ -197,7 +199,7 @@ static void fetch(const char *u, const char *sock, int64_t timeout_ms, uint64_t 
                   struct got *g)
 {
     memset(g, 0, sizeof(*g));
-    ck_assert_int_eq(cm_loader_fetch(loader, u, sock, timeout_ms, max_size, on_done, g), CM_OK);
+    ck_assert_int_eq(cm_loader_fetch(loader, 0, u, sock, timeout_ms, max_size, on_done, g), CM_OK);
     ck_assert_int_eq(g->calls, 0);
     run_until(&g->calls, 1, 15000);
     ck_assert_int_eq(g->calls, 1);
@@ -384,8 +386,8 @@ START_TEST(test_concurrent_100)
         memset(&gs[i], 0, sizeof(gs[i]));
         gs[i].counter = &done;
         snprintf(path, sizeof(path), "/c/%d", i);
-        ck_assert_int_eq(cm_loader_fetch(loader, url(path), NULL, 5000, MAX_SIZE, on_done, &gs[i]),
-                         CM_OK);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, 0, url(path), NULL, 5000, MAX_SIZE, on_done, &gs[i]), CM_OK);
     }
     ck_assert_uint_eq(cm_loader_pending(loader), N);
     ck_assert_int_eq(done, 0);
@@ -412,8 +414,8 @@ START_TEST(test_concurrent_100)
         memset(&gs[i], 0, sizeof(gs[i]));
         gs[i].counter = &done;
         snprintf(path, sizeof(path), "/d/%d", i);
-        ck_assert_int_eq(cm_loader_fetch(loader, url(path), NULL, 5000, MAX_SIZE, on_done, &gs[i]),
-                         CM_OK);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, 0, url(path), NULL, 5000, MAX_SIZE, on_done, &gs[i]), CM_OK);
     }
     run_until(&done, N, 15000);
     ck_assert_int_eq(done, N);
@@ -438,8 +440,8 @@ START_TEST(test_more_than_active_limit)
         memset(&gs[i], 0, sizeof(gs[i]));
         gs[i].counter = &done;
         snprintf(path, sizeof(path), "/m/%d", i);
-        ck_assert_int_eq(cm_loader_fetch(loader, url(path), NULL, 20000, MAX_SIZE, on_done, &gs[i]),
-                         CM_OK);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, 0, url(path), NULL, 20000, MAX_SIZE, on_done, &gs[i]), CM_OK);
     }
     run_until(&done, N, 30000);
     ck_assert_int_eq(done, N);
@@ -513,7 +515,8 @@ START_TEST(test_free_pending)
         memset(&gs[i], 0, sizeof(gs[i]));
         gs[i].counter = &done;
         ck_assert_int_eq(
-            cm_loader_fetch(loader, url("/hang"), NULL, 20000, MAX_SIZE, on_done, &gs[i]), CM_OK);
+            cm_loader_fetch(loader, 0, url("/hang"), NULL, 20000, MAX_SIZE, on_done, &gs[i]),
+            CM_OK);
     }
     /* Let them reach the origin, so they are mid-transfer when freed. */
     run_for(300);
@@ -521,8 +524,8 @@ START_TEST(test_free_pending)
     /* One more that never got a turn on the loop. */
     memset(&gs[N], 0, sizeof(gs[N]));
     gs[N].counter = &done;
-    ck_assert_int_eq(cm_loader_fetch(loader, url("/hang"), NULL, 20000, MAX_SIZE, on_done, &gs[N]),
-                     CM_OK);
+    ck_assert_int_eq(
+        cm_loader_fetch(loader, 0, url("/hang"), NULL, 20000, MAX_SIZE, on_done, &gs[N]), CM_OK);
     ck_assert_uint_eq(cm_loader_pending(loader), N + 1);
     cm_loader_free(loader);
     loader = NULL;
@@ -560,7 +563,7 @@ START_TEST(test_immediate_failures_deferred)
     huge = cm_malloc(n + 1);
     memset(huge, 'a', n);
     huge[n] = '\0';
-    ck_assert_int_eq(cm_loader_fetch(loader, huge, NULL, 2000, MAX_SIZE, on_done, &g), CM_OK);
+    ck_assert_int_eq(cm_loader_fetch(loader, 0, huge, NULL, 2000, MAX_SIZE, on_done, &g), CM_OK);
     cm_free(huge);
     ck_assert_int_eq(g.calls, 0);
     cm_loader_free(loader);
@@ -599,15 +602,15 @@ static void on_chain(struct cm_load_result *res, void *arg)
     ck_assert_int_eq(res->outcome, CM_LOAD_OK);
     c->completed++;
     if (--c->left > 0) {
-        ck_assert_int_eq(cm_loader_fetch(loader, url("/chain"), NULL, 2000, MAX_SIZE, on_chain, c),
-                         CM_OK);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, 0, url("/chain"), NULL, 2000, MAX_SIZE, on_chain, c), CM_OK);
     }
 }
 
 START_TEST(test_fetch_from_done)
 {
     struct chain c = {.left = 5};
-    ck_assert_int_eq(cm_loader_fetch(loader, url("/chain"), NULL, 2000, MAX_SIZE, on_chain, &c),
+    ck_assert_int_eq(cm_loader_fetch(loader, 0, url("/chain"), NULL, 2000, MAX_SIZE, on_chain, &c),
                      CM_OK);
     run_until(&c.completed, 5, 10000);
     ck_assert_int_eq(c.completed, 5);
@@ -666,6 +669,325 @@ START_TEST(test_idle_connection_closed)
 }
 END_TEST
 
+/* Sets path to answer the raw response raw_q (URL-encoded: a query value) then close, fetches
+ * it, and checks the body (want_body) or that it failed (want_body NULL). Fills g. */
+static void raw_case(const char *path, const char *raw_q, const char *want_body, struct got *g)
+{
+    char q[1024];
+    snprintf(q, sizeof(q), "path=%s&raw=%s", path, raw_q);
+    rule(q);
+    fetch(url(path), NULL, 2000, MAX_SIZE, g);
+    if (want_body != NULL) {
+        ck_assert_int_eq(g->outcome, CM_LOAD_OK);
+        ck_assert_str_eq(g->body, want_body);
+        got_clear(g);
+    } else {
+        ck_assert_int_eq(g->outcome, CM_LOAD_FAILED);
+        ck_assert_ptr_null(g->body);
+    }
+}
+
+/* Defect 13: a response counts only when complete. curl took "HTTP/1.1 200 OK\r\nCont" + close
+ * for an empty 200, which the daemon then cached. */
+START_TEST(test_truncated_responses)
+{
+    struct got g;
+    /* status line and part of a header, then close */
+    raw_case("/t/head", "HTTP%2F1.1%20200%20OK%0D%0ACont", NULL, &g);
+    ck_assert_str_eq(g.reason, "upstream error: response headers cut short");
+    /* only the status line */
+    raw_case("/t/status", "HTTP%2F1.1%20200%20OK%0D%0A", NULL, &g);
+    /* Content-Length: 10, 4 bytes, close */
+    raw_case("/t/short", "HTTP%2F1.1%20200%20OK%0D%0AContent-Length%3A%2010%0D%0A%0D%0Aabcd", NULL,
+             &g);
+    /* chunked without the last (0) chunk, close */
+    raw_case(
+        "/t/chunk",
+        "HTTP%2F1.1%20200%20OK%0D%0ATransfer-Encoding%3A%20chunked%0D%0A%0D%0A4%0D%0Aabcd%0D%0A",
+        NULL, &g);
+    /* neither Content-Length nor chunked: the close ends the body, a success */
+    raw_case("/t/eof", "HTTP%2F1.1%20200%20OK%0D%0AContent-Type%3A%20text%2Fplain%0D%0A%0D%0Aabcd",
+             "abcd", &g);
+    /* a complete chunked body, then close: fine */
+    raw_case(
+        "/t/chunk-ok",
+        "HTTP%2F1.1%20200%20OK%0D%0ATransfer-Encoding%3A%20chunked%0D%0A%0D%0A4%0D%0Aabcd%0D%0A"
+        "0%0D%0A%0D%0A",
+        "abcd", &g);
+}
+END_TEST
+
+/* Defect 12: the origin drops a kept-alive connection 1.5 s into a request; curl retries on a new
+ * connection, where the answer takes 3 s. The load must fail at its 2 s timeout, counted from the
+ * send (curl's retry restarted curl's own clock: 4.5 s before the fix). */
+START_TEST(test_timeout_over_retry)
+{
+    rule("path=/k&reused_close_ms=1500&delay_ms=3000");
+    struct got g;
+    fetch(url("/warm"), NULL, 2000, MAX_SIZE, &g); /* the connection /k will reuse */
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    got_clear(&g);
+    int64_t t0 = cm_now_ns();
+    fetch(url("/k"), NULL, 2000, MAX_SIZE, &g);
+    int64_t took_ms = (cm_now_ns() - t0) / 1000000;
+    ck_assert_int_eq(g.outcome, CM_LOAD_FAILED);
+    ck_assert_str_eq(g.reason, "timeout after 2000 ms");
+    ck_assert(!g.queue_timeout);
+    ck_assert_int_ge(took_ms, 1990);
+    ck_assert_msg(took_ms < 2600, "took %lld ms", (long long)took_ms);
+}
+END_TEST
+
+/* The origin closes a kept-alive connection right after its answer (no "Connection: close"):
+ * the next fetch still works, on a new connection, well within its timeout. */
+START_TEST(test_closed_after_answer)
+{
+    rule("path=/ca&close_after=1");
+    struct got g;
+    for (int i = 0; i < 3; i++) {
+        fetch(url("/ca"), NULL, 2000, MAX_SIZE, &g);
+        ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+        got_clear(&g);
+        fetch(url("/users/3"), NULL, 2000, MAX_SIZE, &g);
+        ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+        ck_assert_int_lt(g.elapsed_ns / 1000000, 1000);
+        got_clear(&g);
+    }
+}
+END_TEST
+
+/* Starts n fetches of group, of prefix followed by the index, counting completions in *done. */
+static void fetch_many(struct got *gs, int n, size_t group, const char *prefix, int64_t timeout_ms,
+                       int *done)
+{
+    char path[64];
+    for (int i = 0; i < n; i++) {
+        memset(&gs[i], 0, sizeof(gs[i]));
+        gs[i].counter = done;
+        snprintf(path, sizeof(path), "%s%d", prefix, i);
+        ck_assert_int_eq(
+            cm_loader_fetch(loader, group, url(path), NULL, timeout_ms, MAX_SIZE, on_done, &gs[i]),
+            CM_OK);
+    }
+}
+
+/* Defect 5: one group's hung loads hold at most its share of the slots; another group's fetch is
+ * sent at once. Before the fix, 1,100 hung fetches took all 1,024 slots and the other one waited
+ * behind the rest. */
+START_TEST(test_group_not_stalled)
+{
+    rule("path=/hang/&prefix=1&delay_ms=20000");
+    enum { N = 1100 };
+    static struct got gs[N];
+    int done = 0;
+    fetch_many(gs, N, 0, "/hang/", 25000, &done);
+    ck_assert_uint_eq(cm_loader_queued(loader, 0), N - 512);
+    ck_assert_uint_eq(cm_loader_queued(loader, 1), 0);
+    ck_assert_uint_eq(cm_loader_queued(loader, 99), 0);
+    run_for(300);
+    struct got g;
+    memset(&g, 0, sizeof(g));
+    int64_t t0 = cm_now_ns();
+    ck_assert_int_eq(cm_loader_fetch(loader, 1, url("/users/9"), NULL, 1000, MAX_SIZE, on_done, &g),
+                     CM_OK);
+    ck_assert_uint_eq(cm_loader_queued(loader, 1), 0);
+    run_until(&g.calls, 1, 5000);
+    ck_assert_int_eq(g.calls, 1);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    ck_assert_int_lt((cm_now_ns() - t0) / 1000000, 900);
+    got_clear(&g);
+    ck_assert_int_eq(done, 0);
+    /* a raised limit sends more of group 0 at once */
+    cm_loader_group_limit(loader, 0, 600);
+    ck_assert_uint_eq(cm_loader_queued(loader, 0), N - 600);
+}
+END_TEST
+
+/* When every slot is taken, a freed slot goes to the groups with waiting fetches in turn: group
+ * 0 holds all 1,024 slots (its limit raised) with 76 more waiting; groups 1 and 2 queue 10
+ * each behind it. As group 0's first wave ends, the others are sent within the next few slots,
+ * not after group 0's backlog. */
+START_TEST(test_groups_take_turns)
+{
+    rule("path=/r0/&prefix=1&delay_ms=1500");
+    cm_loader_group_limit(loader, 0, 1024);
+    enum { N0 = 1100, N = 10 };
+    static struct got g0[N0], g1[N], g2[N];
+    int done = 0;
+    fetch_many(g0, N0, 0, "/r0/", 20000, &done);
+    fetch_many(g1, N, 1, "/r1/", 20000, &done);
+    fetch_many(g2, N, 2, "/r2/", 20000, &done);
+    ck_assert_uint_eq(cm_loader_queued(loader, 0), N0 - 1024);
+    ck_assert_uint_eq(cm_loader_queued(loader, 1), N);
+    ck_assert_uint_eq(cm_loader_queued(loader, 2), N);
+    run_until(&done, N0 + 2 * N, 25000);
+    ck_assert_int_eq(done, N0 + 2 * N);
+    json_t *log = origin_json("/__requests");
+    size_t last_other = 0, n_other = 0;
+    for (size_t i = 0; i < json_array_size(log); i++) {
+        const char *p = json_string_value(json_array_get(log, i));
+        if (strncmp(p, "/r1/", 4) == 0 || strncmp(p, "/r2/", 4) == 0) {
+            ck_assert_uint_ge(i, 1024);
+            last_other = i;
+            n_other++;
+        }
+    }
+    json_decref(log);
+    ck_assert_uint_eq(n_other, 2 * N);
+    /* FIFO over all would put them after the 76: at 1,100 and later */
+    ck_assert_msg(last_other < 1024 + 3 * N + 5, "last of groups 1-2 sent as request %zu",
+                  last_other);
+    for (int i = 0; i < N; i++) {
+        got_clear(&g1[i]);
+        got_clear(&g2[i]);
+    }
+    for (int i = 0; i < N0; i++) {
+        got_clear(&g0[i]);
+    }
+}
+END_TEST
+
+/* SPEC 12: a fetch that waits longer than its timeout fails "load queue timeout" without reaching
+ * the origin; a sent one's timeout counts from its send. */
+START_TEST(test_queue_timeout)
+{
+    rule("path=/q/hang&delay_ms=5000");
+    rule("path=/q/slow&delay_ms=500");
+    cm_loader_group_limit(loader, 3, 1);
+    struct got a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    int done = 0;
+    a.counter = b.counter = &done;
+    int64_t t0 = cm_now_ns();
+    ck_assert_int_eq(cm_loader_fetch(loader, 3, url("/q/hang"), NULL, 300, MAX_SIZE, on_done, &a),
+                     CM_OK);
+    ck_assert_int_eq(cm_loader_fetch(loader, 3, url("/q/hang"), NULL, 250, MAX_SIZE, on_done, &b),
+                     CM_OK);
+    ck_assert_uint_eq(cm_loader_queued(loader, 3), 1);
+    run_until(&done, 2, 5000);
+    int64_t took_ms = (cm_now_ns() - t0) / 1000000;
+    ck_assert_int_eq(done, 2);
+    ck_assert_str_eq(a.reason, "timeout after 300 ms");
+    ck_assert(!a.queue_timeout);
+    ck_assert_int_eq(b.outcome, CM_LOAD_FAILED);
+    ck_assert_str_eq(b.reason, "load queue timeout");
+    ck_assert(b.queue_timeout);
+    ck_assert_int_ge(b.elapsed_ns / 1000000, 245);
+    ck_assert_int_lt(took_ms, 1500);
+    ck_assert_uint_eq(cm_loader_queued(loader, 3), 0);
+    ck_assert_int_eq(stat_int("total"), 1); /* b never reached the origin */
+    /* Queued 500 ms behind another, then 500 ms at the origin: 1 s in all, within its 800 ms
+     * timeout because that counts from the send. */
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    done = 0;
+    a.counter = b.counter = &done;
+    ck_assert_int_eq(cm_loader_fetch(loader, 3, url("/q/slow"), NULL, 800, MAX_SIZE, on_done, &a),
+                     CM_OK);
+    ck_assert_int_eq(cm_loader_fetch(loader, 3, url("/q/slow"), NULL, 800, MAX_SIZE, on_done, &b),
+                     CM_OK);
+    run_until(&done, 2, 5000);
+    ck_assert_int_eq(done, 2);
+    ck_assert_int_eq(a.outcome, CM_LOAD_OK);
+    ck_assert_int_eq(b.outcome, CM_LOAD_OK);
+    ck_assert_int_ge(b.elapsed_ns / 1000000, 950);
+    got_clear(&a);
+    got_clear(&b);
+}
+END_TEST
+
+/* Defect 10: a waiting fetch holds no curl handle or buffer. 100,000 fetches wait behind a
+ * group limit of 1; the loader's own allocations (cm_alloc_used) grow by 280 bytes per waiting
+ * fetch (measured 2026-12-07; the URL is ~40 bytes), where a curl handle and body buffer per
+ * fetch cost ~6.5 KB before. */
+START_TEST(test_waiting_is_cheap)
+{
+    rule("path=/w/&prefix=1&delay_ms=20000");
+    cm_loader_group_limit(loader, 5, 1);
+    enum { N = 100000 };
+    struct got *gs = cm_calloc(N, sizeof(*gs));
+    int done = 0;
+    size_t before = cm_alloc_used();
+    fetch_many(gs, N, 5, "/w/", 60000, &done);
+    size_t per = (cm_alloc_used() - before) / N;
+    fprintf(stderr, "check_loader: %zu bytes per waiting fetch\n", per);
+    ck_assert_uint_eq(cm_loader_queued(loader, 5), N - 1);
+    ck_assert_uint_le(per, 512);
+    cm_loader_free(loader);
+    loader = NULL;
+    ck_assert_int_eq(done, N);
+    ck_assert_str_eq(gs[N - 1].reason, "shutting down");
+    cm_free(gs);
+}
+END_TEST
+
+/* The lean client (daemon/httpc.c) resends a request once, on a fresh connection, when the
+ * reused connection it went on dies before any byte of the response; never when part of the
+ * response came (that would ask the origin twice for a response it began). */
+START_TEST(test_retry_on_dead_reused_connection)
+{
+    rule("path=/rc&reused_close_ms=1");
+    struct got g;
+    fetch(url("/warm"), NULL, 2000, MAX_SIZE, &g);
+    got_clear(&g);
+    long long conns = stat_int("connections");
+    fetch(url("/rc"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    ck_assert_str_eq(g.body,
+                     "{\"path\": \"/rc\", \"n\": 2}"); /* asked twice: closed, then served */
+    got_clear(&g);
+    ck_assert_int_eq(stat_int("connections"), conns + 1);
+    /* cut short after some bytes: no retry */
+    long long total = stat_int("total");
+    raw_case("/cut", "HTTP%2F1.1%20200%20OK%0D%0AContent-Length%3A%205%0D%0A%0D%0Aab", NULL, &g);
+    ck_assert_int_eq(stat_int("total"), total + 1); /* asked once */
+    ck_assert_str_eq(g.reason, "upstream error: response body cut short");
+}
+END_TEST
+
+/* Interim 1xx responses are skipped; "Connection: close" and HTTP/1.0 answers are not reused;
+ * bytes after the response (never asked for) close the connection instead of being taken for the
+ * next answer. */
+START_TEST(test_response_forms)
+{
+    struct got g;
+    raw_case("/f/100",
+             "HTTP%2F1.1%20100%20Continue%0D%0A%0D%0AHTTP%2F1.1%20200%20OK%0D%0A"
+             "Content-Length%3A%202%0D%0A%0D%0Aok",
+             "ok", &g);
+    raw_case("/f/10", "HTTP%2F1.0%20200%20OK%0D%0AContent-Length%3A%202%0D%0A%0D%0Aok", "ok", &g);
+    raw_case("/f/extra",
+             "HTTP%2F1.1%20200%20OK%0D%0AContent-Length%3A%202%0D%0A%0D%0Aok"
+             "HTTP%2F1.1%20200%20OK%0D%0AContent-Length%3A%203%0D%0A%0D%0Abad",
+             "ok", &g);
+    fetch(url("/users/5"), NULL, 2000, MAX_SIZE, &g);
+    ck_assert_str_eq(g.body, "{\"path\": \"/users/5\", \"n\": 1}");
+    got_clear(&g);
+    raw_case("/f/garbage", "SPDY%2F9%20what%0D%0A%0D%0A", NULL, &g);
+    ck_assert_msg(strncmp(g.reason, "upstream error: bad response: ", 30) == 0, "reason: %s",
+                  g.reason);
+}
+END_TEST
+
+/* URLs the lean client does not take (a host name) still go through libcurl. */
+START_TEST(test_curl_fallback)
+{
+    char u[128];
+    snprintf(u, sizeof(u), "http://localhost:%d/users/8", org.port);
+    struct got g;
+    fetch(u, NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_OK);
+    ck_assert_str_eq(g.body, "{\"path\": \"/users/8\", \"n\": 1}");
+    got_clear(&g);
+    rule("path=/cf/head&raw=HTTP%2F1.1%20200%20OK%0D%0ACont");
+    snprintf(u, sizeof(u), "http://localhost:%d/cf/head", org.port);
+    fetch(u, NULL, 2000, MAX_SIZE, &g);
+    ck_assert_int_eq(g.outcome, CM_LOAD_FAILED);
+    ck_assert_str_eq(g.reason, "upstream error: response headers cut short");
+}
+END_TEST
+
 static Suite *loader_suite(void)
 {
     Suite *s = suite_create("loader");
@@ -688,6 +1010,16 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, test_fetch_from_done);
     tcase_add_test(tc, test_origin_restart);
     tcase_add_test(tc, test_idle_connection_closed);
+    tcase_add_test(tc, test_truncated_responses);
+    tcase_add_test(tc, test_timeout_over_retry);
+    tcase_add_test(tc, test_closed_after_answer);
+    tcase_add_test(tc, test_group_not_stalled);
+    tcase_add_test(tc, test_groups_take_turns);
+    tcase_add_test(tc, test_queue_timeout);
+    tcase_add_test(tc, test_waiting_is_cheap);
+    tcase_add_test(tc, test_retry_on_dead_reused_connection);
+    tcase_add_test(tc, test_response_forms);
+    tcase_add_test(tc, test_curl_fallback);
     suite_add_tcase(s, tc);
 
     TCase *tu = tcase_create("unix");
