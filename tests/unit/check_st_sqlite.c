@@ -5,7 +5,7 @@
 #include "daemon/alloc.h"
 #include "daemon/util.h"
 #include "storages/storage.h"
-#include "tests/unit/st_harness.h"
+#include "tests/unit/st_contract.h"
 
 #include <check.h>
 #include <event2/event.h>
@@ -25,7 +25,8 @@ struct fx {
     struct cm_storage *st;
 };
 
-static void fx_open(struct fx *f, const char *table, bool create, int pool, int64_t timeout_ms)
+static void fx_open_on(struct fx *f, struct event_base *base, const char *table, bool create,
+                       int pool, int64_t timeout_ms)
 {
     memset(f, 0, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/cm_sqlite_XXXXXX");
@@ -39,20 +40,51 @@ static void fx_open(struct fx *f, const char *table, bool create, int pool, int6
     f->conf.timeout_ms = timeout_ms;
     f->conf.table = (char *)table;
     f->conf.create_table = create;
-    f->base = event_base_new();
+    f->base = base;
     char err[256] = "";
     f->st = cm_storage_new(&f->conf, f->base, err, sizeof(err));
     ck_assert_msg(f->st != NULL, "open: %s", err);
 }
 
+static void fx_open(struct fx *f, const char *table, bool create, int pool, int64_t timeout_ms)
+{
+    fx_open_on(f, event_base_new(), table, create, pool, timeout_ms);
+}
+
 static void fx_close(struct fx *f)
 {
     cm_storage_free(f->st);
-    event_base_free(f->base);
+    if (f->base != NULL) {
+        event_base_free(f->base);
+    }
     char cmd[200];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
     ck_assert_int_eq(system(cmd), 0);
 }
+
+/* The contract fixture (tests/unit/st_contract.h): a fresh database file per storage. */
+static struct fx ct_sq;
+
+static struct cm_storage *ct_sq_open(struct event_base *base, int pool, int64_t timeout_ms)
+{
+    fx_open_on(&ct_sq, base, "cacheme_data", true, pool, timeout_ms);
+    return ct_sq.st;
+}
+
+static void ct_sq_close(struct cm_storage *st)
+{
+    cm_storage_free(st);
+    ct_sq.st = NULL;
+    ct_sq.base = NULL; /* the contract frees its base */
+    fx_close(&ct_sq);
+}
+
+static const struct ct_fixture sqlite_fixture = {
+    .name = "sqlite",
+    .open = ct_sq_open,
+    .close = ct_sq_close,
+    .key_rules = 0, /* TEXT holds any bytes: NUL and invalid UTF-8 keys compare as bytes */
+};
 
 /* Runs SQL on the test's file through a separate connection (as another process would). */
 static void sql_exec(const char *path, const char *sql)
@@ -81,81 +113,6 @@ static const char *interop(const char *args)
     ck_assert_msg(rc == 0, "%s failed (%d): %s", cmd, rc, out);
     return out;
 }
-
-START_TEST(test_set_get_mget_del)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 3, 5000);
-    const char *k1[] = {"cacheme:user:1:info:v1"};
-    const char *v1[] = {"{\"name\":\"ann\"}"};
-    ck_assert_int_eq(h_set(f.st, 1, k1, v1, -1), CM_OK);
-    struct h_result r;
-    h_get(f.st, 1, k1, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    h_assert_val(&r, 0, v1[0]);
-    h_result_deinit(&r);
-
-    /* overwrite, then a batch SET with ttl */
-    const char *v1b[] = {"second"};
-    ck_assert_int_eq(h_set(f.st, 1, k1, v1b, -1), CM_OK);
-    const char *k23[] = {"k2", "k3"};
-    const char *v23[] = {"two", "three"};
-    ck_assert_int_eq(h_set(f.st, 2, k23, v23, 60000), CM_OK);
-
-    /* MGET: hits, a miss, a duplicate key answered in place */
-    const char *mk[] = {"cacheme:user:1:info:v1", "k2", "nope", "k3", "k2"};
-    h_get(f.st, 5, mk, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    h_assert_val(&r, 0, "second");
-    h_assert_val(&r, 1, "two");
-    h_assert_val(&r, 2, NULL);
-    h_assert_val(&r, 3, "three");
-    h_assert_val(&r, 4, "two");
-    h_result_deinit(&r);
-
-    const char *dk[] = {"cacheme:user:1:info:v1", "k2", "never-there"};
-    ck_assert_int_eq(h_del(f.st, 3, dk), CM_OK);
-    h_get(f.st, 5, mk, &r);
-    h_assert_val(&r, 0, NULL);
-    h_assert_val(&r, 1, NULL);
-    h_assert_val(&r, 3, "three");
-    h_result_deinit(&r);
-    ck_assert_uint_eq(f.st->stats.errors, 0);
-    fx_close(&f);
-}
-END_TEST
-
-/* MGET and DEL of more keys than one IN (...) statement holds (chunks of 32). */
-START_TEST(test_many_keys)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 2, 5000);
-    enum { N = 60 };
-    char kbuf[N][16], vbuf[N][16];
-    const char *keys[N], *vals[N];
-    for (int i = 0; i < N; i++) {
-        snprintf(kbuf[i], sizeof(kbuf[i]), "key-%d", i);
-        snprintf(vbuf[i], sizeof(vbuf[i]), "val-%d", i);
-        keys[i] = kbuf[i];
-        vals[i] = vbuf[i];
-    }
-    ck_assert_int_eq(h_set(f.st, N / 2, keys, vals, -1), CM_OK); /* even half only */
-    struct h_result r;
-    h_get(f.st, N, keys, &r);
-    for (int i = 0; i < N; i++) {
-        h_assert_val(&r, (size_t)i, i < N / 2 ? vals[i] : NULL);
-    }
-    h_result_deinit(&r);
-    ck_assert_int_eq(h_set(f.st, N, keys, vals, -1), CM_OK);
-    ck_assert_int_eq(h_del(f.st, N - 1, keys), CM_OK);
-    h_get(f.st, N, keys, &r);
-    for (int i = 0; i < N; i++) {
-        h_assert_val(&r, (size_t)i, i == N - 1 ? vals[i] : NULL);
-    }
-    h_result_deinit(&r);
-    fx_close(&f);
-}
-END_TEST
 
 /* Rows written by someone else with an expire in the past are misses; the future ones hit,
  * whichever datetime text form they use. */
@@ -202,71 +159,6 @@ START_TEST(test_expired_row_is_miss)
     usleep(120 * 1000);
     h_get(f.st, 1, ks, &r);
     h_assert_val(&r, 0, NULL);
-    h_result_deinit(&r);
-    fx_close(&f);
-}
-END_TEST
-
-START_TEST(test_hostile_keys_and_values)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 2, 5000);
-    const char *keys[] = {
-        "it's",
-        "say \"hi\"",
-        "back\\slash",
-        "100%",
-        "a;b",
-        "'); DROP TABLE cacheme_data; --",
-        "ключ:日本語:🙂",
-        "_",
-        "%_%",
-    };
-    const size_t n = CM_ARRAY_LEN(keys);
-    const char *vals[CM_ARRAY_LEN(keys)];
-    char vbuf[CM_ARRAY_LEN(keys)][32];
-    for (size_t i = 0; i < n; i++) {
-        snprintf(vbuf[i], sizeof(vbuf[i]), "v%zu", i);
-        vals[i] = vbuf[i];
-    }
-    ck_assert_int_eq(h_set(f.st, n, keys, vals, -1), CM_OK);
-    struct h_result r;
-    h_get(f.st, n, keys, &r);
-    for (size_t i = 0; i < n; i++) {
-        h_assert_val(&r, i, vals[i]);
-    }
-    h_result_deinit(&r);
-    /* LIKE-style wildcards are not wildcards: '%' did not match "100%" etc. */
-    const char *wild[] = {"%", "10%"};
-    h_get(f.st, 2, wild, &r);
-    h_assert_val(&r, 0, NULL);
-    h_assert_val(&r, 1, NULL);
-    h_result_deinit(&r);
-
-    /* binary value with NUL and 0xff bytes, and an empty value (not NULL) */
-    struct cm_st_op *op = cm_st_op_new(CM_ST_SET, 2);
-    cm_st_op_set_key(op, 0, "bin", 3);
-    cm_st_op_set_key(op, 1, "empty", 5);
-    static const char bin[] = {'a', 0, (char)0xff, 'b'};
-    op->items[0].wval = bin;
-    op->items[0].wlen = sizeof(bin);
-    op->items[1].wval = "";
-    op->items[1].wlen = 0;
-    h_run(f.st, op, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    h_result_deinit(&r);
-    const char *bk[] = {"bin", "empty"};
-    h_get(f.st, 2, bk, &r);
-    ck_assert(r.hit[0] && r.vlen[0] == sizeof(bin) && memcmp(r.val[0], bin, sizeof(bin)) == 0);
-    ck_assert(r.hit[1] && r.vlen[1] == 0);
-    h_result_deinit(&r);
-
-    const char *dk[] = {"it's", "'); DROP TABLE cacheme_data; --"};
-    ck_assert_int_eq(h_del(f.st, 2, dk), CM_OK);
-    h_get(f.st, n, keys, &r);
-    for (size_t i = 0; i < n; i++) {
-        h_assert_val(&r, i, i == 0 || i == 5 ? NULL : vals[i]);
-    }
     h_result_deinit(&r);
     fx_close(&f);
 }
@@ -510,33 +402,19 @@ START_TEST(test_timeout_while_locked)
 }
 END_TEST
 
-/* Closing with ops queued: every done() runs exactly once, inside close. */
-START_TEST(test_close_with_pending_ops)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 2, 10000);
-    h_close_with_pending(f.st, 50);
-    f.st = NULL;
-    fx_close(&f);
-}
-END_TEST
-
 static Suite *sqlite_suite(void)
 {
     Suite *s = suite_create("st_sqlite");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_set_get_mget_del);
-    tcase_add_test(tc, test_many_keys);
     tcase_add_test(tc, test_expired_row_is_miss);
-    tcase_add_test(tc, test_hostile_keys_and_values);
     tcase_add_test(tc, test_cacheme_format_interop);
     tcase_add_test(tc, test_schema_matches_script);
     tcase_add_test(tc, test_errors_are_reported);
     tcase_add_test(tc, test_concurrent_submits);
     tcase_add_test(tc, test_timeout_while_locked);
-    tcase_add_test(tc, test_close_with_pending_ops);
     suite_add_tcase(s, tc);
+    suite_add_tcase(s, ct_tcase(&sqlite_fixture));
     return s;
 }
 
