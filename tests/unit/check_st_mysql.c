@@ -5,6 +5,7 @@
 #include "daemon/buf.h"
 #include "storages/sql_common.h"
 #include "tests/unit/sql_harness.h"
+#include "tests/unit/st_contract.h"
 
 #include <mysql.h>
 #include <stdio.h>
@@ -48,6 +49,32 @@ static long long side_count(const char *sql)
     return n;
 }
 
+/* The contract fixture (tests/unit/st_contract.h): the table dropped before each storage. */
+static struct h_st ct_h;
+
+static struct cm_storage *ct_my_open(struct event_base *base, int pool, int64_t timeout_ms)
+{
+    side = side_conn();
+    side_exec("DROP TABLE IF EXISTS " MY_TABLE);
+    h_open_on(&ct_h, base, CM_ST_TYPE_MYSQL, h_env("CM_TEST_MYSQL_URL"), MY_TABLE, pool, timeout_ms);
+    return ct_h.st;
+}
+
+static void ct_my_close(struct cm_storage *st)
+{
+    ct_h.st = st;
+    ct_h.base = NULL; /* the contract frees its base */
+    h_close(&ct_h);
+    mysql_close(side);
+}
+
+static const struct ct_fixture my_fixture = {
+    .name = "mysql",
+    .open = ct_my_open,
+    .close = ct_my_close,
+    .key_rules = CM_KEY_UTF8 | CM_KEY_MAX_CHARS,
+};
+
 static void setup(void)
 {
     side = side_conn();
@@ -66,11 +93,11 @@ START_TEST(test_set_get_mget_del)
     const char *keys[] = { "cacheme:a:v1", "cacheme:b:v1", "cacheme:none:v1", "cacheme:A:v1" };
     const char *vals[] = { "alpha", "bravo" };
     struct h_res r;
-    h_run(&h, CM_ST_SET, 2, keys, vals, NULL, -1, &r);
+    h_sql_run(&h, CM_ST_SET, 2, keys, vals, NULL, -1, &r);
     ck_assert_int_eq(r.status, CM_OK);
     ck_assert_int_eq(h_get1(&h, keys[0], "alpha", 5), CM_ST_HIT);
     ck_assert_int_eq(h_set1(&h, keys[0], "alpha2", 6, 60000), CM_OK);   /* upsert */
-    h_run(&h, CM_ST_GET, 4, keys, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_GET, 4, keys, NULL, NULL, 0, &r);
     ck_assert_int_eq(r.status, CM_OK);
     ck_assert_int_eq(r.result[0], CM_ST_HIT);
     ck_assert_mem_eq(r.val[0], "alpha2", 6);
@@ -86,7 +113,7 @@ START_TEST(test_set_get_mget_del)
                                 "AND 60 AND value = 'alpha2'"), 1);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE " WHERE `key` = 'cacheme:b:v1' "
                                 "AND expire IS NULL"), 1);
-    h_run(&h, CM_ST_DEL, 2, keys, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_DEL, 2, keys, NULL, NULL, 0, &r);
     ck_assert_int_eq(r.status, CM_OK);
     ck_assert_int_eq(h_get1(&h, keys[0], NULL, 0), CM_ST_MISS);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 0);
@@ -174,12 +201,12 @@ START_TEST(test_mget_is_one_query)
         vals[i] = "v";
     }
     struct h_res r;
-    h_run(&h, CM_ST_SET, 40, keys, vals, NULL, -1, &r);
+    h_sql_run(&h, CM_ST_SET, 40, keys, vals, NULL, -1, &r);
     ck_assert_int_eq(r.status, CM_OK);
-    h_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);   /* prepares the 64-key read */
+    h_sql_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);   /* prepares the 64-key read */
     h_res_free(&r);
     struct my_counts b0 = counts();
-    h_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);
     struct my_counts batch = delta(b0, counts());
     ck_assert_int_eq(r.status, CM_OK);
     for (size_t i = 0; i < 40; i++) {
@@ -218,19 +245,19 @@ START_TEST(test_statements_prepared_once_per_connection)
     const char *keys[] = { "cacheme:p:v1", "cacheme:q:v1", "cacheme:r:v1" };
     struct h_res r;
     c0 = counts();
-    h_run(&one, CM_ST_GET, 3, keys, NULL, NULL, 0, &r);   /* 3 keys: the 4-key statement */
+    h_sql_run(&one, CM_ST_GET, 3, keys, NULL, NULL, 0, &r);   /* 3 keys: the 4-key statement */
     ck_assert_int_eq(r.status, CM_OK);
     ck_assert_int_eq(r.result[0], CM_ST_HIT);
     ck_assert_int_eq(r.result[1] + r.result[2], CM_ST_MISS + CM_ST_MISS);
     h_res_free(&r);
-    h_run(&one, CM_ST_GET, 2, keys, NULL, NULL, 0, &r);   /* 2 keys: the same statement */
+    h_sql_run(&one, CM_ST_GET, 2, keys, NULL, NULL, 0, &r);   /* 2 keys: the same statement */
     ck_assert_int_eq(r.result[0], CM_ST_HIT);
     h_res_free(&r);
     ASSERT_COUNTS(delta(c0, counts()), 2, 1, 2, 0, 0, 1);
     c0 = counts();
-    h_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
+    h_sql_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
     ck_assert_int_eq(r.status, CM_OK);
-    h_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
+    h_sql_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
     ASSERT_COUNTS(delta(c0, counts()), 2, 1, 0, 0, 2, 1);
     ck_assert_int_eq(h_get1(&one, "cacheme:p:v1", NULL, 0), CM_ST_MISS);
     /* upsert/1, read/1, read/4, delete/1 stay prepared on the server until the connection ends */
@@ -263,9 +290,9 @@ START_TEST(test_bound_keys_and_values_exact)
         vlens[i] = sizeof(val) - 1 - i;   /* every one ends differently, some in NUL */
     }
     struct h_res r;
-    h_run(&h, CM_ST_SET, n, keys, vals, vlens, 60000, &r);
+    h_sql_run(&h, CM_ST_SET, n, keys, vals, vlens, 60000, &r);
     ck_assert_int_eq(r.status, CM_OK);
-    h_run(&h, CM_ST_GET, n, keys, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_GET, n, keys, NULL, NULL, 0, &r);
     ck_assert_int_eq(r.status, CM_OK);
     for (size_t i = 0; i < n; i++) {
         ck_assert_msg(r.result[i] == CM_ST_HIT, "miss for %s", keys[i]);
@@ -289,12 +316,12 @@ START_TEST(test_bound_keys_and_values_exact)
     }
     /* near misses of those keys are misses */
     const char *near[] = { "cacheme:what:v1", "cacheme:trailing space:v1", "cacheme:%:v1" };
-    h_run(&h, CM_ST_GET, CM_ARRAY_LEN(near), near, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_GET, CM_ARRAY_LEN(near), near, NULL, NULL, 0, &r);
     for (size_t i = 0; i < CM_ARRAY_LEN(near); i++) {
         ck_assert_int_eq(r.result[i], CM_ST_MISS);
     }
     h_res_free(&r);
-    h_run(&h, CM_ST_DEL, n, keys, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_DEL, n, keys, NULL, NULL, 0, &r);
     ck_assert_int_eq(r.status, CM_OK);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 0);
 }
@@ -393,7 +420,7 @@ START_TEST(test_batch_larger_than_largest_size)
     struct h_res hr;
     struct big_res r;
     struct my_counts c0 = counts();
-    h_run(&h, CM_ST_SET, BIG_N, keys, vals, NULL, -1, &hr);   /* 512 + 88 rows (padded to 256) */
+    h_sql_run(&h, CM_ST_SET, BIG_N, keys, vals, NULL, -1, &hr);   /* 512 + 88 rows (padded to 256) */
     ck_assert_int_eq(hr.status, CM_OK);
     struct my_counts d = delta(c0, counts());
     ck_assert_msg(d.execute == 2 && d.insert == 2, "execute %lld insert %lld", d.execute,
@@ -405,7 +432,7 @@ START_TEST(test_batch_larger_than_largest_size)
     ck_assert_uint_eq(r.hits, BIG_N);
     ck_assert_uint_eq(r.bad, 0);
     ck_assert_int_eq(delta(c0, counts()).execute, 2);
-    h_run(&h, CM_ST_DEL, BIG_N, keys, NULL, NULL, 0, &hr);
+    h_sql_run(&h, CM_ST_DEL, BIG_N, keys, NULL, NULL, 0, &hr);
     ck_assert_int_eq(hr.status, CM_OK);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 0);
 }
@@ -427,7 +454,7 @@ START_TEST(test_oversize_value_refused)
     const char *vals[] = { big, "s" };
     size_t vlens[] = { sizeof(big), 1 };
     struct h_res r;
-    h_run(&h, CM_ST_SET, 2, keys, vals, vlens, -1, &r);
+    h_sql_run(&h, CM_ST_SET, 2, keys, vals, vlens, -1, &r);
     ck_assert_int_eq(r.status, CM_ERR);
     ck_assert_uint_eq(h.st->stats.rejected, 2);
     ck_assert_int_eq(h_get1(&h, "cacheme:small:v1", "s", 1), CM_ST_HIT);
@@ -559,6 +586,7 @@ static Suite *mysql_suite(void)
     tcase_add_test(tc, test_failed_prepare_is_not_kept);
     tcase_add_test(tc, test_server_restart_reconnects);
     suite_add_tcase(s, tc);
+    suite_add_tcase(s, ct_tcase(&my_fixture));
     return s;
 }
 
