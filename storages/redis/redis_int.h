@@ -39,6 +39,7 @@
 #include "storages/redis_cluster.h"
 #include "storages/redis_ev.h"
 #include "storages/resolve.h"
+#include "storages/st_keys.h"
 #include "storages/storage.h"
 
 #include <event2/event.h>

@@ -191,6 +191,61 @@ static void rcmd_fail(struct rcmd *rc, bool in_submit, const char *fmt, ...)
     rcmd_end(rc, in_submit);
 }
 
+/* One PTTL in flight for the age of item idx of op (hiredis privdata of on_pttl). */
+struct rpttl {
+    struct cm_st_op *op;
+    struct rconn *conn;
+    size_t idx;
+};
+
+/* A raw value has no write time in Redis (wrapped ones carry Cacheme's updated_at, which the
+ * daemon's serializer reads): the key's remaining TTL stands in for it (SPEC §12). The writer
+ * kept the value for op->ttl_ms (ttl + grace, the GET's ttl_ms), so it was written
+ * op->ttl_ms - pttl ago. The PTTL is pipelined right behind the GET/MGET on the same connection,
+ * so it costs no extra round trip; another client's write landing between the two gives the
+ * newer value's age (the answer then looks one write fresher than it is). PTTL -1 (no expiry), -2 (gone meanwhile), an error (a cluster
+ * redirect: the GET follows it and sends its PTTLs again) or a timed-out op leave written_ms 0,
+ * unknown. */
+static void on_pttl(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rpttl *pt = priv;
+    redisReply *r = reply;
+    CM_UNUSED(ac);
+    cm_rd_conn_replied(pt->conn, r);
+    struct cm_st_item *it = &pt->op->items[pt->idx];
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER && !pt->op->timed_out &&
+        it->result == CM_ST_HIT) {
+        it->written_ms =
+            cm_st_written_from_remaining(cm_wall_us() / 1000, pt->op->ttl_ms, r->integer);
+    }
+    struct cm_st_op *op = pt->op;
+    cm_free(pt);
+    op_unref(op, false);
+}
+
+/* Queues PTTL for each key of rc behind its GET/MGET on c (op->want_age). Best effort: a PTTL
+ * that cannot be queued leaves that key's age unknown. */
+static void send_pttls(struct rcmd *rc, struct rconn *c)
+{
+    struct cm_buf *cmd = &c->node->rs->cmd;
+    for (size_t i = 0; i < rc->n; i++) {
+        const struct cm_st_item *it = &rc->op->items[rc->idx[i]];
+        cm_buf_reset(cmd);
+        cm_resp_array(cmd, 2);
+        cm_resp_bulk_str(cmd, "PTTL");
+        cm_resp_bulk(cmd, it->key, it->klen);
+        struct rpttl *pt = cm_malloc(sizeof(*pt));
+        *pt = (struct rpttl){ .op = rc->op, .conn = c, .idx = rc->idx[i] };
+        if (redisAsyncFormattedCommand(c->ac, on_pttl, pt, cm_buf_start(cmd), cm_buf_used(cmd)) !=
+            REDIS_OK) {
+            cm_free(pt);
+            return;
+        }
+        cm_rd_conn_sent(c);
+        ((struct rop *)rc->op->bpriv)->nleft++;
+    }
+}
+
 /* Sends rc to node n (after ASKING when asking). Returns CM_OK when hiredis queued it. */
 static int rcmd_send(struct rcmd *rc, struct rnode *n, bool asking)
 {
@@ -215,7 +270,11 @@ static int rcmd_send(struct rcmd *rc, struct rnode *n, bool asking)
         }
         break;
     case CM_ST_SET:
-        if (op->ttl_ms < 0) {
+        /* A ttl ending past CM_ST_EXPIRE_MAX_MS is stored without an expiry: Redis refuses a
+         * SETEX whose seconds * 1000 + now overflows ("invalid expire time"), and ttls that long
+         * mean forever on every backend (storages/st_keys.h). secs below cannot overflow. */
+        if (op->ttl_ms < 0 ||
+            (op->ttl_ms > 0 && cm_st_ttl_forever(op->ttl_ms, cm_wall_us() / 1000))) {
             cm_resp_array(cmd, 3);
             cm_resp_bulk_str(cmd, "SET");
             cm_resp_bulk(cmd, it->key, it->klen);
@@ -244,6 +303,9 @@ static int rcmd_send(struct rcmd *rc, struct rnode *n, bool asking)
         cm_rd_conn_sent(c);
         rc->conn = c;
         rv = CM_OK;
+        if (op->kind == CM_ST_GET && op->want_age && op->ttl_ms > 0) {
+            send_pttls(rc, c);
+        }
     }
 out:
     if (cmd->cap > CMD_KEEP_BYTES) {
