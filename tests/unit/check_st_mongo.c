@@ -39,8 +39,7 @@ static const char *mongo_url(void)
     return u;
 }
 
-static void fx_open_on(struct fx *f, struct event_base *base, const char *url, bool indexes,
-                       int pool, int64_t timeout)
+static void fx_open_url(struct fx *f, const char *url, bool indexes, int pool, int64_t timeout)
 {
     static int seq;
     memset(f, 0, sizeof(*f));
@@ -53,15 +52,10 @@ static void fx_open_on(struct fx *f, struct event_base *base, const char *url, b
     f->conf.database = f->db;
     f->conf.collection = "cacheme_data";
     f->conf.create_indexes = indexes;
-    f->base = base;
+    f->base = event_base_new();
     char err[256] = "";
     f->st = cm_storage_new(&f->conf, f->base, err, sizeof(err));
     ck_assert_msg(f->st != NULL, "open: %s", err);
-}
-
-static void fx_open_url(struct fx *f, const char *url, bool indexes, int pool, int64_t timeout)
-{
-    fx_open_on(f, event_base_new(), url, indexes, pool, timeout);
 }
 
 /* A client of our own, for writing and inspecting documents behind the storage's back. */
@@ -75,9 +69,7 @@ static mongoc_client_t *raw_client(void)
 static void fx_close(struct fx *f)
 {
     cm_storage_free(f->st);
-    if (f->base != NULL) {
-        event_base_free(f->base);
-    }
+    event_base_free(f->base);
     if (f->conf.url != NULL && strcmp(f->conf.url, mongo_url()) == 0) {
         mongoc_client_t *c = raw_client();
         mongoc_database_t *db = mongoc_client_get_database(c, f->db);
@@ -125,29 +117,20 @@ static int64_t raw_count(struct fx *f, const char *key)
     return n;
 }
 
-/* The contract fixture (tests/unit/st_contract.h): a database of its own per storage. */
+/* The contract fixture (tests/unit/st_contract.h): a database of its own. */
 static struct fx ct_mg;
 
-static struct cm_storage *ct_mg_open(struct event_base *base, int pool, int64_t timeout_ms)
+static struct cm_storage *ct_open_mg(int pool, int64_t timeout_ms)
 {
-    fx_open_on(&ct_mg, base, mongo_url(), false, pool, timeout_ms);
+    fx_open_url(&ct_mg, mongo_url(), false, pool, timeout_ms);
     return ct_mg.st;
 }
 
-static void ct_mg_close(struct cm_storage *st)
+static void ct_close_mg(struct cm_storage *st)
 {
-    cm_storage_free(st);
-    ct_mg.st = NULL;
-    ct_mg.base = NULL; /* the contract frees its base */
+    ct_mg.st = st;
     fx_close(&ct_mg);
 }
-
-static const struct ct_fixture mongo_fixture = {
-    .name = "mongodb",
-    .open = ct_mg_open,
-    .close = ct_mg_close,
-    .key_rules = CM_KEY_NO_NUL | CM_KEY_UTF8,
-};
 
 /* An upsert on key keeps one document; a delete removes it. */
 START_TEST(test_upsert_one_document)
@@ -451,45 +434,6 @@ START_TEST(test_server_comes_back)
 }
 END_TEST
 
-/* Many ops at once over 4 pooled clients: each completes exactly once and succeeds. */
-START_TEST(test_concurrent_submits)
-{
-    struct fx f;
-    fx_open_url(&f, mongo_url(), false, 4, 10000);
-    enum { N = 300 };
-    static struct h_result res[N];
-    static char kbuf[N][16];
-    static const char *keys[N];
-    int pending = N;
-    for (int i = 0; i < N; i++) {
-        snprintf(kbuf[i], sizeof(kbuf[i]), "c%d", i % 100);
-        keys[i] = kbuf[i];
-        memset(&res[i], 0, sizeof(res[i]));
-        res[i].pending = &pending;
-        res[i].base = f.base;
-        struct cm_st_op *op = i < 100 ? h_op(CM_ST_SET, 1, &keys[i], &keys[i], 60000)
-                                      : h_op(CM_ST_GET, 1, &keys[i], NULL, -1);
-        cm_storage_submit(f.st, op, h_done, &res[i]);
-    }
-    double t0 = h_now_ms();
-    h_wait(f.base, &pending, 30);
-    printf("mongo: %d single-key ops on 4 workers in %.0f ms\n", N, h_now_ms() - t0);
-    ck_assert_int_eq(pending, 0);
-    for (int i = 0; i < N; i++) {
-        ck_assert_int_eq(res[i].calls, 1);
-        ck_assert_msg(res[i].status == CM_OK, "op %d: %s", i, res[i].err);
-        h_result_deinit(&res[i]);
-    }
-    struct h_result r;
-    h_get(f.st, 50, keys, &r);
-    for (int i = 0; i < 50; i++) {
-        h_assert_val(&r, (size_t)i, keys[i]);
-    }
-    h_result_deinit(&r);
-    fx_close(&f);
-}
-END_TEST
-
 static Suite *mongo_suite(void)
 {
     Suite *s = suite_create("st_mongo");
@@ -501,9 +445,11 @@ static Suite *mongo_suite(void)
     tcase_add_test(tc, test_create_indexes);
     tcase_add_test(tc, test_server_down);
     tcase_add_test(tc, test_server_comes_back);
-    tcase_add_test(tc, test_concurrent_submits);
     suite_add_tcase(s, tc);
-    suite_add_tcase(s, ct_tcase(&mongo_fixture));
+    static const struct ct_fixture fx = { .name = "mongodb", .open = ct_open_mg,
+                                          .close = ct_close_mg,
+                                          .key_rules = CM_KEY_NO_NUL | CM_KEY_UTF8 };
+    suite_add_tcase(s, ct_tcase(&fx));
     return s;
 }
 

@@ -25,8 +25,7 @@ struct fx {
     struct cm_storage *st;
 };
 
-static void fx_open_on(struct fx *f, struct event_base *base, const char *table, bool create,
-                       int pool, int64_t timeout_ms)
+static void fx_open(struct fx *f, const char *table, bool create, int pool, int64_t timeout_ms)
 {
     memset(f, 0, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/cm_sqlite_XXXXXX");
@@ -40,51 +39,36 @@ static void fx_open_on(struct fx *f, struct event_base *base, const char *table,
     f->conf.timeout_ms = timeout_ms;
     f->conf.table = (char *)table;
     f->conf.create_table = create;
-    f->base = base;
+    f->base = event_base_new();
     char err[256] = "";
     f->st = cm_storage_new(&f->conf, f->base, err, sizeof(err));
     ck_assert_msg(f->st != NULL, "open: %s", err);
 }
 
-static void fx_open(struct fx *f, const char *table, bool create, int pool, int64_t timeout_ms)
-{
-    fx_open_on(f, event_base_new(), table, create, pool, timeout_ms);
-}
-
 static void fx_close(struct fx *f)
 {
     cm_storage_free(f->st);
-    if (f->base != NULL) {
-        event_base_free(f->base);
-    }
+    event_base_free(f->base);
     char cmd[200];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
     ck_assert_int_eq(system(cmd), 0);
 }
 
-/* The contract fixture (tests/unit/st_contract.h): a fresh database file per storage. */
+/* The contract fixture (tests/unit/st_contract.h): a database file of its own. TEXT keys hold
+ * any bytes (NUL and invalid UTF-8 compare as bytes): key_rules 0. */
 static struct fx ct_sq;
 
-static struct cm_storage *ct_sq_open(struct event_base *base, int pool, int64_t timeout_ms)
+static struct cm_storage *ct_open_sq(int pool, int64_t timeout_ms)
 {
-    fx_open_on(&ct_sq, base, "cacheme_data", true, pool, timeout_ms);
+    fx_open(&ct_sq, "cacheme_data", true, pool, timeout_ms);
     return ct_sq.st;
 }
 
-static void ct_sq_close(struct cm_storage *st)
+static void ct_close_sq(struct cm_storage *st)
 {
-    cm_storage_free(st);
-    ct_sq.st = NULL;
-    ct_sq.base = NULL; /* the contract frees its base */
+    ct_sq.st = st;
     fx_close(&ct_sq);
 }
-
-static const struct ct_fixture sqlite_fixture = {
-    .name = "sqlite",
-    .open = ct_sq_open,
-    .close = ct_sq_close,
-    .key_rules = 0, /* TEXT holds any bytes: NUL and invalid UTF-8 keys compare as bytes */
-};
 
 /* Runs SQL on the test's file through a separate connection (as another process would). */
 static void sql_exec(const char *path, const char *sql)
@@ -314,55 +298,6 @@ START_TEST(test_errors_are_reported)
 }
 END_TEST
 
-/* Many ops submitted at once over 4 connections: each completes exactly once, all succeed. */
-START_TEST(test_concurrent_submits)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 4, 10000);
-    enum { N = 400 };
-    static struct h_result res[N];
-    static char kbuf[N][16];
-    static const char *keys[N];
-    int pending = N;
-    struct h_ticker t;
-    h_ticker_start(&t, f.base);
-    for (int i = 0; i < N; i++) {
-        snprintf(kbuf[i], sizeof(kbuf[i]), "c%d", i % 100);
-        keys[i] = kbuf[i];
-        memset(&res[i], 0, sizeof(res[i]));
-        res[i].pending = &pending;
-        res[i].base = f.base;
-        struct cm_st_op *op = i < 200 ? h_op(CM_ST_SET, 1, &keys[i], &keys[i], 60000)
-                                      : h_op(CM_ST_GET, 1, &keys[i], NULL, -1);
-        cm_storage_submit(f.st, op, h_done, &res[i]);
-    }
-    double t0 = h_now_ms();
-    h_wait(f.base, &pending, 20);
-    double took = h_now_ms() - t0;
-    h_ticker_stop(&t);
-    printf("sqlite: %d single-key ops (200 SET, 200 GET) on 4 connections in %.0f ms; "
-           "loop max gap %.1f ms\n",
-           N, took, t.max_gap_ms);
-    ck_assert_msg(t.max_gap_ms < 100, "the loop was blocked for %.0f ms", t.max_gap_ms);
-    ck_assert_int_eq(pending, 0);
-    for (int i = 0; i < N; i++) {
-        ck_assert_int_eq(res[i].calls, 1);
-        ck_assert_msg(res[i].status == CM_OK, "op %d: %s", i, res[i].err);
-        h_result_deinit(&res[i]);
-    }
-    /* every key was written (by two SETs each) */
-    struct h_result r;
-    for (int i = 0; i < 100; i += 7) {
-        h_get(f.st, 1, &keys[i], &r);
-        h_assert_val(&r, 0, keys[i]);
-        h_result_deinit(&r);
-    }
-    ck_assert_uint_eq(f.st->stats.ops, N + 15);
-    ck_assert_uint_eq(f.st->stats.errors, 0);
-    fx_close(&f);
-}
-END_TEST
-
 /* A writer holds the database lock: the op times out on the loop (done once, CM_ETIMEDOUT)
  * while the worker is still busy-waiting; the late completion must not touch the freed state
  * the submitter had (ASan) and must not call done again. */
@@ -411,10 +346,11 @@ static Suite *sqlite_suite(void)
     tcase_add_test(tc, test_cacheme_format_interop);
     tcase_add_test(tc, test_schema_matches_script);
     tcase_add_test(tc, test_errors_are_reported);
-    tcase_add_test(tc, test_concurrent_submits);
     tcase_add_test(tc, test_timeout_while_locked);
     suite_add_tcase(s, tc);
-    suite_add_tcase(s, ct_tcase(&sqlite_fixture));
+    static const struct ct_fixture fx = { .name = "sqlite", .open = ct_open_sq,
+                                          .close = ct_close_sq, .key_rules = 0 };
+    suite_add_tcase(s, ct_tcase(&fx));
     return s;
 }
 

@@ -45,13 +45,12 @@ static inline const char *h_env(const char *name)
     return v;
 }
 
-/* Opens a storage on base (the caller's loop, freed by h_close unless NULLed). */
-static inline void h_open_on(struct h_st *h, struct event_base *base, enum cm_st_type type,
-                             const char *url, const char *table, int pool, int64_t timeout_ms)
+static inline void h_open(struct h_st *h, enum cm_st_type type, const char *url, const char *table,
+                          int pool, int64_t timeout_ms)
 {
     char err[256] = "";
     memset(h, 0, sizeof(*h));
-    h->base = base;
+    h->base = event_base_new();
     h->conf.name = (char *)"sqltest";
     h->conf.url = (char *)url;
     h->conf.type = type;
@@ -63,18 +62,10 @@ static inline void h_open_on(struct h_st *h, struct event_base *base, enum cm_st
     ck_assert_msg(h->st != NULL, "open failed: %s", err);
 }
 
-static inline void h_open(struct h_st *h, enum cm_st_type type, const char *url, const char *table,
-                          int pool, int64_t timeout_ms)
-{
-    h_open_on(h, event_base_new(), type, url, table, pool, timeout_ms);
-}
-
 static inline void h_close(struct h_st *h)
 {
     cm_storage_free(h->st);
-    if (h->base != NULL) {
-        event_base_free(h->base);
-    }
+    event_base_free(h->base);
 }
 
 static inline void h_sql_done(struct cm_st_op *op, void *arg)
@@ -182,43 +173,6 @@ static inline int64_t h_wait_hit(struct h_st *h, const char *key, const char *wa
         h_spin(h, 100);
     }
     return -1;
-}
-
-/* The keys every backend must store exactly: SQL metacharacters, escapes, unicode. */
-static const char *const h_odd_keys[] = {
-    "cacheme:it's:v1",
-    "cacheme:back\\slash\\:v1",
-    "cacheme:100%_%s:v1",
-    "cacheme:a;DROP TABLE x;--:v1",
-    "cacheme:\"dq\" `bt` {a,b}:v1",
-    "cacheme:\xd0\xba\xd0\xbb\xd1\x8e\xd1\x87 \xf0\x9f\x94\x91:v1",
-    "cacheme:'); DELETE FROM cacheme_data; --:v1",
-};
-
-/* SET then MGET of every odd key with binary values (NULs, quotes, 0xff), in one op each. */
-static inline void h_odd_roundtrip(struct h_st *h)
-{
-    size_t n = CM_ARRAY_LEN(h_odd_keys);
-    const char *vals[CM_ARRAY_LEN(h_odd_keys)];
-    size_t vlens[CM_ARRAY_LEN(h_odd_keys)];
-    char bufs[CM_ARRAY_LEN(h_odd_keys)][8];
-    for (size_t i = 0; i < n; i++) {
-        memcpy(bufs[i], "\0\x01'\\\0\xff", 6);
-        bufs[i][6] = (char)('a' + i);
-        vals[i] = bufs[i];
-        vlens[i] = 7;
-    }
-    struct h_res r;
-    h_sql_run(h, CM_ST_SET, n, h_odd_keys, vals, vlens, -1, &r);
-    ck_assert_msg(r.status == CM_OK, "multi-key set failed");
-    h_sql_run(h, CM_ST_GET, n, h_odd_keys, NULL, NULL, 0, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(r.result[i] == CM_ST_HIT, "miss for %s", h_odd_keys[i]);
-        ck_assert_uint_eq(r.vlen[i], 7);
-        ck_assert_mem_eq(r.val[i], vals[i], 7);
-    }
-    h_res_free(&r);
 }
 
 /* A storage whose server is down (port 1: refused) answers every read with CM_ERR at once. */

@@ -12,10 +12,10 @@
 /* One backend, as the contract tests see it. */
 struct ct_fixture {
     const char *name;
-    /* Opens the storage on base with an empty table/collection of its own (pool connections,
-     * per-op timeout). */
-    struct cm_storage *(*open)(struct event_base *base, int pool, int64_t timeout_ms);
-    /* Frees st (NULL when a test already did) and drops what open made. */
+    /* Opens the storage, on a loop of its own (st->base), with an empty table/collection of its
+     * own (pool connections, per-op timeout). */
+    struct cm_storage *(*open)(int pool, int64_t timeout_ms);
+    /* Frees st (NULL when a test already did), its loop, and what open made. */
     void (*close)(struct cm_storage *st);
     /* What the backend's key column refuses (enum cm_st_key_rule): such keys are misses. */
     unsigned key_rules;
@@ -25,21 +25,18 @@ struct ct_fixture {
 static const struct ct_fixture *ct_fx;
 
 struct ct_env {
-    struct event_base *base;
     struct cm_storage *st;
 };
 
 static inline void ct_open(struct ct_env *e, int pool, int64_t timeout_ms)
 {
-    e->base = event_base_new();
-    e->st = ct_fx->open(e->base, pool, timeout_ms);
+    e->st = ct_fx->open(pool, timeout_ms);
     ck_assert_ptr_nonnull(e->st);
 }
 
 static inline void ct_close(struct ct_env *e)
 {
     ct_fx->close(e->st);
-    event_base_free(e->base);
 }
 
 /* An op over keys with explicit lengths (keys may hold NUL bytes). */
@@ -102,60 +99,79 @@ START_TEST(ct_set_get_mget_del)
 }
 END_TEST
 
+/* Keys every backend must store exactly: SQL metacharacters, escapes, LIKE and Mongo operators,
+ * unicode. */
+static const char *const ct_odd_keys[] = {
+    "cacheme:it's:v1",
+    "cacheme:back\\slash\\:v1",
+    "cacheme:100%_%s:v1",
+    "cacheme:a;DROP TABLE x;--:v1",
+    "cacheme:\"dq\" `bt` {a,b}:v1",
+    "cacheme:\xd0\xba\xd0\xbb\xd1\x8e\xd1\x87 \xf0\x9f\x94\x91:v1",
+    "cacheme:'); DELETE FROM cacheme_data; --:v1",
+    "$where",
+    "a.b",
+    "{\"$gt\":\"\"}",
+    "_",
+};
+#define CT_NODD CM_ARRAY_LEN(ct_odd_keys)
+
+/* Writes every odd key with a 7-byte binary value (NULs, quotes, 0xff) in one op, reads them
+ * back in one op and checks the bytes. Returns how many keys (CT_NODD). */
+static inline size_t ct_odd_roundtrip(struct cm_storage *st)
+{
+    char vbuf[CT_NODD][8];
+    struct cm_st_op *op = cm_st_op_new(CM_ST_SET, CT_NODD);
+    op->ttl_ms = -1;
+    for (size_t i = 0; i < CT_NODD; i++) {
+        memcpy(vbuf[i], "\0\x01'\\\0\xff", 6);
+        vbuf[i][6] = (char)('a' + i);
+        cm_st_op_set_key(op, i, ct_odd_keys[i], strlen(ct_odd_keys[i]));
+        op->items[i].wval = vbuf[i];
+        op->items[i].wlen = 7;
+    }
+    struct h_result r;
+    h_run(st, op, &r);
+    ck_assert_msg(r.status == CM_OK, "%s", r.err);
+    h_result_deinit(&r);
+    h_get(st, CT_NODD, ct_odd_keys, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    for (size_t i = 0; i < CT_NODD; i++) {
+        ck_assert_msg(r.hit[i], "miss for %s", ct_odd_keys[i]);
+        ck_assert_uint_eq(r.vlen[i], 7);
+        ck_assert_mem_eq(r.val[i], vbuf[i], 7);
+    }
+    h_result_deinit(&r);
+    return CT_NODD;
+}
+
 /* Keys are data, never SQL, patterns or operators; values are bytes (NUL, 0xff, empty). */
 START_TEST(ct_hostile_keys_binary_values)
 {
     struct ct_env e;
     ct_open(&e, 2, 5000);
-    const char *keys[] = {
-        "cacheme:it's:v1",
-        "cacheme:back\\slash\\:v1",
-        "cacheme:100%_%s:v1",
-        "cacheme:a;DROP TABLE x;--:v1",
-        "cacheme:\"dq\" `bt` {a,b}:v1",
-        "cacheme:\xd0\xba\xd0\xbb\xd1\x8e\xd1\x87 \xf0\x9f\x94\x91:v1",
-        "cacheme:'); DELETE FROM cacheme_data; --:v1",
-        "$where",
-        "a.b",
-        "{\"$gt\":\"\"}",
-        "_",
-    };
-    enum { N = CM_ARRAY_LEN(keys) };
-    char vbuf[N][8];
-    struct cm_st_op *op = cm_st_op_new(CM_ST_SET, N);
-    op->ttl_ms = -1;
-    for (size_t i = 0; i < N; i++) {
-        memcpy(vbuf[i], "\0\x01'\\\0\xff", 6);
-        vbuf[i][6] = (char)('a' + i);
-        cm_st_op_set_key(op, i, keys[i], strlen(keys[i]));
-        op->items[i].wval = vbuf[i];
-        op->items[i].wlen = i == N - 1 ? 0 : 7; /* the last one empty, not NULL */
-    }
-    struct h_result r;
-    h_run(e.st, op, &r);
-    ck_assert_msg(r.status == CM_OK, "%s", r.err);
-    h_result_deinit(&r);
-    h_get(e.st, N, keys, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    for (size_t i = 0; i < N; i++) {
-        ck_assert_msg(r.hit[i], "miss for %s", keys[i]);
-        ck_assert_uint_eq(r.vlen[i], i == N - 1 ? 0 : 7);
-        ck_assert_mem_eq(r.val[i], vbuf[i], r.vlen[i]);
-    }
-    h_result_deinit(&r);
+    ct_odd_roundtrip(e.st);
     /* wildcards are not wildcards */
-    const char *wild[] = {"%", "cacheme:100%", "_", "cacheme:it_s:v1"};
-    h_get(e.st, 4, wild, &r);
-    h_assert_val(&r, 0, NULL);
-    h_assert_val(&r, 1, NULL);
-    h_assert_val(&r, 3, NULL);
-    h_result_deinit(&r);
-    const char *dk[] = {keys[0], keys[6]};
-    ck_assert_int_eq(h_del(e.st, 2, dk), CM_OK);
-    h_get(e.st, N, keys, &r);
-    for (size_t i = 0; i < N; i++) {
-        ck_assert_msg(r.hit[i] == (i != 0 && i != 6), "key %s", keys[i]);
+    const char *wild[] = {"%", "cacheme:100%", "cacheme:it_s:v1"};
+    struct h_result r;
+    h_get(e.st, 3, wild, &r);
+    for (size_t i = 0; i < 3; i++) {
+        h_assert_val(&r, i, NULL);
     }
+    h_result_deinit(&r);
+    /* an empty value is a value, not NULL */
+    struct cm_st_op *op = h_op(CM_ST_SET, 1, &ct_odd_keys[CT_NODD - 1], NULL, -1);
+    op->items[0].wval = "";
+    h_run(e.st, op, &r);
+    ck_assert_int_eq(r.status, CM_OK);
+    h_result_deinit(&r);
+    const char *dk[] = {ct_odd_keys[0], ct_odd_keys[6]};
+    ck_assert_int_eq(h_del(e.st, 2, dk), CM_OK);
+    h_get(e.st, CT_NODD, ct_odd_keys, &r);
+    for (size_t i = 0; i < CT_NODD; i++) {
+        ck_assert_msg(r.hit[i] == (i != 0 && i != 6), "key %s", ct_odd_keys[i]);
+    }
+    ck_assert_uint_eq(r.vlen[CT_NODD - 1], 0);
     h_result_deinit(&r);
     ct_close(&e);
 }
@@ -328,6 +344,55 @@ START_TEST(ct_written_ms)
 }
 END_TEST
 
+/* Many single-key ops submitted at once over 4 connections: each completes exactly once, all
+ * succeed, and the loop is never blocked meanwhile (a 10 ms ticker keeps ticking). */
+START_TEST(ct_concurrent_submits)
+{
+    struct ct_env e;
+    ct_open(&e, 4, 10000);
+    enum { N = 400 };
+    static struct h_result res[N];
+    static char kbuf[N][16];
+    static const char *keys[N];
+    int pending = N;
+    struct h_ticker t;
+    h_ticker_start(&t, e.st->base);
+    for (int i = 0; i < N; i++) {
+        snprintf(kbuf[i], sizeof(kbuf[i]), "c%d", i % 100);
+        keys[i] = kbuf[i];
+        memset(&res[i], 0, sizeof(res[i]));
+        res[i].pending = &pending;
+        res[i].base = e.st->base;
+        struct cm_st_op *op = i < 200 ? h_op(CM_ST_SET, 1, &keys[i], &keys[i], 60000)
+                                      : h_op(CM_ST_GET, 1, &keys[i], NULL, -1);
+        cm_storage_submit(e.st, op, h_done, &res[i]);
+    }
+    double t0 = h_now_ms();
+    h_wait(e.st->base, &pending, 30);
+    double took = h_now_ms() - t0;
+    h_ticker_stop(&t);
+    printf("%s: %d single-key ops (200 SET, 200 GET) on 4 connections in %.0f ms; loop max gap "
+           "%.1f ms\n",
+           ct_fx->name, N, took, t.max_gap_ms);
+    ck_assert_msg(t.max_gap_ms < 150, "the loop was blocked for %.0f ms", t.max_gap_ms);
+    ck_assert_int_eq(pending, 0);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(res[i].calls, 1);
+        ck_assert_msg(res[i].status == CM_OK, "op %d: %s", i, res[i].err);
+        h_result_deinit(&res[i]);
+    }
+    /* every key was written (by two SETs each) */
+    struct h_result r;
+    h_get(e.st, 50, keys, &r);
+    for (int i = 0; i < 50; i++) {
+        h_assert_val(&r, (size_t)i, keys[i]);
+    }
+    h_result_deinit(&r);
+    ck_assert_uint_eq(e.st->stats.errors, 0);
+    ct_close(&e);
+}
+END_TEST
+
 /* Closing with ops queued: every done() runs exactly once, inside close. */
 START_TEST(ct_close_with_pending_ops)
 {
@@ -352,6 +417,7 @@ static inline TCase *ct_tcase(const struct ct_fixture *fx)
     tcase_add_test(tc, ct_unstorable_keys);
     tcase_add_test(tc, ct_huge_ttl);
     tcase_add_test(tc, ct_written_ms);
+    tcase_add_test(tc, ct_concurrent_submits);
     tcase_add_test(tc, ct_close_with_pending_ops);
     return tc;
 }
