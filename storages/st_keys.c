@@ -15,12 +15,12 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
         len = 2;
     } else if (c >= 0xe0 && c <= 0xef) {
         len = 3;
-        lo = c == 0xe0 ? 0xa0 : 0x80;   /* no overlong forms */
-        hi = c == 0xed ? 0x9f : 0xbf;   /* no surrogates */
+        lo = c == 0xe0 ? 0xa0 : 0x80; /* no overlong forms */
+        hi = c == 0xed ? 0x9f : 0xbf; /* no surrogates */
     } else if (c >= 0xf0 && c <= 0xf4) {
         len = 4;
         lo = c == 0xf0 ? 0x90 : 0x80;
-        hi = c == 0xf4 ? 0x8f : 0xbf;   /* nothing above U+10FFFF */
+        hi = c == 0xf4 ? 0x8f : 0xbf; /* nothing above U+10FFFF */
     } else {
         return 0;
     }

@@ -243,8 +243,8 @@ START_TEST(ct_unstorable_keys)
         memcpy(max_key + 2 * i, "\xc3\xa9", 2);
     }
     max_key[sizeof(max_key) - 1] = '\0';
-    const char *keys[] = {"p:good", "p:a\0N", "p:\xff\xfe", "p:\xed\xa0\x80", long_key,
-                          max_key, "p:good2"};
+    const char *keys[] = {"p:good", "p:a\0N", "p:\xff\xfe", "p:\xed\xa0\x80",
+                          long_key, max_key,  "p:good2"};
     const size_t klens[] = {6, 5, 4, 5, strlen(long_key), strlen(max_key), 7};
     const bool bad[] = {false, true, true, true, true, false, false};
     const unsigned why[] = {0, CM_KEY_NO_NUL, CM_KEY_UTF8, CM_KEY_UTF8, CM_KEY_MAX_CHARS, 0, 0};
@@ -301,8 +301,8 @@ START_TEST(ct_huge_ttl)
         snprintf(k, sizeof(k), "huge:%zu", i);
         const char *kp[] = {k};
         int st = h_set(e.st, 1, kp, kp, ttls[i]);
-        ck_assert_msg(st == CM_OK, "%s: ttl %lld: write status %d", ct_fx->name,
-                      (long long)ttls[i], st);
+        ck_assert_msg(st == CM_OK, "%s: ttl %lld: write status %d", ct_fx->name, (long long)ttls[i],
+                      st);
         struct h_result r;
         h_get(e.st, 1, kp, &r);
         h_assert_val(&r, 0, k);
