@@ -134,16 +134,6 @@ START_TEST(test_expired_row_is_miss)
     h_assert_val(&r, 6, NULL);
     h_result_deinit(&r);
 
-    /* our own short ttl expires at read time */
-    const char *ks[] = {"short"};
-    ck_assert_int_eq(h_set(f.st, 1, ks, v, 50), CM_OK);
-    h_get(f.st, 1, ks, &r);
-    h_assert_val(&r, 0, "x");
-    h_result_deinit(&r);
-    usleep(120 * 1000);
-    h_get(f.st, 1, ks, &r);
-    h_assert_val(&r, 0, NULL);
-    h_result_deinit(&r);
     fx_close(&f);
 }
 END_TEST
