@@ -16,7 +16,7 @@ CFLAGS  := -std=gnu11 -g $(OPT) $(WARN) $(if $(filter 0,$(WERROR)),,-Werror) -I.
 LDFLAGS += $(EXTRA_LDFLAGS)
 
 BUILD   ?= build
-LIB_SRCS := $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(wildcard conf/*.c) $(wildcard storages/*.c)
+LIB_SRCS := $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(wildcard conf/*.c) $(wildcard storages/*.c) $(wildcard storages/redis/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS := $(wildcard tests/unit/check_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)

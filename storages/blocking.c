@@ -2,6 +2,7 @@
 #include "storages/blocking.h"
 #include "daemon/alloc.h"
 #include "daemon/util.h"
+#include "storages/st_keys.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,7 +17,9 @@ struct cm_bjob *cm_bjob_new(struct cm_st_op *op, void *backend)
     j->backend = backend;
     j->status = CM_OK;
     j->now_us = cm_wall_us();
-    j->expire_us = op->ttl_ms > 0 ? j->now_us + op->ttl_ms * 1000 : -1;
+    /* A ttl past CM_ST_EXPIRE_MAX_MS is stored as never expiring; below it, * 1000 fits. */
+    j->expire_us =
+        cm_st_ttl_forever(op->ttl_ms, j->now_us / 1000) ? -1 : j->now_us + op->ttl_ms * 1000;
     j->res = cm_calloc(op->nitems ? op->nitems : 1, sizeof(*j->res));
     if (op->kind == CM_ST_SET) {
         j->wval = cm_calloc(op->nitems ? op->nitems : 1, sizeof(*j->wval));
@@ -52,7 +55,8 @@ static int order_cmp(const void *pa, const void *pb)
     return key_cmp(a->key, a->klen, b->key, b->klen);
 }
 
-void cm_bjob_hit(struct cm_bjob *j, const char *key, size_t klen, const void *val, size_t vlen)
+void cm_bjob_hit(struct cm_bjob *j, const char *key, size_t klen, const void *val, size_t vlen,
+                 int64_t written_ms)
 {
     const struct cm_st_op *op = j->op;
     if (j->order == NULL) {
@@ -87,6 +91,7 @@ void cm_bjob_hit(struct cm_bjob *j, const char *key, size_t klen, const void *va
             memcpy(r->val, val, vlen);
         }
         r->vlen = vlen;
+        r->written_ms = written_ms;
         r->hit = true;
     }
 }
@@ -133,6 +138,7 @@ void cm_bjob_complete(void *arg)
                     cm_free(op->items[i].val);
                     op->items[i].val = j->res[i].val; /* moved */
                     op->items[i].vlen = j->res[i].vlen;
+                    op->items[i].written_ms = j->res[i].written_ms;
                     j->res[i].val = NULL;
                 }
             }

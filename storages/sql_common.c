@@ -365,7 +365,7 @@ void cm_sql_schema(struct cm_buf *out, enum cm_sql_dialect d, const char *table)
 }
 
 void cm_sql_op_hit(struct cm_st_op *op, const char *key, size_t klen, const char *val,
-                   size_t vlen)
+                   size_t vlen, int64_t written_ms)
 {
     for (size_t i = 0; i < op->nitems; i++) {
         struct cm_st_item *it = &op->items[i];
@@ -376,6 +376,7 @@ void cm_sql_op_hit(struct cm_st_op *op, const char *key, size_t klen, const char
         it->val = cm_malloc(vlen ? vlen : 1);
         memcpy(it->val, val, vlen);
         it->vlen = vlen;
+        it->written_ms = written_ms;
     }
 }
 

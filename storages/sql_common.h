@@ -105,9 +105,10 @@ void cm_sql_conn_broken(struct cm_sql_conn *c, const char *reason);
 bool cm_sql_table_valid(const char *name);
 /* Appends the schema script (storages/scripts/{postgresql,mysql}.sql) for table. */
 void cm_sql_schema(struct cm_buf *out, enum cm_sql_dialect d, const char *table);
-/* A GET row: every item of op whose key equals key gets a copy of val as a hit. */
+/* A GET row: every item of op whose key equals key gets a copy of val as a hit, written at
+ * wall-clock written_ms (updated_at; 0 = unknown). */
 void cm_sql_op_hit(struct cm_st_op *op, const char *key, size_t klen, const char *val,
-                   size_t vlen);
+                   size_t vlen, int64_t written_ms);
 /* True when item i of op has the same key as a later item (a SET writes only the last one). */
 bool cm_sql_item_superseded(const struct cm_st_op *op, size_t i);
 

@@ -9,6 +9,7 @@
 #include "daemon/log.h"
 #include "daemon/util.h"
 #include "storages/blocking.h"
+#include "storages/st_keys.h"
 #include "storages/storage.h"
 #include "storages/workers.h"
 
@@ -169,21 +170,31 @@ static void op_fail(struct cm_bjob *j, bool *down, const char *what, const bson_
     *down |= error->domain == MONGOC_ERROR_SERVER_SELECTION;
 }
 
-/* {key: {$in: [keys from..from+n)]}} */
-static void in_filter(bson_t *filter, const struct cm_st_op *op, size_t from, size_t n)
+/* What a BSON string key cannot be: with a NUL it is no C string (the server and libbson's
+ * validation refuse it), and BSON strings are UTF-8 (the server refuses invalid ones). Such a
+ * key is a miss and is never written (issue 14, defect 15); the other keys of its op go on. */
+#define MG_KEY_RULES (CM_KEY_NO_NUL | CM_KEY_UTF8)
+
+/* {key: {$in: [the keys of from..from+n) a document can hold]}}; returns how many it holds. */
+static size_t in_filter(bson_t *filter, const struct cm_st_op *op, size_t from, size_t n)
 {
     bson_t key, arr;
+    size_t k = 0;
     BSON_APPEND_DOCUMENT_BEGIN(filter, "key", &key);
     BSON_APPEND_ARRAY_BEGIN(&key, "$in", &arr);
     for (size_t i = 0; i < n; i++) {
+        if (!cm_st_item_fits(op, from + i, MG_KEY_RULES)) {
+            continue;
+        }
         char idx[24];
         const char *idxs;
-        size_t il = bson_uint32_to_string((uint32_t)i, &idxs, idx, sizeof(idx));
+        size_t il = bson_uint32_to_string((uint32_t)k++, &idxs, idx, sizeof(idx));
         const struct cm_st_item *it = &op->items[from + i];
         bson_append_utf8(&arr, idxs, (int)il, it->key, (int)it->klen);
     }
     bson_append_array_end(&key, &arr);
     bson_append_document_end(filter, &key);
+    return k;
 }
 
 /* True when a document's expire says it is still live at now_us (missing/null = forever). */
@@ -198,10 +209,23 @@ static bool doc_live(const bson_t *doc, int64_t now_us)
     case BSON_TYPE_UNDEFINED:
         return true;
     case BSON_TYPE_DATE_TIME:
-        return bson_iter_date_time(&it) * 1000 > now_us;
+        /* date * 1000 > now_us without the multiplication (a far Date would overflow it) */
+        return bson_iter_date_time(&it) > now_us / 1000;
     default:
         return false; /* unreadable expiry: never serve a value that may be stale */
     }
+}
+
+/* The document's updated_at (a Date, set on every write by us and by Cacheme) in ms; 0 when
+ * missing or not a Date. */
+static int64_t doc_written_ms(const bson_t *doc)
+{
+    bson_iter_t it;
+    if (!bson_iter_init_find(&it, doc, "updated_at") || !BSON_ITER_HOLDS_DATE_TIME(&it)) {
+        return 0;
+    }
+    int64_t ms = bson_iter_date_time(&it);
+    return ms > 0 ? ms : 0;
 }
 
 static void do_get(mongoc_collection_t *coll, struct cm_bjob *j, bool *down)
@@ -213,11 +237,15 @@ static void do_get(mongoc_collection_t *coll, struct cm_bjob *j, bool *down)
     BSON_APPEND_INT32(&proj, "key", 1);
     BSON_APPEND_INT32(&proj, "value", 1);
     BSON_APPEND_INT32(&proj, "expire", 1);
+    BSON_APPEND_INT32(&proj, "updated_at", 1);
     bson_append_document_end(&opts, &proj);
     for (size_t from = 0; from < op->nitems && j->status == CM_OK; from += MG_CHUNK) {
         size_t n = op->nitems - from < MG_CHUNK ? op->nitems - from : MG_CHUNK;
         bson_t filter = BSON_INITIALIZER;
-        in_filter(&filter, op, from, n);
+        if (in_filter(&filter, op, from, n) == 0) {
+            bson_destroy(&filter);
+            continue;
+        }
         mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
         const bson_t *doc;
         while (mongoc_cursor_next(cur, &doc)) {
@@ -228,6 +256,7 @@ static void do_get(mongoc_collection_t *coll, struct cm_bjob *j, bool *down)
             }
             uint32_t klen;
             const char *key = bson_iter_utf8(&it, &klen);
+            int64_t written_ms = doc_written_ms(doc);
             if (!bson_iter_init_find(&it, doc, "value")) {
                 continue;
             }
@@ -236,11 +265,11 @@ static void do_get(mongoc_collection_t *coll, struct cm_bjob *j, bool *down)
                 uint32_t vlen;
                 const uint8_t *val;
                 bson_iter_binary(&it, &sub, &vlen, &val);
-                cm_bjob_hit(j, key, klen, val, vlen);
+                cm_bjob_hit(j, key, klen, val, vlen, written_ms);
             } else if (BSON_ITER_HOLDS_UTF8(&it)) { /* a str value written by another client */
                 uint32_t vlen;
                 const char *val = bson_iter_utf8(&it, &vlen);
-                cm_bjob_hit(j, key, klen, val, vlen);
+                cm_bjob_hit(j, key, klen, val, vlen, written_ms);
             }
         }
         bson_error_t error;
@@ -262,7 +291,12 @@ static void do_set(mongoc_collection_t *coll, struct cm_bjob *j, bool *down)
     bson_t uopts = BSON_INITIALIZER;
     BSON_APPEND_BOOL(&uopts, "upsert", true);
     int64_t now_ms = cm_wall_us() / 1000;
+    size_t queued = 0;
     for (size_t i = 0; i < op->nitems; i++) {
+        if (!cm_st_item_fits(op, i, MG_KEY_RULES)) {
+            continue; /* not storable here: skipped, the rest is written */
+        }
+        queued++;
         bson_t sel = BSON_INITIALIZER, upd = BSON_INITIALIZER, set;
         bson_append_utf8(&sel, "key", 3, op->items[i].key, (int)op->items[i].klen);
         BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
@@ -282,7 +316,7 @@ static void do_set(mongoc_collection_t *coll, struct cm_bjob *j, bool *down)
         bson_destroy(&sel);
         bson_destroy(&upd);
     }
-    if (j->status == CM_OK) {
+    if (j->status == CM_OK && queued > 0) {
         bson_t reply;
         bson_error_t error;
         if (!mongoc_bulk_operation_execute(bulk, &reply, &error)) {
@@ -301,9 +335,9 @@ static void do_del(mongoc_collection_t *coll, struct cm_bjob *j, bool *down)
     for (size_t from = 0; from < op->nitems && j->status == CM_OK; from += MG_CHUNK) {
         size_t n = op->nitems - from < MG_CHUNK ? op->nitems - from : MG_CHUNK;
         bson_t filter = BSON_INITIALIZER;
-        in_filter(&filter, op, from, n);
         bson_error_t error;
-        if (!mongoc_collection_delete_many(coll, &filter, NULL, NULL, &error)) {
+        if (in_filter(&filter, op, from, n) > 0 &&
+            !mongoc_collection_delete_many(coll, &filter, NULL, NULL, &error)) {
             op_fail(j, down, "delete", &error);
         }
         bson_destroy(&filter);

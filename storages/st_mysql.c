@@ -18,7 +18,9 @@
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
 #include "daemon/log.h"
+#include "daemon/util.h"
 #include "storages/sql_common.h"
+#include "storages/st_keys.h"
 #include "storages/storage.h"
 
 #include <errno.h>
@@ -71,12 +73,14 @@ struct my_conn {
     long long ttl_us;     /* SET: the bound ttl */
     MYSQL_BIND *binds;    /* parameters of the batch on the wire */
     size_t binds_cap;
-    /* GET results: the fetch buffers (grown to the longest key/value seen) and their binds */
-    MYSQL_BIND rbind[2];
+    /* GET results: the fetch buffers (grown to the longest key/value seen) and their binds;
+     * column 2 is updated_at in ms since the epoch (rwritten) */
+    MYSQL_BIND rbind[3];
     char *rbuf[2];
     unsigned long rcap[2];
-    unsigned long rlen[2];
-    my_bool rnull[2];
+    unsigned long rlen[3];
+    my_bool rnull[3];
+    long long rwritten;
 };
 
 /* Driver-wide state; the pool comes first so a conn's pool pointer converts to it. */
@@ -270,10 +274,15 @@ static void stmt_text(struct cm_buf *q, const char *qtable, enum cm_st_op_kind k
     cm_buf_reset(q);
     switch (kind) {
     case CM_ST_GET:
-        cm_buf_printf(q, "SELECT `key`, value FROM %s WHERE `key` IN (", qtable);
+        /* updated_at is naive UTC like expire (our writes use UTC_TIMESTAMP(6); Cacheme's
+         * column default now(6) is the session's time zone, UTC on a UTC server) */
+        cm_buf_printf(q,
+                      "SELECT `key`, value, TIMESTAMPDIFF(MICROSECOND, '1970-01-01', updated_at) "
+                      "DIV 1000 FROM %s WHERE `key` IN (",
+                      qtable);
         break;
     case CM_ST_SET:
-        cm_buf_printf(q, "INSERT INTO %s (`key`, value, expire) VALUES ", qtable);
+        cm_buf_printf(q, "INSERT INTO %s (`key`, value, expire, updated_at) VALUES ", qtable);
         break;
     case CM_ST_DEL:
         cm_buf_printf(q, "DELETE FROM %s WHERE `key` IN (", qtable);
@@ -281,8 +290,9 @@ static void stmt_text(struct cm_buf *q, const char *qtable, enum cm_st_op_kind k
     }
     for (size_t i = 0; i < n; i++) {
         if (kind == CM_ST_SET) {
-            cm_buf_append_str(q, i ? ", (?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)"
-                                   : "(?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)");
+            cm_buf_append_str(q, i ? ", " : "");
+            cm_buf_append_str(q, "(?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, "
+                                 "UTC_TIMESTAMP(6))");
         } else {
             cm_buf_append_str(q, i ? ", ?" : "?");
         }
@@ -292,8 +302,9 @@ static void stmt_text(struct cm_buf *q, const char *qtable, enum cm_st_op_kind k
         cm_buf_append_str(q, ") AND (expire IS NULL OR expire > UTC_TIMESTAMP(6))");
         break;
     case CM_ST_SET:
+        /* updated_at on every write, upserts included: SPEC §12's age of an entry */
         cm_buf_append_str(q, " ON DUPLICATE KEY UPDATE value = VALUES(value), "
-                             "expire = VALUES(expire)");
+                             "expire = VALUES(expire), updated_at = VALUES(updated_at)");
         break;
     case CM_ST_DEL:
         cm_buf_append_str(q, ")");
@@ -306,7 +317,12 @@ static size_t row_bytes(const struct cm_st_item *it)
     return it->klen + it->wlen + MY_ROW_OVERHEAD;
 }
 
-/* Fills mc->rows with the items op sends. SET: values larger than the column (or the packet) are
+/* What the `key` VARCHAR(512) utf8mb4 column refuses: invalid UTF-8 ("Incorrect string value"
+ * fails the statement, which would fail every key of its batch) and more than 512 characters
+ * ("Data too long"). A NUL byte is a character like any other there. Issue 14, defect 15. */
+#define MY_KEY_RULES (CM_KEY_UTF8 | CM_KEY_MAX_CHARS)
+
+/* Fills mc->rows with the items op sends (keys the column cannot hold are left out). SET: values larger than the column (or the packet) are
  * refused and counted, and an item superseded by a later one of the same key is left out. */
 static void plan_rows(struct cm_sql_conn *c, struct cm_st_op *op)
 {
@@ -320,6 +336,9 @@ static void plan_rows(struct cm_sql_conn *c, struct cm_st_op *op)
     mc->off = 0;
     for (size_t i = 0; i < op->nitems; i++) {
         const struct cm_st_item *it = &op->items[i];
+        if (!cm_st_item_fits(op, i, MY_KEY_RULES)) {
+            continue;   /* a miss, never written, and no error for the other keys */
+        }
         if (op->kind != CM_ST_SET) {
             mc->rows[mc->nrows++] = i;
             continue;
@@ -396,7 +415,10 @@ static int bind_batch(struct cm_sql_conn *c, const struct cm_st_op *op)
             pad = rows[i];
         }
     }
-    mc->ttl_us = op->ttl_ms > 0 ? (long long)op->ttl_ms * 1000 : 0;
+    /* A ttl ending past CM_ST_EXPIRE_MAX_MS (DATETIME ends at 9999-12-31) is stored as never
+     * expiring; below it, ms * 1000 fits in a long long. */
+    bool forever = cm_st_ttl_forever(op->ttl_ms, cm_wall_us() / 1000);
+    mc->ttl_us = forever ? 0 : (long long)op->ttl_ms * 1000;
     for (size_t i = 0; i < size; i++) {
         MYSQL_BIND *b = &mc->binds[i * per];
         if (op->kind != CM_ST_SET) {
@@ -413,7 +435,7 @@ static int bind_batch(struct cm_sql_conn *c, const struct cm_st_op *op)
         const struct cm_st_item *it = &op->items[i < mc->batch ? rows[i] : pad];
         bind_str(&b[0], MYSQL_TYPE_STRING, it->key, it->klen);
         bind_str(&b[1], MYSQL_TYPE_BLOB, it->wval, it->wlen);
-        if (op->ttl_ms > 0) {
+        if (!forever) {
             b[2].buffer_type = MYSQL_TYPE_LONGLONG;
             b[2].buffer = &mc->ttl_us;
         } else {
@@ -552,6 +574,11 @@ static void stmt_store_done(struct cm_sql_conn *c)
     }
     result_buf(mc, 0, 0);
     result_buf(mc, 1, 0);
+    memset(&mc->rbind[2], 0, sizeof(mc->rbind[2]));
+    mc->rbind[2].buffer_type = MYSQL_TYPE_LONGLONG;
+    mc->rbind[2].buffer = &mc->rwritten;
+    mc->rbind[2].is_null = &mc->rnull[2];
+    mc->rbind[2].length = &mc->rlen[2];
     int r = mysql_stmt_bind_result(mc->stmt, mc->rbind) ? 1 : 0;
     while (r == 0 && (r = mysql_stmt_fetch(mc->stmt)) != MYSQL_NO_DATA) {
         if (r != 0 && r != MYSQL_DATA_TRUNCATED) {
@@ -566,7 +593,8 @@ static void stmt_store_done(struct cm_sql_conn *c)
             }
         }
         if (r == 0 && !mc->rnull[0] && !mc->rnull[1]) {
-            cm_sql_op_hit(c->cur, mc->rbuf[0], mc->rlen[0], mc->rbuf[1], mc->rlen[1]);
+            int64_t written = !mc->rnull[2] && mc->rwritten > 0 ? (int64_t)mc->rwritten : 0;
+            cm_sql_op_hit(c->cur, mc->rbuf[0], mc->rlen[0], mc->rbuf[1], mc->rlen[1], written);
         }
     }
     if (r != MYSQL_NO_DATA) {

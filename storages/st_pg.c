@@ -5,7 +5,9 @@
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
 #include "daemon/log.h"
+#include "daemon/util.h"
 #include "storages/sql_common.h"
+#include "storages/st_keys.h"
 #include "storages/storage.h"
 
 #include <ctype.h>
@@ -213,23 +215,25 @@ static void pg_setup(struct cm_sql_conn *c)
     pg_flush(c);
 }
 
-static bool key_has_nul(const struct cm_st_op *op)
-{
-    for (size_t i = 0; i < op->nitems; i++) {
-        if (memchr(op->items[i].key, '\0', op->items[i].klen) != NULL) {
-            return true;
-        }
-    }
-    return false;
-}
+/* What the key column (VARCHAR(512) in a UTF8 database, text parameters) refuses: a NUL byte
+ * (libpq passes text parameters as C strings), invalid UTF-8 (SQLSTATE 22021 fails the whole
+ * statement, so one such key of an MGET used to fail every key in it), and more than 512
+ * characters (22001 on insert). Such a key is a miss, is never written, and does not fail the
+ * other keys of its op (issue 14, defect 15). */
+#define PG_KEY_RULES (CM_KEY_NO_NUL | CM_KEY_UTF8 | CM_KEY_MAX_CHARS)
 
-/* Appends op's keys as a text[] literal: {"k1","k2"} with " and \ backslash-escaped. */
-static void keys_array(struct cm_buf *out, const struct cm_st_op *op)
+/* Appends the keys of op the column can hold as a text[] literal: {"k1","k2"} with " and \
+ * backslash-escaped. Returns how many. */
+static size_t keys_array(struct cm_buf *out, const struct cm_st_op *op)
 {
+    size_t n = 0;
     cm_buf_append(out, "{", 1);
     for (size_t i = 0; i < op->nitems; i++) {
         const struct cm_st_item *it = &op->items[i];
-        cm_buf_append_str(out, i ? ",\"" : "\"");
+        if (!cm_st_item_fits(op, i, PG_KEY_RULES)) {
+            continue;
+        }
+        cm_buf_append_str(out, n++ ? ",\"" : "\"");
         for (size_t j = 0; j < it->klen; j++) {
             if (it->key[j] == '"' || it->key[j] == '\\') {
                 cm_buf_append(out, "\\", 1);
@@ -239,10 +243,18 @@ static void keys_array(struct cm_buf *out, const struct cm_st_op *op)
         cm_buf_append(out, "\"", 1);
     }
     cm_buf_append(out, "}", 2);   /* with the NUL: libpq reads text params as C strings */
+    return n;
 }
 
-/* Sends head TABLE tail with op's keys as $1. */
-static int send_keys_query(struct cm_sql_conn *c, const char *head, const char *tail)
+/* True when SET item i is written: the column holds its key and no later item has that key. */
+static bool set_row(const struct cm_st_op *op, size_t i)
+{
+    return cm_st_item_fits(op, i, PG_KEY_RULES) && !cm_sql_item_superseded(op, i);
+}
+
+/* Sends head TABLE tail with op's keys as $1; *sent = false (nothing sent, ok) when the column
+ * holds none of them. */
+static int send_keys_query(struct cm_sql_conn *c, const char *head, const char *tail, bool *sent)
 {
     struct pg_conn *pc = c->drv;
     struct cm_buf sql;
@@ -252,21 +264,25 @@ static int send_keys_query(struct cm_sql_conn *c, const char *head, const char *
     cm_buf_append_str(&sql, head);
     cm_buf_append_str(&sql, pgp(c)->qtable);
     cm_buf_append(&sql, tail, strlen(tail) + 1);
-    keys_array(&arr, c->cur);
+    *sent = keys_array(&arr, c->cur) > 0;
     const char *vals[1] = { cm_buf_start(&arr) };
-    int ok = PQsendQueryParams(pc->pg, cm_buf_start(&sql), 1, NULL, vals, NULL, NULL, 1);
+    int ok = !*sent || PQsendQueryParams(pc->pg, cm_buf_start(&sql), 1, NULL, vals, NULL, NULL, 1);
     cm_buf_deinit(&sql);
     cm_buf_deinit(&arr);
     return ok;
 }
 
-static int send_set(struct cm_sql_conn *c)
+static int send_set(struct cm_sql_conn *c, bool *sent)
 {
     struct pg_conn *pc = c->drv;
     struct cm_st_op *op = c->cur;
     size_t n = 0;
     for (size_t i = 0; i < op->nitems; i++) {
-        n += !cm_sql_item_superseded(op, i);   /* one INSERT may not touch a row twice */
+        n += set_row(op, i);   /* one INSERT may not touch a row twice */
+    }
+    *sent = n > 0;
+    if (n == 0) {
+        return 1;
     }
     const char **vals = cm_calloc(2 * n + 1, sizeof(*vals));
     int *lens = cm_calloc(2 * n + 1, sizeof(*lens));
@@ -274,10 +290,11 @@ static int send_set(struct cm_sql_conn *c)
     char ttl[32];
     struct cm_buf sql;
     cm_buf_init(&sql);
-    cm_buf_printf(&sql, "INSERT INTO %s (key, value, expire) VALUES ", pgp(c)->qtable);
+    cm_buf_printf(&sql, "INSERT INTO %s (key, value, expire, updated_at) VALUES ",
+                  pgp(c)->qtable);
     size_t p = 0;
     for (size_t i = 0; i < op->nitems; i++) {
-        if (cm_sql_item_superseded(op, i)) {
+        if (!set_row(op, i)) {
             continue;
         }
         const struct cm_st_item *it = &op->items[i];
@@ -285,15 +302,20 @@ static int send_set(struct cm_sql_conn *c)
         vals[2 * p + 1] = it->wval != NULL ? it->wval : "";
         lens[2 * p + 1] = (int)it->wlen;
         fmts[2 * p + 1] = 1;   /* bytea, binary: the bytes as they are */
-        cm_buf_printf(&sql, "%s($%zu, $%zu, now() + $%zu::bigint * interval '1 millisecond')",
+        cm_buf_printf(&sql,
+                      "%s($%zu, $%zu, now() + $%zu::bigint * interval '1 millisecond', now())",
                       p ? ", " : "", 2 * p + 1, 2 * p + 2, 2 * n + 1);
         p++;
     }
-    /* NULL ttl makes a NULL expire: never expires. */
+    /* NULL ttl makes a NULL expire: never expires. So does a ttl that would end past
+     * CM_ST_EXPIRE_MAX_MS (timestamptz goes to year 294276, but the interval arithmetic fails
+     * far earlier, "interval out of range", and such a ttl means forever anyway). */
     snprintf(ttl, sizeof(ttl), "%lld", (long long)op->ttl_ms);
-    vals[2 * n] = op->ttl_ms > 0 ? ttl : NULL;
+    vals[2 * n] = cm_st_ttl_forever(op->ttl_ms, cm_wall_us() / 1000) ? NULL : ttl;
+    /* updated_at on every write, upserts included (the column default covers inserts only):
+     * SPEC §12's age of an entry. */
     cm_buf_append_str(&sql, " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, "
-                            "expire = EXCLUDED.expire");
+                            "expire = EXCLUDED.expire, updated_at = EXCLUDED.updated_at");
     cm_buf_append(&sql, "", 1);
     int ok = PQsendQueryParams(pc->pg, cm_buf_start(&sql), (int)(2 * n + 1), NULL, vals, lens,
                                fmts, 1);
@@ -308,15 +330,14 @@ static void pg_send(struct cm_sql_conn *c, struct cm_st_op *op)
 {
     struct pg_conn *pc = c->drv;
     int ok;
-    if (key_has_nul(op)) {
-        cm_st_op_fail(op, "key contains a NUL byte (not storable in a PostgreSQL text column)");
-        cm_sql_conn_op_done(c);
-        return;
-    }
+    bool sent = true;
     switch (op->kind) {
     case CM_ST_GET:
-        ok = send_keys_query(c, "SELECT key, value FROM ",
-                             " WHERE key = ANY($1::text[]) AND (expire IS NULL OR expire > now())");
+        /* updated_at as ms since the epoch (int8, binary): the hit's written_ms */
+        ok = send_keys_query(c, "SELECT key, value, "
+                                "(extract(epoch FROM updated_at) * 1000)::int8 FROM ",
+                             " WHERE key = ANY($1::text[]) AND (expire IS NULL OR expire > now())",
+                             &sent);
         break;
     case CM_ST_SET:
         if (op->nitems > PG_MAX_SET_ITEMS) {
@@ -325,10 +346,10 @@ static void pg_send(struct cm_sql_conn *c, struct cm_st_op *op)
             cm_sql_conn_op_done(c);
             return;
         }
-        ok = send_set(c);
+        ok = send_set(c, &sent);
         break;
     case CM_ST_DEL:
-        ok = send_keys_query(c, "DELETE FROM ", " WHERE key = ANY($1::text[])");
+        ok = send_keys_query(c, "DELETE FROM ", " WHERE key = ANY($1::text[])", &sent);
         break;
     default:
         CM_NOT_REACHED();
@@ -337,8 +358,27 @@ static void pg_send(struct cm_sql_conn *c, struct cm_st_op *op)
         pg_broken(c, "send");
         return;
     }
+    if (!sent) {
+        cm_sql_conn_op_done(c);   /* no key the column holds: every GET item a miss */
+        return;
+    }
     pc->phase = PG_QUERY;
     pg_flush(c);
+}
+
+/* A binary int8 cell (ms since the epoch) as written_ms; 0 when NULL or not positive. */
+static int64_t int8_ms(const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8) {
+        return 0;
+    }
+    const unsigned char *b = (const unsigned char *)PQgetvalue(res, row, col);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = (v << 8) | b[i];   /* network order */
+    }
+    int64_t ms = (int64_t)v;
+    return ms > 0 ? ms : 0;
 }
 
 /* One result of the query on the wire. */
@@ -348,13 +388,14 @@ static void pg_result(struct cm_sql_conn *c, PGresult *res)
     ExecStatusType st = PQresultStatus(res);
     char msg[200];
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
-        if (pc->phase == PG_QUERY && c->cur->kind == CM_ST_GET && PQnfields(res) == 2) {
+        if (pc->phase == PG_QUERY && c->cur->kind == CM_ST_GET && PQnfields(res) == 3) {
             for (int i = 0; i < PQntuples(res); i++) {
                 if (PQgetisnull(res, i, 0) || PQgetisnull(res, i, 1)) {
                     continue;
                 }
                 cm_sql_op_hit(c->cur, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
-                              PQgetvalue(res, i, 1), (size_t)PQgetlength(res, i, 1));
+                              PQgetvalue(res, i, 1), (size_t)PQgetlength(res, i, 1),
+                              int8_ms(res, i, 2));
             }
         }
         return;

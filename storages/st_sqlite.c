@@ -234,12 +234,26 @@ static bool live(sqlite3_stmt *st, int col, int64_t now_us)
     return exp_us > now_us;
 }
 
+/* updated_at as wall-clock ms ("2026-11-25 01:22:56.123", UTC: the column default and our
+ * upsert; Python's "...+00:00" form too); 0 when NULL or unreadable. */
+static int64_t written_ms(sqlite3_stmt *st, int col)
+{
+    const char *txt = (const char *)sqlite3_column_text(st, col);
+    int64_t us;
+    if (txt == NULL ||
+        cm_parse_iso8601_us(txt, (size_t)sqlite3_column_bytes(st, col), &us) != CM_OK || us <= 0) {
+        return 0;
+    }
+    return us / 1000;
+}
+
 static void do_get(struct sq *s, struct sq_conn *c, struct cm_bjob *j)
 {
     const struct cm_st_op *op = j->op;
     for (size_t from = 0; from < op->nitems; from += SQ_CHUNK) {
         size_t n = op->nitems - from < SQ_CHUNK ? op->nitems - from : SQ_CHUNK;
-        sqlite3_stmt *st = in_stmt(s, c, &c->get[n], "SELECT \"key\", value, expire FROM", n, j);
+        sqlite3_stmt *st =
+            in_stmt(s, c, &c->get[n], "SELECT \"key\", value, expire, updated_at FROM", n, j);
         if (st == NULL) {
             return;
         }
@@ -254,7 +268,7 @@ static void do_get(struct sq *s, struct sq_conn *c, struct cm_bjob *j)
             const void *val = sqlite3_column_blob(st, 1);
             size_t vlen = (size_t)sqlite3_column_bytes(st, 1);
             if (key != NULL) {
-                cm_bjob_hit(j, key, klen, val, vlen);
+                cm_bjob_hit(j, key, klen, val, vlen, written_ms(st, 3));
             }
         }
         if (rc != SQLITE_DONE) {

@@ -59,6 +59,10 @@ struct cm_st_op {
     int64_t ttl_ms;             /* SET: > 0 expires after ttl_ms; -1 = never expires.
                                  * GET: how long this cache keeps what it is given (ttl + grace),
                                  * for backends that derive written_ms from a remaining TTL */
+    bool want_age;              /* GET: also fill written_ms where the stored form has no write
+                                 * time (Redis raw values: one PTTL per key in the same round
+                                 * trip, with ttl_ms > 0); costs a command per key, so the daemon
+                                 * sets it only for nodes that use the age (grace, refresh_after) */
     int status;                 /* written by the backend: CM_OK, CM_ERR; CM_ETIMEDOUT by the timer */
     char err[160];              /* backend's reason when status != CM_OK (logged, not sent to clients) */
     /* framework-private below */

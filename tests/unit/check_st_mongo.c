@@ -7,7 +7,7 @@
 #include "daemon/alloc.h"
 #include "daemon/util.h"
 #include "storages/storage.h"
-#include "tests/unit/st_harness.h"
+#include "tests/unit/st_contract.h"
 
 #include <arpa/inet.h>
 #include <check.h>
@@ -117,55 +117,32 @@ static int64_t raw_count(struct fx *f, const char *key)
     return n;
 }
 
-START_TEST(test_set_get_mget_del)
+/* The contract fixture (tests/unit/st_contract.h): a database of its own. */
+static struct fx ct_mg;
+
+static struct cm_storage *ct_open_mg(int pool, int64_t timeout_ms)
+{
+    fx_open_url(&ct_mg, mongo_url(), false, pool, timeout_ms);
+    return ct_mg.st;
+}
+
+static void ct_close_mg(struct cm_storage *st)
+{
+    ct_mg.st = st;
+    fx_close(&ct_mg);
+}
+
+/* An upsert on key keeps one document; a delete removes it. */
+START_TEST(test_upsert_one_document)
 {
     struct fx f;
-    fx_open_url(&f, mongo_url(), false, 3, 5000);
-    const char *k1[] = {"cacheme:user:1:info:v1"};
-    const char *v1[] = {"{\"name\":\"ann\"}"};
-    ck_assert_int_eq(h_set(f.st, 1, k1, v1, -1), CM_OK);
-    struct h_result r;
-    h_get(f.st, 1, k1, &r);
-    ck_assert_msg(r.status == CM_OK, "%s", r.err);
-    h_assert_val(&r, 0, v1[0]);
-    h_result_deinit(&r);
-
-    /* overwrite is an upsert on key: still one document */
-    const char *v1b[] = {"second"};
-    ck_assert_int_eq(h_set(f.st, 1, k1, v1b, -1), CM_OK);
-    ck_assert_int_eq(raw_count(&f, k1[0]), 1);
-    const char *k23[] = {"k2", "k3"};
-    const char *v23[] = {"two", "three"};
-    ck_assert_int_eq(h_set(f.st, 2, k23, v23, 60000), CM_OK);
-
-    const char *mk[] = {"cacheme:user:1:info:v1", "k2", "nope", "k3", "k2"};
-    h_get(f.st, 5, mk, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    h_assert_val(&r, 0, "second");
-    h_assert_val(&r, 1, "two");
-    h_assert_val(&r, 2, NULL);
-    h_assert_val(&r, 3, "three");
-    h_assert_val(&r, 4, "two");
-    h_result_deinit(&r);
-
-    const char *dk[] = {"cacheme:user:1:info:v1", "k2", "never-there"};
-    ck_assert_int_eq(h_del(f.st, 3, dk), CM_OK);
-    h_get(f.st, 5, mk, &r);
-    h_assert_val(&r, 0, NULL);
-    h_assert_val(&r, 1, NULL);
-    h_assert_val(&r, 3, "three");
-    h_result_deinit(&r);
-    ck_assert_int_eq(raw_count(&f, "k2"), 0);
-
-    /* hostile keys are plain strings, never operators or patterns */
-    const char *hk[] = {"$where", "a.b", "it's \"q\" \\ % ;", "ключ🙂", "{\"$gt\":\"\"}"};
-    ck_assert_int_eq(h_set(f.st, 5, hk, hk, -1), CM_OK);
-    h_get(f.st, 5, hk, &r);
-    for (size_t i = 0; i < 5; i++) {
-        h_assert_val(&r, i, hk[i]);
-    }
-    h_result_deinit(&r);
-    ck_assert_uint_eq(f.st->stats.errors, 0);
+    fx_open_url(&f, mongo_url(), false, 2, 5000);
+    const char *k[] = {"cacheme:user:1:info:v1"};
+    ck_assert_int_eq(h_set(f.st, 1, k, k, -1), CM_OK);
+    ck_assert_int_eq(h_set(f.st, 1, k, k, 60000), CM_OK);
+    ck_assert_int_eq(raw_count(&f, k[0]), 1);
+    ck_assert_int_eq(h_del(f.st, 1, k), CM_OK);
+    ck_assert_int_eq(raw_count(&f, k[0]), 0);
     fx_close(&f);
 }
 END_TEST
@@ -189,16 +166,6 @@ START_TEST(test_expired_doc_is_miss)
     h_assert_val(&r, 3, "missing");
     h_result_deinit(&r);
 
-    /* our own short ttl */
-    const char *ks[] = {"short"};
-    ck_assert_int_eq(h_set(f.st, 1, ks, ks, 100), CM_OK);
-    h_get(f.st, 1, ks, &r);
-    h_assert_val(&r, 0, "short");
-    h_result_deinit(&r);
-    usleep(200 * 1000);
-    h_get(f.st, 1, ks, &r);
-    h_assert_val(&r, 0, NULL);
-    h_result_deinit(&r);
     fx_close(&f);
 }
 END_TEST
@@ -467,69 +434,22 @@ START_TEST(test_server_comes_back)
 }
 END_TEST
 
-/* Many ops at once over 4 pooled clients: each completes exactly once and succeeds. */
-START_TEST(test_concurrent_submits)
-{
-    struct fx f;
-    fx_open_url(&f, mongo_url(), false, 4, 10000);
-    enum { N = 300 };
-    static struct h_result res[N];
-    static char kbuf[N][16];
-    static const char *keys[N];
-    int pending = N;
-    for (int i = 0; i < N; i++) {
-        snprintf(kbuf[i], sizeof(kbuf[i]), "c%d", i % 100);
-        keys[i] = kbuf[i];
-        memset(&res[i], 0, sizeof(res[i]));
-        res[i].pending = &pending;
-        res[i].base = f.base;
-        struct cm_st_op *op = i < 100 ? h_op(CM_ST_SET, 1, &keys[i], &keys[i], 60000)
-                                      : h_op(CM_ST_GET, 1, &keys[i], NULL, -1);
-        cm_storage_submit(f.st, op, h_done, &res[i]);
-    }
-    double t0 = h_now_ms();
-    h_wait(f.base, &pending, 30);
-    printf("mongo: %d single-key ops on 4 workers in %.0f ms\n", N, h_now_ms() - t0);
-    ck_assert_int_eq(pending, 0);
-    for (int i = 0; i < N; i++) {
-        ck_assert_int_eq(res[i].calls, 1);
-        ck_assert_msg(res[i].status == CM_OK, "op %d: %s", i, res[i].err);
-        h_result_deinit(&res[i]);
-    }
-    struct h_result r;
-    h_get(f.st, 50, keys, &r);
-    for (int i = 0; i < 50; i++) {
-        h_assert_val(&r, (size_t)i, keys[i]);
-    }
-    h_result_deinit(&r);
-    fx_close(&f);
-}
-END_TEST
-
-START_TEST(test_close_with_pending_ops)
-{
-    struct fx f;
-    fx_open_url(&f, mongo_url(), false, 2, 10000);
-    h_close_with_pending(f.st, 50);
-    f.st = NULL;
-    fx_close(&f);
-}
-END_TEST
-
 static Suite *mongo_suite(void)
 {
     Suite *s = suite_create("st_mongo");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_set_get_mget_del);
+    tcase_add_test(tc, test_upsert_one_document);
     tcase_add_test(tc, test_expired_doc_is_miss);
     tcase_add_test(tc, test_cacheme_format_interop);
     tcase_add_test(tc, test_create_indexes);
     tcase_add_test(tc, test_server_down);
     tcase_add_test(tc, test_server_comes_back);
-    tcase_add_test(tc, test_concurrent_submits);
-    tcase_add_test(tc, test_close_with_pending_ops);
     suite_add_tcase(s, tc);
+    static const struct ct_fixture fx = { .name = "mongodb", .open = ct_open_mg,
+                                          .close = ct_close_mg,
+                                          .key_rules = CM_KEY_NO_NUL | CM_KEY_UTF8 };
+    suite_add_tcase(s, ct_tcase(&fx));
     return s;
 }
 

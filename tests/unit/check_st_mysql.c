@@ -5,6 +5,7 @@
 #include "daemon/buf.h"
 #include "storages/sql_common.h"
 #include "tests/unit/sql_harness.h"
+#include "tests/unit/st_contract.h"
 
 #include <mysql.h>
 #include <stdio.h>
@@ -48,37 +49,41 @@ static long long side_count(const char *sql)
     return n;
 }
 
-static void setup(void)
+/* A storage on an empty table (and the side connection). */
+static struct cm_storage *open_pool(int pool, int64_t timeout_ms)
 {
     side = side_conn();
     side_exec("DROP TABLE IF EXISTS " MY_TABLE);
-    h_open(&h, CM_ST_TYPE_MYSQL, h_env("CM_TEST_MYSQL_URL"), MY_TABLE, 4, 3000);
+    h_open(&h, CM_ST_TYPE_MYSQL, h_env("CM_TEST_MYSQL_URL"), MY_TABLE, pool, timeout_ms);
+    return h.st;
 }
 
-static void teardown(void)
+static void setup(void)
 {
+    open_pool(4, 3000);
+}
+
+static void close_pool(struct cm_storage *st)
+{
+    h.st = st;
     h_close(&h);
     mysql_close(side);
 }
 
-START_TEST(test_set_get_mget_del)
+static void teardown(void)
 {
-    const char *keys[] = { "cacheme:a:v1", "cacheme:b:v1", "cacheme:none:v1", "cacheme:A:v1" };
+    close_pool(h.st);
+}
+
+/* The rows behind the contract suite's round trips (tests/unit/st_contract.h). */
+START_TEST(test_row_format)
+{
+    const char *keys[] = { "cacheme:a:v1", "cacheme:b:v1" };
     const char *vals[] = { "alpha", "bravo" };
     struct h_res r;
-    h_run(&h, CM_ST_SET, 2, keys, vals, NULL, -1, &r);
+    h_sql_run(&h, CM_ST_SET, 2, keys, vals, NULL, -1, &r);
     ck_assert_int_eq(r.status, CM_OK);
-    ck_assert_int_eq(h_get1(&h, keys[0], "alpha", 5), CM_ST_HIT);
     ck_assert_int_eq(h_set1(&h, keys[0], "alpha2", 6, 60000), CM_OK);   /* upsert */
-    h_run(&h, CM_ST_GET, 4, keys, NULL, NULL, 0, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    ck_assert_int_eq(r.result[0], CM_ST_HIT);
-    ck_assert_mem_eq(r.val[0], "alpha2", 6);
-    ck_assert_int_eq(r.result[1], CM_ST_HIT);
-    ck_assert_mem_eq(r.val[1], "bravo", 5);
-    ck_assert_int_eq(r.result[2], CM_ST_MISS);
-    ck_assert_int_eq(r.result[3], CM_ST_MISS);   /* keys are case-sensitive */
-    h_res_free(&r);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 2);
     /* expire is naive UTC: about 60 s after UTC_TIMESTAMP() */
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE " WHERE `key` = 'cacheme:a:v1' "
@@ -86,27 +91,25 @@ START_TEST(test_set_get_mget_del)
                                 "AND 60 AND value = 'alpha2'"), 1);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE " WHERE `key` = 'cacheme:b:v1' "
                                 "AND expire IS NULL"), 1);
-    h_run(&h, CM_ST_DEL, 2, keys, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_DEL, 2, keys, NULL, NULL, 0, &r);
     ck_assert_int_eq(r.status, CM_OK);
-    ck_assert_int_eq(h_get1(&h, keys[0], NULL, 0), CM_ST_MISS);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 0);
 }
 END_TEST
 
 START_TEST(test_odd_keys_binary_values)
 {
-    size_t n = CM_ARRAY_LEN(h_odd_keys);
-    h_odd_roundtrip(&h);
+    size_t n = ct_odd_roundtrip(h.st);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), (long long)n);
     for (size_t i = 0; i < n; i++) {
         char esc[256];
         char sql[512];
-        mysql_real_escape_string(side, esc, h_odd_keys[i], strlen(h_odd_keys[i]));
+        mysql_real_escape_string(side, esc, ct_odd_keys[i], strlen(ct_odd_keys[i]));
         snprintf(sql, sizeof(sql),
                  "SELECT COUNT(*) FROM " MY_TABLE " WHERE `key` = '%s' AND LENGTH(value) = 7", esc);
-        ck_assert_msg(side_count(sql) == 1, "row for %s", h_odd_keys[i]);
-        ck_assert_int_eq(h_set1(&h, h_odd_keys[i], "", 0, 5000), CM_OK);   /* empty value */
-        ck_assert_int_eq(h_get1(&h, h_odd_keys[i], "", 0), CM_ST_HIT);
+        ck_assert_msg(side_count(sql) == 1, "row for %s", ct_odd_keys[i]);
+        ck_assert_int_eq(h_set1(&h, ct_odd_keys[i], "", 0, 5000), CM_OK);   /* empty value */
+        ck_assert_int_eq(h_get1(&h, ct_odd_keys[i], "", 0), CM_ST_HIT);
     }
 }
 END_TEST
@@ -174,12 +177,12 @@ START_TEST(test_mget_is_one_query)
         vals[i] = "v";
     }
     struct h_res r;
-    h_run(&h, CM_ST_SET, 40, keys, vals, NULL, -1, &r);
+    h_sql_run(&h, CM_ST_SET, 40, keys, vals, NULL, -1, &r);
     ck_assert_int_eq(r.status, CM_OK);
-    h_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);   /* prepares the 64-key read */
+    h_sql_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);   /* prepares the 64-key read */
     h_res_free(&r);
     struct my_counts b0 = counts();
-    h_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_GET, 40, keys, NULL, NULL, 0, &r);
     struct my_counts batch = delta(b0, counts());
     ck_assert_int_eq(r.status, CM_OK);
     for (size_t i = 0; i < 40; i++) {
@@ -218,19 +221,19 @@ START_TEST(test_statements_prepared_once_per_connection)
     const char *keys[] = { "cacheme:p:v1", "cacheme:q:v1", "cacheme:r:v1" };
     struct h_res r;
     c0 = counts();
-    h_run(&one, CM_ST_GET, 3, keys, NULL, NULL, 0, &r);   /* 3 keys: the 4-key statement */
+    h_sql_run(&one, CM_ST_GET, 3, keys, NULL, NULL, 0, &r);   /* 3 keys: the 4-key statement */
     ck_assert_int_eq(r.status, CM_OK);
     ck_assert_int_eq(r.result[0], CM_ST_HIT);
     ck_assert_int_eq(r.result[1] + r.result[2], CM_ST_MISS + CM_ST_MISS);
     h_res_free(&r);
-    h_run(&one, CM_ST_GET, 2, keys, NULL, NULL, 0, &r);   /* 2 keys: the same statement */
+    h_sql_run(&one, CM_ST_GET, 2, keys, NULL, NULL, 0, &r);   /* 2 keys: the same statement */
     ck_assert_int_eq(r.result[0], CM_ST_HIT);
     h_res_free(&r);
     ASSERT_COUNTS(delta(c0, counts()), 2, 1, 2, 0, 0, 1);
     c0 = counts();
-    h_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
+    h_sql_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
     ck_assert_int_eq(r.status, CM_OK);
-    h_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
+    h_sql_run(&one, CM_ST_DEL, 1, keys, NULL, NULL, 0, &r);
     ASSERT_COUNTS(delta(c0, counts()), 2, 1, 0, 0, 2, 1);
     ck_assert_int_eq(h_get1(&one, "cacheme:p:v1", NULL, 0), CM_ST_MISS);
     /* upsert/1, read/1, read/4, delete/1 stay prepared on the server until the connection ends */
@@ -263,9 +266,9 @@ START_TEST(test_bound_keys_and_values_exact)
         vlens[i] = sizeof(val) - 1 - i;   /* every one ends differently, some in NUL */
     }
     struct h_res r;
-    h_run(&h, CM_ST_SET, n, keys, vals, vlens, 60000, &r);
+    h_sql_run(&h, CM_ST_SET, n, keys, vals, vlens, 60000, &r);
     ck_assert_int_eq(r.status, CM_OK);
-    h_run(&h, CM_ST_GET, n, keys, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_GET, n, keys, NULL, NULL, 0, &r);
     ck_assert_int_eq(r.status, CM_OK);
     for (size_t i = 0; i < n; i++) {
         ck_assert_msg(r.result[i] == CM_ST_HIT, "miss for %s", keys[i]);
@@ -289,12 +292,12 @@ START_TEST(test_bound_keys_and_values_exact)
     }
     /* near misses of those keys are misses */
     const char *near[] = { "cacheme:what:v1", "cacheme:trailing space:v1", "cacheme:%:v1" };
-    h_run(&h, CM_ST_GET, CM_ARRAY_LEN(near), near, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_GET, CM_ARRAY_LEN(near), near, NULL, NULL, 0, &r);
     for (size_t i = 0; i < CM_ARRAY_LEN(near); i++) {
         ck_assert_int_eq(r.result[i], CM_ST_MISS);
     }
     h_res_free(&r);
-    h_run(&h, CM_ST_DEL, n, keys, NULL, NULL, 0, &r);
+    h_sql_run(&h, CM_ST_DEL, n, keys, NULL, NULL, 0, &r);
     ck_assert_int_eq(r.status, CM_OK);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 0);
 }
@@ -393,7 +396,7 @@ START_TEST(test_batch_larger_than_largest_size)
     struct h_res hr;
     struct big_res r;
     struct my_counts c0 = counts();
-    h_run(&h, CM_ST_SET, BIG_N, keys, vals, NULL, -1, &hr);   /* 512 + 88 rows (padded to 256) */
+    h_sql_run(&h, CM_ST_SET, BIG_N, keys, vals, NULL, -1, &hr);   /* 512 + 88 rows (padded to 256) */
     ck_assert_int_eq(hr.status, CM_OK);
     struct my_counts d = delta(c0, counts());
     ck_assert_msg(d.execute == 2 && d.insert == 2, "execute %lld insert %lld", d.execute,
@@ -405,7 +408,7 @@ START_TEST(test_batch_larger_than_largest_size)
     ck_assert_uint_eq(r.hits, BIG_N);
     ck_assert_uint_eq(r.bad, 0);
     ck_assert_int_eq(delta(c0, counts()).execute, 2);
-    h_run(&h, CM_ST_DEL, BIG_N, keys, NULL, NULL, 0, &hr);
+    h_sql_run(&h, CM_ST_DEL, BIG_N, keys, NULL, NULL, 0, &hr);
     ck_assert_int_eq(hr.status, CM_OK);
     ck_assert_int_eq(side_count("SELECT COUNT(*) FROM " MY_TABLE), 0);
 }
@@ -427,7 +430,7 @@ START_TEST(test_oversize_value_refused)
     const char *vals[] = { big, "s" };
     size_t vlens[] = { sizeof(big), 1 };
     struct h_res r;
-    h_run(&h, CM_ST_SET, 2, keys, vals, vlens, -1, &r);
+    h_sql_run(&h, CM_ST_SET, 2, keys, vals, vlens, -1, &r);
     ck_assert_int_eq(r.status, CM_ERR);
     ck_assert_uint_eq(h.st->stats.rejected, 2);
     ck_assert_int_eq(h_get1(&h, "cacheme:small:v1", "s", 1), CM_ST_HIT);
@@ -516,7 +519,7 @@ END_TEST
 
 START_TEST(test_cacheme_reads_row)
 {
-    ck_assert_int_eq(h_set1(&h, h_odd_keys[0], "{\"a\": 1}", 8, 60000), CM_OK);
+    ck_assert_int_eq(h_set1(&h, ct_odd_keys[0], "{\"a\": 1}", 8, 60000), CM_OK);
     ck_assert_int_eq(h_set1(&h, "cacheme:gone:v1", "x", 1, -1), CM_OK);
     side_exec("UPDATE " MY_TABLE " SET expire = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND "
               "WHERE `key` = 'cacheme:gone:v1'");
@@ -544,7 +547,7 @@ static Suite *mysql_suite(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 30);
     tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_test(tc, test_set_get_mget_del);
+    tcase_add_test(tc, test_row_format);
     tcase_add_test(tc, test_odd_keys_binary_values);
     tcase_add_test(tc, test_expired_rows_are_misses);
     tcase_add_test(tc, test_schema_matches_script);
@@ -559,6 +562,9 @@ static Suite *mysql_suite(void)
     tcase_add_test(tc, test_failed_prepare_is_not_kept);
     tcase_add_test(tc, test_server_restart_reconnects);
     suite_add_tcase(s, tc);
+    static const struct ct_fixture fx = { .name = "mysql", .open = open_pool, .close = close_pool,
+                                          .key_rules = CM_KEY_UTF8 | CM_KEY_MAX_CHARS };
+    suite_add_tcase(s, ct_tcase(&fx));
     return s;
 }
 

@@ -2,6 +2,7 @@
  * slot hashing, per-slot MGET split, MOVED after a slot migration, ASK during one, the redirect
  * bound. Slots are moved with a sync hiredis context, as redis-cli --cluster reshard does, and
  * moved back at the end of each test. */
+#include "daemon/util.h"
 #include "storages/redis_cluster.h"
 #include "tests/unit/redis_harness.h"
 
@@ -288,6 +289,20 @@ START_TEST(test_mget_200_keys_across_slots)
         ck_assert_msg(r.hit[i], "key %d missed", i);
         ck_assert_uint_eq(r.vlen[i], vl[i]);
         ck_assert(memcmp(r.val[i], vals[i], vl[i]) == 0);
+    }
+    big_result_deinit(&r);
+    /* With want_age, each slot's MGET is followed by its keys' PTTLs on the same master: every
+     * hit gets a write time (raw values, SPEC §12), within a few seconds of now. */
+    struct cm_st_op *aop = big_op(CM_ST_GET, N, kp, kl, NULL, NULL, 60000);
+    aop->want_age = true;
+    int64_t now_ms = cm_wall_us() / 1000;
+    big_run(&t, aop, &r, 10);
+    ck_assert_msg(r.status == CM_OK, "mget with ages: %s", r.err);
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(r.hit[i] && r.written_ms[i] > now_ms - 5000 &&
+                          r.written_ms[i] <= now_ms + 5000,
+                      "key %d: hit %d written_ms %lld, now %lld", i, r.hit[i],
+                      (long long)r.written_ms[i], (long long)now_ms);
     }
     big_result_deinit(&r);
 

@@ -5,7 +5,7 @@
 #include "daemon/alloc.h"
 #include "daemon/util.h"
 #include "storages/storage.h"
-#include "tests/unit/st_harness.h"
+#include "tests/unit/st_contract.h"
 
 #include <check.h>
 #include <event2/event.h>
@@ -54,6 +54,22 @@ static void fx_close(struct fx *f)
     ck_assert_int_eq(system(cmd), 0);
 }
 
+/* The contract fixture (tests/unit/st_contract.h): a database file of its own. TEXT keys hold
+ * any bytes (NUL and invalid UTF-8 compare as bytes): key_rules 0. */
+static struct fx ct_sq;
+
+static struct cm_storage *ct_open_sq(int pool, int64_t timeout_ms)
+{
+    fx_open(&ct_sq, "cacheme_data", true, pool, timeout_ms);
+    return ct_sq.st;
+}
+
+static void ct_close_sq(struct cm_storage *st)
+{
+    ct_sq.st = st;
+    fx_close(&ct_sq);
+}
+
 /* Runs SQL on the test's file through a separate connection (as another process would). */
 static void sql_exec(const char *path, const char *sql)
 {
@@ -81,81 +97,6 @@ static const char *interop(const char *args)
     ck_assert_msg(rc == 0, "%s failed (%d): %s", cmd, rc, out);
     return out;
 }
-
-START_TEST(test_set_get_mget_del)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 3, 5000);
-    const char *k1[] = {"cacheme:user:1:info:v1"};
-    const char *v1[] = {"{\"name\":\"ann\"}"};
-    ck_assert_int_eq(h_set(f.st, 1, k1, v1, -1), CM_OK);
-    struct h_result r;
-    h_get(f.st, 1, k1, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    h_assert_val(&r, 0, v1[0]);
-    h_result_deinit(&r);
-
-    /* overwrite, then a batch SET with ttl */
-    const char *v1b[] = {"second"};
-    ck_assert_int_eq(h_set(f.st, 1, k1, v1b, -1), CM_OK);
-    const char *k23[] = {"k2", "k3"};
-    const char *v23[] = {"two", "three"};
-    ck_assert_int_eq(h_set(f.st, 2, k23, v23, 60000), CM_OK);
-
-    /* MGET: hits, a miss, a duplicate key answered in place */
-    const char *mk[] = {"cacheme:user:1:info:v1", "k2", "nope", "k3", "k2"};
-    h_get(f.st, 5, mk, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    h_assert_val(&r, 0, "second");
-    h_assert_val(&r, 1, "two");
-    h_assert_val(&r, 2, NULL);
-    h_assert_val(&r, 3, "three");
-    h_assert_val(&r, 4, "two");
-    h_result_deinit(&r);
-
-    const char *dk[] = {"cacheme:user:1:info:v1", "k2", "never-there"};
-    ck_assert_int_eq(h_del(f.st, 3, dk), CM_OK);
-    h_get(f.st, 5, mk, &r);
-    h_assert_val(&r, 0, NULL);
-    h_assert_val(&r, 1, NULL);
-    h_assert_val(&r, 3, "three");
-    h_result_deinit(&r);
-    ck_assert_uint_eq(f.st->stats.errors, 0);
-    fx_close(&f);
-}
-END_TEST
-
-/* MGET and DEL of more keys than one IN (...) statement holds (chunks of 32). */
-START_TEST(test_many_keys)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 2, 5000);
-    enum { N = 60 };
-    char kbuf[N][16], vbuf[N][16];
-    const char *keys[N], *vals[N];
-    for (int i = 0; i < N; i++) {
-        snprintf(kbuf[i], sizeof(kbuf[i]), "key-%d", i);
-        snprintf(vbuf[i], sizeof(vbuf[i]), "val-%d", i);
-        keys[i] = kbuf[i];
-        vals[i] = vbuf[i];
-    }
-    ck_assert_int_eq(h_set(f.st, N / 2, keys, vals, -1), CM_OK); /* even half only */
-    struct h_result r;
-    h_get(f.st, N, keys, &r);
-    for (int i = 0; i < N; i++) {
-        h_assert_val(&r, (size_t)i, i < N / 2 ? vals[i] : NULL);
-    }
-    h_result_deinit(&r);
-    ck_assert_int_eq(h_set(f.st, N, keys, vals, -1), CM_OK);
-    ck_assert_int_eq(h_del(f.st, N - 1, keys), CM_OK);
-    h_get(f.st, N, keys, &r);
-    for (int i = 0; i < N; i++) {
-        h_assert_val(&r, (size_t)i, i == N - 1 ? vals[i] : NULL);
-    }
-    h_result_deinit(&r);
-    fx_close(&f);
-}
-END_TEST
 
 /* Rows written by someone else with an expire in the past are misses; the future ones hit,
  * whichever datetime text form they use. */
@@ -193,81 +134,6 @@ START_TEST(test_expired_row_is_miss)
     h_assert_val(&r, 6, NULL);
     h_result_deinit(&r);
 
-    /* our own short ttl expires at read time */
-    const char *ks[] = {"short"};
-    ck_assert_int_eq(h_set(f.st, 1, ks, v, 50), CM_OK);
-    h_get(f.st, 1, ks, &r);
-    h_assert_val(&r, 0, "x");
-    h_result_deinit(&r);
-    usleep(120 * 1000);
-    h_get(f.st, 1, ks, &r);
-    h_assert_val(&r, 0, NULL);
-    h_result_deinit(&r);
-    fx_close(&f);
-}
-END_TEST
-
-START_TEST(test_hostile_keys_and_values)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 2, 5000);
-    const char *keys[] = {
-        "it's",
-        "say \"hi\"",
-        "back\\slash",
-        "100%",
-        "a;b",
-        "'); DROP TABLE cacheme_data; --",
-        "ключ:日本語:🙂",
-        "_",
-        "%_%",
-    };
-    const size_t n = CM_ARRAY_LEN(keys);
-    const char *vals[CM_ARRAY_LEN(keys)];
-    char vbuf[CM_ARRAY_LEN(keys)][32];
-    for (size_t i = 0; i < n; i++) {
-        snprintf(vbuf[i], sizeof(vbuf[i]), "v%zu", i);
-        vals[i] = vbuf[i];
-    }
-    ck_assert_int_eq(h_set(f.st, n, keys, vals, -1), CM_OK);
-    struct h_result r;
-    h_get(f.st, n, keys, &r);
-    for (size_t i = 0; i < n; i++) {
-        h_assert_val(&r, i, vals[i]);
-    }
-    h_result_deinit(&r);
-    /* LIKE-style wildcards are not wildcards: '%' did not match "100%" etc. */
-    const char *wild[] = {"%", "10%"};
-    h_get(f.st, 2, wild, &r);
-    h_assert_val(&r, 0, NULL);
-    h_assert_val(&r, 1, NULL);
-    h_result_deinit(&r);
-
-    /* binary value with NUL and 0xff bytes, and an empty value (not NULL) */
-    struct cm_st_op *op = cm_st_op_new(CM_ST_SET, 2);
-    cm_st_op_set_key(op, 0, "bin", 3);
-    cm_st_op_set_key(op, 1, "empty", 5);
-    static const char bin[] = {'a', 0, (char)0xff, 'b'};
-    op->items[0].wval = bin;
-    op->items[0].wlen = sizeof(bin);
-    op->items[1].wval = "";
-    op->items[1].wlen = 0;
-    h_run(f.st, op, &r);
-    ck_assert_int_eq(r.status, CM_OK);
-    h_result_deinit(&r);
-    const char *bk[] = {"bin", "empty"};
-    h_get(f.st, 2, bk, &r);
-    ck_assert(r.hit[0] && r.vlen[0] == sizeof(bin) && memcmp(r.val[0], bin, sizeof(bin)) == 0);
-    ck_assert(r.hit[1] && r.vlen[1] == 0);
-    h_result_deinit(&r);
-
-    const char *dk[] = {"it's", "'); DROP TABLE cacheme_data; --"};
-    ck_assert_int_eq(h_del(f.st, 2, dk), CM_OK);
-    h_get(f.st, n, keys, &r);
-    for (size_t i = 0; i < n; i++) {
-        h_assert_val(&r, i, i == 0 || i == 5 ? NULL : vals[i]);
-    }
-    h_result_deinit(&r);
     fx_close(&f);
 }
 END_TEST
@@ -422,55 +288,6 @@ START_TEST(test_errors_are_reported)
 }
 END_TEST
 
-/* Many ops submitted at once over 4 connections: each completes exactly once, all succeed. */
-START_TEST(test_concurrent_submits)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 4, 10000);
-    enum { N = 400 };
-    static struct h_result res[N];
-    static char kbuf[N][16];
-    static const char *keys[N];
-    int pending = N;
-    struct h_ticker t;
-    h_ticker_start(&t, f.base);
-    for (int i = 0; i < N; i++) {
-        snprintf(kbuf[i], sizeof(kbuf[i]), "c%d", i % 100);
-        keys[i] = kbuf[i];
-        memset(&res[i], 0, sizeof(res[i]));
-        res[i].pending = &pending;
-        res[i].base = f.base;
-        struct cm_st_op *op = i < 200 ? h_op(CM_ST_SET, 1, &keys[i], &keys[i], 60000)
-                                      : h_op(CM_ST_GET, 1, &keys[i], NULL, -1);
-        cm_storage_submit(f.st, op, h_done, &res[i]);
-    }
-    double t0 = h_now_ms();
-    h_wait(f.base, &pending, 20);
-    double took = h_now_ms() - t0;
-    h_ticker_stop(&t);
-    printf("sqlite: %d single-key ops (200 SET, 200 GET) on 4 connections in %.0f ms; "
-           "loop max gap %.1f ms\n",
-           N, took, t.max_gap_ms);
-    ck_assert_msg(t.max_gap_ms < 100, "the loop was blocked for %.0f ms", t.max_gap_ms);
-    ck_assert_int_eq(pending, 0);
-    for (int i = 0; i < N; i++) {
-        ck_assert_int_eq(res[i].calls, 1);
-        ck_assert_msg(res[i].status == CM_OK, "op %d: %s", i, res[i].err);
-        h_result_deinit(&res[i]);
-    }
-    /* every key was written (by two SETs each) */
-    struct h_result r;
-    for (int i = 0; i < 100; i += 7) {
-        h_get(f.st, 1, &keys[i], &r);
-        h_assert_val(&r, 0, keys[i]);
-        h_result_deinit(&r);
-    }
-    ck_assert_uint_eq(f.st->stats.ops, N + 15);
-    ck_assert_uint_eq(f.st->stats.errors, 0);
-    fx_close(&f);
-}
-END_TEST
-
 /* A writer holds the database lock: the op times out on the loop (done once, CM_ETIMEDOUT)
  * while the worker is still busy-waiting; the late completion must not touch the freed state
  * the submitter had (ASan) and must not call done again. */
@@ -510,33 +327,20 @@ START_TEST(test_timeout_while_locked)
 }
 END_TEST
 
-/* Closing with ops queued: every done() runs exactly once, inside close. */
-START_TEST(test_close_with_pending_ops)
-{
-    struct fx f;
-    fx_open(&f, "cacheme_data", true, 2, 10000);
-    h_close_with_pending(f.st, 50);
-    f.st = NULL;
-    fx_close(&f);
-}
-END_TEST
-
 static Suite *sqlite_suite(void)
 {
     Suite *s = suite_create("st_sqlite");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_set_get_mget_del);
-    tcase_add_test(tc, test_many_keys);
     tcase_add_test(tc, test_expired_row_is_miss);
-    tcase_add_test(tc, test_hostile_keys_and_values);
     tcase_add_test(tc, test_cacheme_format_interop);
     tcase_add_test(tc, test_schema_matches_script);
     tcase_add_test(tc, test_errors_are_reported);
-    tcase_add_test(tc, test_concurrent_submits);
     tcase_add_test(tc, test_timeout_while_locked);
-    tcase_add_test(tc, test_close_with_pending_ops);
     suite_add_tcase(s, tc);
+    static const struct ct_fixture fx = { .name = "sqlite", .open = ct_open_sq,
+                                          .close = ct_close_sq, .key_rules = 0 };
+    suite_add_tcase(s, ct_tcase(&fx));
     return s;
 }
 

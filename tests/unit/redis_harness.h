@@ -104,6 +104,7 @@ struct big_result {
     bool *hit;
     char **val;
     size_t *vlen;
+    int64_t *written_ms; /* a hit's write time (0 = unknown) */
     int *pending;
     struct event_base *base;
 };
@@ -118,11 +119,13 @@ static inline void big_done(struct cm_st_op *op, void *arg)
     r->hit = cm_calloc(op->nitems + 1, sizeof(*r->hit));
     r->val = cm_calloc(op->nitems + 1, sizeof(*r->val));
     r->vlen = cm_calloc(op->nitems + 1, sizeof(*r->vlen));
+    r->written_ms = cm_calloc(op->nitems + 1, sizeof(*r->written_ms));
     for (size_t i = 0; i < op->nitems; i++) {
         r->hit[i] = op->items[i].result == CM_ST_HIT;
         if (r->hit[i]) {
             r->val[i] = op->items[i].val; /* stolen, as the contract allows */
             r->vlen[i] = op->items[i].vlen;
+            r->written_ms[i] = op->items[i].written_ms;
             op->items[i].val = NULL;
         }
     }
@@ -139,6 +142,7 @@ static inline void big_result_deinit(struct big_result *r)
     cm_free(r->val);
     cm_free(r->hit);
     cm_free(r->vlen);
+    cm_free(r->written_ms);
     memset(r, 0, sizeof(*r));
 }
 

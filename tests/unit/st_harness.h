@@ -27,6 +27,7 @@ struct h_result {
     bool hit[H_MAX_ITEMS];
     char *val[H_MAX_ITEMS]; /* stolen from the op, NUL-terminated copy */
     size_t vlen[H_MAX_ITEMS];
+    int64_t written_ms[H_MAX_ITEMS]; /* a hit's write time (0 = unknown) */
     int *pending; /* decremented on done; loop breaks at 0 */
     struct event_base *base;
 };
@@ -52,6 +53,7 @@ static inline void h_done(struct cm_st_op *op, void *arg)
             memcpy(r->val[i], op->items[i].val, op->items[i].vlen);
             r->val[i][op->items[i].vlen] = '\0';
             r->vlen[i] = op->items[i].vlen;
+            r->written_ms[i] = op->items[i].written_ms;
         }
     }
     if (r->pending != NULL && --*r->pending == 0) {
