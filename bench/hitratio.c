@@ -134,10 +134,10 @@ static double run_engine(const struct trace *t, enum cm_local_policy policy, uin
     for (size_t i = 0; i < t->n; i++) {
         const char *v;
         size_t vl;
-        if (cm_local_get(lc, (const char *)&t->keys[i], 8, 0, &v, &vl)) {
+        if (cm_local_get(lc, (const char *)&t->keys[i], 8, 0, &v, &vl, NULL)) {
             hits++;
         } else {
-            cm_local_set(lc, (const char *)&t->keys[i], 8, "", 0, -1, 0);
+            cm_local_set(lc, (const char *)&t->keys[i], 8, "", 0, -1, 0, 0);
         }
     }
     cm_local_free(lc);
@@ -424,7 +424,7 @@ static void measure_mem(uint64_t n)
         for (uint64_t i = 0; i < n; i++) {
             char key[32];
             int kl = snprintf(key, sizeof(key), "user:%010llu", (unsigned long long)i);
-            cm_local_set(lc, key, (size_t)kl, val, vlen, -1, 0);
+            cm_local_set(lc, key, (size_t)kl, val, vlen, -1, 0, 0);
             kv += (uint64_t)kl + vlen;
         }
         struct cm_local_stats st;

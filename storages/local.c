@@ -44,9 +44,10 @@ struct lentry {
     uint32_t next;        /* slot towards the queue tail (LRU), NIL at the tail */
     uint32_t slot;        /* its index in slot[] */
     uint32_t hash;        /* low 32 bits of the seeded key hash */
-    int64_t expire_ms;    /* monotonic ms at which it expires; 0 = never */
     uint32_t kq;          /* klen << 3 | referenced << 2 | queue */
     uint32_t vlen;
+    uint32_t expire_t;    /* tick (engine clock) from which it is expired; 0 = never */
+    uint32_t written_t;   /* tick at which its value was written (SPEC §12 age) */
     char data[];
 };
 
@@ -73,6 +74,8 @@ struct cm_local {
     uint64_t window_max;        /* tlfu targets; main = size - window_max */
     uint64_t protected_max;
     uint64_t nttl;              /* entries with an expiry: sampling runs only when > 0 */
+    int64_t epoch_ms;           /* engine-clock ms of tick 0 (see the clock section) */
+    bool clock_started;         /* epoch_ms set (by the first timed call) */
     uint64_t entry_bytes;       /* usable bytes of entry allocations */
     uint64_t evictions;
     uint64_t expired;
@@ -107,6 +110,69 @@ static inline void e_set_referenced(struct lentry *e, bool on)
 static inline uint64_t sketch_hash(const struct cm_local *lc, uint32_t h)
 {
     return mix64((uint64_t)h ^ lc->seed);
+}
+
+/* ---- clock ----
+ *
+ * Entries keep their expiry and write time as 32-bit ticks of TICK_MS since epoch_ms (8 bytes
+ * instead of two int64 ms). A new engine's epoch lies TICKS_BACK ticks before its first time, so
+ * write times up to 62 days old (a backfill passes the age the value was found with) stay exact;
+ * older ones read as 62 days old. When the clock reaches REBASE_AT ticks, the epoch moves so that
+ * now is tick TICKS_BACK again and every entry's ticks move down with it (one pass over the
+ * entries every 186 days), so the current tick always stays below 2^31 and an expiry up to
+ * 2^32 - 1 leaves at least 2^31 ticks (248 days) of headroom. A longer
+ * ttl, and any ttl where now + ttl overflows, never expires (the entry still goes by policy).
+ * Expiries round up to the next tick: an entry is never dropped early, at most TICK_MS late. */
+#define TICK_MS 10
+#define TICKS_BACK (UINT32_C(1) << 29)
+#define REBASE_AT (UINT32_C(1) << 31)
+
+static void rebase(struct cm_local *lc, int64_t now_ms);
+
+/* The tick of engine time t (ms), floored, clamped to 0..UINT32_MAX; rebases first when the
+ * clock has reached REBASE_AT. */
+static uint32_t tick_of(const struct cm_local *lc, int64_t t)
+{
+    int64_t d;
+    if (__builtin_sub_overflow(t, lc->epoch_ms, &d) || d < 0) {
+        return t < lc->epoch_ms ? 0 : UINT32_MAX;
+    }
+    d /= TICK_MS;
+    return d > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+}
+
+/* The current tick, after a rebase if one is due. The first call sets the epoch. */
+static uint32_t now_tick(struct cm_local *lc, int64_t now_ms)
+{
+    if (!lc->clock_started) {
+        int64_t back = (int64_t)TICKS_BACK * TICK_MS;
+        lc->epoch_ms = now_ms < INT64_MIN + back ? INT64_MIN : now_ms - back;
+        lc->clock_started = true;
+    }
+    uint32_t t = tick_of(lc, now_ms);
+    if (t >= REBASE_AT) {
+        rebase(lc, now_ms);
+        t = tick_of(lc, now_ms);
+    }
+    return t;
+}
+
+/* The expiry tick of an entry stored at tick now_t with ttl_ms (> 0 expires, else never): the
+ * first tick at or after now + ttl; 0 (never) when that is beyond 32 bits. */
+static uint32_t expire_tick(const struct cm_local *lc, int64_t now_ms, int64_t ttl_ms)
+{
+    int64_t at, d;
+    if (ttl_ms <= 0 || __builtin_add_overflow(now_ms, ttl_ms, &at) ||
+        __builtin_sub_overflow(at, lc->epoch_ms, &d)) {
+        return 0;
+    }
+    d = d / TICK_MS + (d % TICK_MS != 0);
+    return d <= 0 ? 1 : d > (int64_t)UINT32_MAX ? 0 : (uint32_t)d;
+}
+
+static inline bool e_expired(const struct lentry *e, uint32_t now_t)
+{
+    return e->expire_t != 0 && e->expire_t <= now_t;
 }
 
 /* ---- queues ---- */
@@ -288,7 +354,7 @@ static uint32_t index_add(struct cm_local *lc, struct lentry *e)
 static void free_entry(struct cm_local *lc, struct lentry *e)
 {
     lc->entry_bytes -= malloc_usable_size(e);
-    lc->nttl -= e->expire_ms != 0;
+    lc->nttl -= e->expire_t != 0;
     cm_free(e);
 }
 
@@ -326,12 +392,14 @@ static void entry_remove(struct cm_local *lc, uint32_t i, uint32_t *track)
 }
 
 static struct lentry *entry_new(struct cm_local *lc, const char *key, size_t klen,
-                                const char *val, size_t vlen, uint32_t h, int64_t expire_ms)
+                                const char *val, size_t vlen, uint32_t h, uint32_t expire_t,
+                                uint32_t written_t)
 {
     struct lentry *e = cm_malloc(sizeof(*e) + klen + vlen);
     e->prev = e->next = e->slot = NIL;
     e->hash = h;
-    e->expire_ms = expire_ms;
+    e->expire_t = expire_t;
+    e->written_t = written_t;
     e->kq = (uint32_t)klen << 3;
     e->vlen = (uint32_t)vlen;
     memcpy(e->data, key, klen);
@@ -339,7 +407,7 @@ static struct lentry *entry_new(struct cm_local *lc, const char *key, size_t kle
         memcpy(e->data + klen, val, vlen);
     }
     lc->entry_bytes += malloc_usable_size(e);
-    lc->nttl += expire_ms != 0;
+    lc->nttl += expire_t != 0;
     return e;
 }
 
@@ -548,14 +616,31 @@ static void climb(struct cm_local *lc, bool hit)
     }
 }
 
+/* Moves the epoch so that now_ms (at least REBASE_AT ticks after it) is tick TICKS_BACK again,
+ * and every entry's ticks with it (see the clock section). A clock that jumped far ahead (any
+ * int64 is accepted) takes one pass too. */
+static void rebase(struct cm_local *lc, int64_t now_ms)
+{
+    __int128 shift = ((__int128)now_ms - lc->epoch_ms) / TICK_MS - TICKS_BACK;
+    lc->epoch_ms = (int64_t)(lc->epoch_ms + shift * TICK_MS);
+    for (uint32_t i = 0; i < lc->count; i++) {
+        struct lentry *e = lc->slot[i];
+        if (e->expire_t != 0) {
+            /* Already expired before the new epoch: stays expired (tick 1), not never. */
+            e->expire_t = e->expire_t > shift ? (uint32_t)(e->expire_t - shift) : 1;
+        }
+        e->written_t = e->written_t > shift ? (uint32_t)(e->written_t - shift) : 0;
+    }
+}
+
 /* Removes up to n random expired entries out of n samples; returns how many were expired. */
-static size_t sample_expire(struct cm_local *lc, int64_t now_ms, size_t n)
+static size_t sample_expire(struct cm_local *lc, uint32_t now_t, size_t n)
 {
     size_t hits = 0;
     for (size_t j = 0; j < n && lc->count > 0; j++) {
         uint32_t i = (uint32_t)(next_rand(lc) % lc->count);
         struct lentry *e = lc->slot[i];
-        if (e->expire_ms != 0 && e->expire_ms <= now_ms) {
+        if (e_expired(e, now_t)) {
             entry_remove(lc, i, NULL);
             lc->expired++;
             hits++;
@@ -610,15 +695,16 @@ void cm_local_free(struct cm_local *lc)
 }
 
 bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now_ms,
-                  const char **val, size_t *vlen)
+                  const char **val, size_t *vlen, int64_t *written_ms)
 {
+    uint32_t now_t = now_tick(lc, now_ms);
     uint32_t h = (uint32_t)cm_hash_seeded(key, klen, lc->seed);
     bool tlfu = lc->policy == CM_LOCAL_TLFU;
     if (tlfu) {
         cm_sketch_increment(&lc->sketch, sketch_hash(lc, h));
     }
     struct lentry *e = find(lc, key, klen, h);
-    if (e != NULL && e->expire_ms != 0 && e->expire_ms <= now_ms) {
+    if (e != NULL && e_expired(e, now_t)) {
         entry_remove(lc, e->slot, NULL);
         lc->expired++;
         e = NULL;
@@ -637,29 +723,31 @@ bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now
     }
     *val = e->data + e_klen(e);
     *vlen = e->vlen;
+    if (written_ms != NULL) {
+        *written_ms = lc->epoch_ms + (int64_t)e->written_t * TICK_MS;
+    }
     return true;
 }
 
 void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char *val,
-                  size_t vlen, int64_t ttl_ms, int64_t now_ms)
+                  size_t vlen, int64_t ttl_ms, int64_t now_ms, int64_t written_ms)
 {
     if (klen > CM_LOCAL_MAX_KLEN || vlen > CM_LOCAL_MAX_VLEN) {
         cm_local_del(lc, key, klen);
         return;
     }
     uint32_t h = (uint32_t)cm_hash_seeded(key, klen, lc->seed);
-    int64_t expire_ms = ttl_ms > 0 ? now_ms + ttl_ms : 0;
-    if (expire_ms == 0 && ttl_ms > 0) {
-        expire_ms = 1;
-    }
+    uint32_t now_t = now_tick(lc, now_ms);
+    uint32_t expire_t = expire_tick(lc, now_ms, ttl_ms);
+    uint32_t written_t = written_ms > now_ms ? now_t : tick_of(lc, written_ms);
     if (lc->nttl > 0) {
-        sample_expire(lc, now_ms, 2);
+        sample_expire(lc, now_t, 2);
     }
     uint32_t p = find_cell(lc, key, klen, h);
     uint32_t i;
     if (p != NIL) {
         struct lentry *old = cell_entry(lc->table[p]);
-        struct lentry *e = entry_new(lc, key, klen, val, vlen, h, expire_ms);
+        struct lentry *e = entry_new(lc, key, klen, val, vlen, h, expire_t, written_t);
         i = old->slot;
         e->prev = old->prev;
         e->next = old->next;
@@ -671,7 +759,7 @@ void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char 
         on_access(lc, i);
         return;
     }
-    i = index_add(lc, entry_new(lc, key, klen, val, vlen, h, expire_ms));
+    i = index_add(lc, entry_new(lc, key, klen, val, vlen, h, expire_t, written_t));
     q_push_head(lc, Q_WINDOW, i);
     if (lc->policy == CM_LOCAL_LRU) {
         if (lc->count > lc->size) {
@@ -701,9 +789,10 @@ bool cm_local_del(struct cm_local *lc, const char *key, size_t klen)
 size_t cm_local_expire(struct cm_local *lc, int64_t now_ms, unsigned max_rounds)
 {
     size_t total = 0;
+    uint32_t now_t = now_tick(lc, now_ms);
     for (unsigned r = 0; r < max_rounds && lc->nttl > 0 && lc->count > 0; r++) {
         size_t n = lc->count < EXPIRE_SAMPLE ? lc->count : EXPIRE_SAMPLE;
-        size_t got = sample_expire(lc, now_ms, n);
+        size_t got = sample_expire(lc, now_t, n);
         total += got;
         if (got * 4 < n) {
             break;
@@ -811,16 +900,27 @@ static bool local_lookup(struct cm_storage *st, const char *key, size_t klen, co
                          size_t *vlen, int64_t *written_ms)
 {
     struct local_st *ls = st->priv;
-    *written_ms = 0;   /* not kept yet (SPEC §12 work) */
-    return cm_local_get(ls->lc, key, klen, cm_now_ms(), val, vlen);
+    int64_t now = cm_now_ms();
+    int64_t w;
+    if (!cm_local_get(ls->lc, key, klen, now, val, vlen, &w)) {
+        return false;
+    }
+    /* The engine keeps monotonic time; the caller gets wall-clock ms, from the entry's age. */
+    *written_ms = cm_wall_us() / 1000 - (now - w);
+    return true;
 }
 
 static void local_store(struct cm_storage *st, const char *key, size_t klen, const char *val,
                         size_t vlen, int64_t ttl_ms, int64_t written_ms)
 {
     struct local_st *ls = st->priv;
-    CM_UNUSED(written_ms);
-    cm_local_set(ls->lc, key, klen, val, vlen, ttl_ms, cm_now_ms());
+    int64_t now = cm_now_ms();
+    int64_t w = now;
+    if (written_ms > 0) {
+        int64_t age = cm_wall_us() / 1000 - written_ms;
+        w = age <= 0 ? now : age >= now - INT64_MIN / 2 ? INT64_MIN / 2 : now - age;
+    }
+    cm_local_set(ls->lc, key, klen, val, vlen, ttl_ms, now, w);
 }
 
 static bool local_remove(struct cm_storage *st, const char *key, size_t klen)

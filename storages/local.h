@@ -41,16 +41,23 @@ struct cm_local *cm_local_new(enum cm_local_policy policy, uint64_t size, uint64
 /* Frees the engine and every entry. NULL is a no-op. */
 void cm_local_free(struct cm_local *lc);
 
-/* Looks key up at time now_ms. On a live hit returns true and points *val and *vlen at the stored
- * bytes, valid until the next call into this engine. An expired entry is reclaimed and missed.
- * Every lookup counts as one access for the policy (recency, frequency, hill climber). */
+/* Times are ms of one engine clock (the daemon passes monotonic ms); any int64 is accepted and
+ * no sum overflows. Expiry and write time are kept to 10 ms (expiry rounded up, never early).
+ *
+ * Looks key up at time now_ms. On a live hit returns true and points *val and *vlen at the stored
+ * bytes, valid until the next call into this engine, and sets *written_ms (if not NULL) to the
+ * write time given to cm_local_set (floored to 10 ms; at most 62 days before the engine's first
+ * call). An expired entry is reclaimed and missed. Every lookup counts as one access for the
+ * policy (recency, frequency, hill climber). */
 bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now_ms,
-                  const char **val, size_t *vlen);
-/* Stores a copy of key and val; ttl_ms > 0 expires at now_ms + ttl_ms, -1 (or 0) never.
+                  const char **val, size_t *vlen, int64_t *written_ms);
+/* Stores a copy of key and val at time now_ms; ttl_ms > 0 expires at now_ms + ttl_ms, -1 (or 0)
+ * never; a ttl beyond about 248 days (or where now_ms + ttl_ms overflows) never expires.
+ * written_ms is when the value was written at its source (now_ms when later than now_ms).
  * Replaces the value and TTL of an existing key. May evict (or, tlfu, not admit) an entry.
  * A key or value above the CM_LOCAL_MAX_* limits is not stored (any old value is dropped). */
 void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char *val,
-                  size_t vlen, int64_t ttl_ms, int64_t now_ms);
+                  size_t vlen, int64_t ttl_ms, int64_t now_ms, int64_t written_ms);
 /* Removes key; returns true when it was present (expired or not). */
 bool cm_local_del(struct cm_local *lc, const char *key, size_t klen);
 /* Reclaims expired entries by random sampling (Redis's active-expire cycle): rounds of 20

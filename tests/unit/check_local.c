@@ -4,6 +4,7 @@
 #include "conf/conf.h"
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
+#include "daemon/util.h"
 #include "storages/local.h"
 #include "storages/storage.h"
 
@@ -14,14 +15,14 @@
 
 static void kset(struct cm_local *lc, const char *k, const char *v, int64_t ttl, int64_t now)
 {
-    cm_local_set(lc, k, strlen(k), v, strlen(v), ttl, now);
+    cm_local_set(lc, k, strlen(k), v, strlen(v), ttl, now, now);
 }
 
 static bool kget(struct cm_local *lc, const char *k, int64_t now, char *out, size_t outsz)
 {
     const char *v;
     size_t vl;
-    if (!cm_local_get(lc, k, strlen(k), now, &v, &vl)) {
+    if (!cm_local_get(lc, k, strlen(k), now, &v, &vl, NULL)) {
         return false;
     }
     if (out != NULL) {
@@ -100,7 +101,7 @@ START_TEST(test_many_entries_and_binary)
     for (int i = 0; i < 5000; i++) {
         char k[16] = { 0 };
         memcpy(k, &i, sizeof(i));
-        cm_local_set(lc, k, 16, k, (size_t)(i % 3 == 0 ? 0 : 16), -1, 0);
+        cm_local_set(lc, k, 16, k, (size_t)(i % 3 == 0 ? 0 : 16), -1, 0, 0);
     }
     for (int i = 0; i < 5000; i += 2) {
         char k[16] = { 0 };
@@ -112,7 +113,7 @@ START_TEST(test_many_entries_and_binary)
         memcpy(k, &i, sizeof(i));
         const char *v;
         size_t vl;
-        bool hit = cm_local_get(lc, k, 16, 0, &v, &vl);
+        bool hit = cm_local_get(lc, k, 16, 0, &v, &vl, NULL);
         ck_assert_int_eq(hit, i % 2 == 1);
         if (hit) {
             ck_assert_uint_eq(vl, i % 3 == 0 ? 0 : 16);
@@ -176,6 +177,70 @@ START_TEST(test_ttl_never_returned_and_replaced)
     ck_assert(kget(lc, "k", 1000000, NULL, 0));
     kset(lc, "k", "x", 10, 0);
     ck_assert(!kget(lc, "k", 10, NULL, 0));
+    cm_local_free(lc);
+}
+END_TEST
+
+/* Issue 14 defect 14: SET ... PX 9223372036854775807 answered OK and the next GET missed (UBSan:
+ * signed overflow computing now + ttl). A ttl whose end does not fit never expires; no time sum
+ * overflows whatever the clock reads. */
+START_TEST(test_issue_14_huge_ttl_never_expires)
+{
+    enum cm_local_policy pol = (enum cm_local_policy)_i;
+    struct cm_local *lc = cm_local_new(pol, 100, 3);
+    kset(lc, "k", "v", INT64_MAX, 1000);
+    ck_assert(kget(lc, "k", 1000, NULL, 0));
+    ck_assert(kget(lc, "k", INT64_MAX / 2, NULL, 0));
+    kset(lc, "m", "v", INT64_MAX - 10, INT64_MAX / 2);  /* the clock far ahead: no overflow */
+    ck_assert(kget(lc, "m", INT64_MAX, NULL, 0));
+    kset(lc, "n", "v", 1000, INT64_MAX - 10);           /* now + ttl overflows */
+    ck_assert(kget(lc, "n", INT64_MAX, NULL, 0));
+    kset(lc, "o", "v", 1000, INT64_MIN);                /* and the other end of the clock */
+    ck_assert(kget(lc, "o", INT64_MIN, NULL, 0));
+    ck_assert(kget(lc, "k", INT64_MAX, NULL, 0));
+    ck_assert_uint_eq(cm_local_expire(lc, INT64_MAX, 4), 0);
+    cm_local_free(lc);
+}
+END_TEST
+
+/* A ttl of 240 days outlives a rebase of the 32-bit tick clock (after 186 days): it still expires
+ * at its time, neither early nor never. */
+START_TEST(test_ttl_across_clock_rebase)
+{
+    const int64_t day = 86400000;
+    struct cm_local *lc = cm_local_new(CM_LOCAL_LRU, 100, 3);
+    kset(lc, "k", "v", 240 * day, 5);
+    kset(lc, "short", "v", 1000, 5);
+    ck_assert(kget(lc, "k", 200 * day, NULL, 0));    /* rebases here */
+    ck_assert(!kget(lc, "short", 200 * day, NULL, 0));
+    ck_assert(kget(lc, "k", 240 * day + 4, NULL, 0));
+    ck_assert(!kget(lc, "k", 240 * day + 5, NULL, 0));
+    cm_local_free(lc);
+}
+END_TEST
+
+/* SPEC §12: an entry keeps the write time given to the store (10 ms resolution) and a lookup
+ * reports it; a write time in the future reads as the store's time. */
+START_TEST(test_written_time_kept)
+{
+    enum cm_local_policy pol = (enum cm_local_policy)_i;
+    struct cm_local *lc = cm_local_new(pol, 100, 3);
+    const char *v;
+    size_t vl;
+    int64_t w = -1;
+    cm_local_set(lc, "a", 1, "1", 1, 60000, 100000, 40005);
+    ck_assert(cm_local_get(lc, "a", 1, 100500, &v, &vl, &w));
+    ck_assert_int_eq(w, 40000);
+    cm_local_set(lc, "b", 1, "2", 1, -1, 100000, 900000);
+    ck_assert(cm_local_get(lc, "b", 1, 100500, &v, &vl, &w));
+    ck_assert_int_eq(w, 100000);
+    cm_local_set(lc, "a", 1, "3", 1, -1, 200000, 199990);   /* a replace takes the new time */
+    ck_assert(cm_local_get(lc, "a", 1, 200000, &v, &vl, &w));
+    ck_assert_int_eq(w, 199990);
+    /* 100 days old: older than the clock reaches back, reads as about 62 days old */
+    cm_local_set(lc, "c", 1, "4", 1, -1, 300000, 300000 - 100LL * 86400000);
+    ck_assert(cm_local_get(lc, "c", 1, 300000, &v, &vl, &w));
+    ck_assert(w < 300000 - 61LL * 86400000 && w > 300000 - 63LL * 86400000);
     cm_local_free(lc);
 }
 END_TEST
@@ -543,6 +608,13 @@ START_TEST(test_storage_adapter)
     ck_assert(st->ops->remove(st, "a", 1));
     ck_assert(!cm_storage_lookup(st, "a", 1, &v, &vl, NULL));
     st->ops->store(st, "b", 1, "1", 1, 60000, 0);
+    /* the write time comes back in wall-clock ms: 0 is now, an older one keeps its age */
+    int64_t wall = cm_wall_us() / 1000, w = 0;
+    ck_assert(cm_storage_lookup(st, "b", 1, &v, &vl, &w));
+    ck_assert(w >= wall - 20 && w <= cm_wall_us() / 1000 + 20);
+    st->ops->store(st, "b", 1, "1", 1, 60000, wall - 30000);
+    ck_assert(cm_storage_lookup(st, "b", 1, &v, &vl, &w));
+    ck_assert(w >= wall - 30000 - 20 && w <= wall - 30000 + 200);
     struct cm_buf out;
     cm_buf_init(&out);
     st->ops->info(st, &out);
@@ -571,7 +643,7 @@ START_TEST(test_memory_overhead)
     for (uint64_t i = 0; i < n; i++) {
         char key[32];
         int kl = snprintf(key, sizeof(key), "user:%010llu", (unsigned long long)i);
-        cm_local_set(lc, key, (size_t)kl, "vvvvvvvv", 8, -1, 0);
+        cm_local_set(lc, key, (size_t)kl, "vvvvvvvv", 8, -1, 0, 0);
         kv += (uint64_t)kl + 8;
     }
     double over = ((double)(cm_alloc_used() - before) - (double)kv) / (double)n;
@@ -592,6 +664,9 @@ static Suite *local_suite(void)
     tcase_add_test(tc, test_index_matches_model);
     tcase_add_test(tc, test_many_entries_and_binary);
     tcase_add_loop_test(tc, test_ttl_never_returned_and_replaced, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
+    tcase_add_loop_test(tc, test_issue_14_huge_ttl_never_expires, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
+    tcase_add_test(tc, test_ttl_across_clock_rebase);
+    tcase_add_loop_test(tc, test_written_time_kept, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
     tcase_add_test(tc, test_expire_sampling_reclaims);
     tcase_add_test(tc, test_tlfu_queue_movement);
     tcase_add_test(tc, test_tlfu_admission_resists_scan);
