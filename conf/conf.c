@@ -143,6 +143,8 @@ static const struct key_def key_defs[] = {
 
     {SEC_STORAGE, "url", set_str, chk_url, ST(url), 0, 0, NULL, T_ALL, true},
     {SEC_STORAGE, "size", set_u64, NULL, ST(size), 1, 1LL << 40, "10000", T_LOCAL, false},
+    {SEC_STORAGE, "max_memory", set_size, NULL, ST(max_memory), 4096, 1LL << 50, NULL, T_LOCAL,
+     false},
     {SEC_STORAGE, "cluster", set_bool, NULL, ST(cluster), 0, 0, "no", T(CM_ST_TYPE_REDIS), false},
     {SEC_STORAGE, "pool_size", set_int, NULL, ST(pool_size), 1, 1024, NULL, T_REMOTE, false},
     {SEC_STORAGE, "timeout", set_dur, NULL, ST(timeout_ms), 1, 3600000, "500ms", T_REMOTE, false},
@@ -1037,6 +1039,11 @@ static void apply_keys(struct loader *L, struct section *sec, void *obj)
 static void finish_storage(struct loader *L, struct section *sec, struct cm_conf_storage *st)
 {
     const struct kv *url = &sec->keys[KEY_INDEX(find_key(SEC_STORAGE, "url"))];
+
+    /* max_memory without size bounds by bytes alone (SPEC §15). */
+    if (st->max_memory > 0 && sec->keys[KEY_INDEX(find_key(SEC_STORAGE, "size"))].value == NULL) {
+        st->size = UINT64_C(1) << 31;
+    }
 
     if (st->pool_size == 0) {
         st->pool_size = st->type == CM_ST_TYPE_REDIS                                  ? 100

@@ -62,7 +62,12 @@ struct lqueue {
 
 struct cm_local {
     enum cm_local_policy policy;
-    uint64_t size;              /* maximum entries */
+    uint64_t size;              /* maximum entries now: size_limit, or under max_bytes what fits */
+    uint64_t size_limit;        /* configured maximum entries */
+    uint64_t max_bytes;         /* 0, or the bound on memory_bytes (SPEC §15) */
+    uint64_t fixed_bytes;       /* the engine struct, slot array, index and sketch */
+    uint64_t kv_bytes;          /* key and value bytes of the live entries */
+    uint64_t sketch_for;        /* tlfu: the size the sketch was made for */
     uint64_t seed;              /* key hash seed */
     uint64_t rng;               /* xorshift state: admission coin, expiry sampling */
     struct lentry **slot;       /* owned, count live of slot_cap */
@@ -217,6 +222,30 @@ static void q_move_head(struct cm_local *lc, int qid, uint32_t i)
     q_push_head(lc, qid, i);
 }
 
+/* ---- memory ---- */
+
+/* Recounts fixed_bytes after one of its allocations changed. */
+static void refresh_fixed(struct cm_local *lc)
+{
+    lc->fixed_bytes = malloc_usable_size(lc) + malloc_usable_size(lc->slot) +
+                      malloc_usable_size(lc->table) +
+                      (lc->sketch.table != NULL ? malloc_usable_size(lc->sketch.table) : 0);
+}
+
+/* The bytes INFO reports as memory_bytes: every allocation the engine holds. */
+static inline uint64_t mem_used(const struct cm_local *lc)
+{
+    return lc->fixed_bytes + lc->entry_bytes;
+}
+
+/* What an entry of klen + vlen bytes costs (its block as glibc sizes it, plus its share of the
+ * slot array and index): the admission test of SPEC §15's 1/8 rule and of growth. */
+static inline uint64_t entry_cost(size_t klen, size_t vlen)
+{
+    uint64_t n = 32 + (uint64_t)klen + vlen + 8;
+    return ((n + 15) & ~UINT64_C(15)) + 8 + 11;
+}
+
 /* ---- index ---- */
 
 /* A cell holds an entry's address and 16 bits of its hash in the address's unused top bits
@@ -324,6 +353,7 @@ static void table_resize(struct cm_local *lc, uint32_t cap)
     for (uint32_t i = 0; i < lc->count; i++) {
         table_put(lc, lc->slot[i]);
     }
+    refresh_fixed(lc);
 }
 
 /* Adds e to the slot array and index (in no queue yet); returns its slot. */
@@ -336,6 +366,7 @@ static uint32_t index_add(struct cm_local *lc, struct lentry *e)
         }
         lc->slot_cap = (uint32_t)cap;
         lc->slot = cm_realloc(lc->slot, (size_t)cap * sizeof(*lc->slot));
+        refresh_fixed(lc);
     }
     uint32_t i = lc->count++;
     lc->slot[i] = e;
@@ -354,6 +385,7 @@ static uint32_t index_add(struct cm_local *lc, struct lentry *e)
 static void free_entry(struct cm_local *lc, struct lentry *e)
 {
     lc->entry_bytes -= malloc_usable_size(e);
+    lc->kv_bytes -= e_klen(e) + e->vlen;
     lc->nttl -= e->expire_t != 0;
     cm_free(e);
 }
@@ -407,6 +439,7 @@ static struct lentry *entry_new(struct cm_local *lc, const char *key, size_t kle
         memcpy(e->data + klen, val, vlen);
     }
     lc->entry_bytes += malloc_usable_size(e);
+    lc->kv_bytes += klen + vlen;
     lc->nttl += expire_t != 0;
     return e;
 }
@@ -616,6 +649,66 @@ static void climb(struct cm_local *lc, bool hit)
     }
 }
 
+/* ---- capacity under max_bytes (SPEC §15) ---- */
+
+/* Sets the entry capacity to n (1..size_limit), scaling the tlfu window and protected targets with
+ * it (the climber's share is kept); entries beyond the new targets move at the next store. A
+ * capacity past twice what the sketch was made for remakes the sketch (its counts restart). */
+static void set_capacity(struct cm_local *lc, uint64_t n)
+{
+    uint64_t old = lc->size;
+    n = n < 1 ? 1 : n > lc->size_limit ? lc->size_limit : n;
+    if (n == old) {
+        return;
+    }
+    lc->size = n;
+    if (lc->policy != CM_LOCAL_TLFU) {
+        lc->window_max = n;
+        return;
+    }
+    double r = (double)n / (double)old;
+    uint64_t w = (uint64_t)((double)lc->window_max * r + 0.5);
+    lc->window_max = w < 1 ? 1 : w > n ? n : w;
+    uint64_t p = (uint64_t)((double)lc->protected_max * r + 0.5);
+    lc->protected_max = p > n - lc->window_max ? n - lc->window_max : p;
+    lc->climber.size = n;
+    lc->climber.sample_size = 10 * n;
+    if (n > 2 * lc->sketch_for) {
+        cm_sketch_deinit(&lc->sketch);
+        cm_sketch_init(&lc->sketch, n);
+        lc->sketch_for = n;
+        refresh_fixed(lc);
+    }
+    demote_protected(lc);
+}
+
+/* Before a new entry of klen + vlen bytes goes in at full capacity: when the bytes would still fit,
+ * raises the capacity by 1/64 instead of evicting by count. */
+static void grow_capacity(struct cm_local *lc, size_t klen, size_t vlen)
+{
+    if (lc->max_bytes == 0 || lc->count < lc->size || lc->size >= lc->size_limit ||
+        mem_used(lc) + entry_cost(klen, vlen) > lc->max_bytes) {
+        return;
+    }
+    set_capacity(lc, lc->size + (lc->size / 64 > 0 ? lc->size / 64 : 1));
+}
+
+/* After a store: while memory_bytes is above max_bytes, lowers the capacity to one entry fewer
+ * than held and evicts by the policy (the LRU tail; tlfu's probation victim). */
+static void fit_bytes(struct cm_local *lc)
+{
+    while (lc->max_bytes != 0 && mem_used(lc) > lc->max_bytes && lc->count > 0) {
+        set_capacity(lc, lc->count - 1);
+        if (lc->count <= lc->size) {   /* a capacity of 1 holding 1: nothing else to give */
+            evict(lc, 0, NULL);
+        } else if (lc->policy == CM_LOCAL_LRU) {
+            lru_evict(lc);
+        } else {
+            evict_main(lc, 0);
+        }
+    }
+}
+
 /* Moves the epoch so that now_ms (at least REBASE_AT ticks after it) is tick TICKS_BACK again,
  * and every entry's ticks with it (see the clock section). A clock that jumped far ahead (any
  * int64 is accepted) takes one pass too. */
@@ -653,10 +746,29 @@ static size_t sample_expire(struct cm_local *lc, uint32_t now_t, size_t n)
 
 struct cm_local *cm_local_new(enum cm_local_policy policy, uint64_t size, uint64_t seed)
 {
-    cm_assert(size >= 1 && size <= CM_LOCAL_MAX_SIZE);
+    return cm_local_new_bounded(policy, size, 0, seed);
+}
+
+/* Under max_bytes the capacity starts at one entry per KB (at least 16) and grows while entries
+ * fit (see grow_capacity), so the sketch and index are sized for what the bytes hold, not for a
+ * size_limit that may be far larger. */
+#define BOUNDED_START_BYTES 1024
+
+struct cm_local *cm_local_new_bounded(enum cm_local_policy policy, uint64_t size_limit,
+                                      uint64_t max_bytes, uint64_t seed)
+{
+    cm_assert(size_limit >= 1 && size_limit <= CM_LOCAL_MAX_SIZE);
+    uint64_t size = size_limit;
+    if (max_bytes > 0 && max_bytes / BOUNDED_START_BYTES < size) {
+        size = max_bytes / BOUNDED_START_BYTES < 16 ? 16 : max_bytes / BOUNDED_START_BYTES;
+        size = size < size_limit ? size : size_limit;
+    }
     struct cm_local *lc = cm_calloc(1, sizeof(*lc));
     lc->policy = policy;
     lc->size = size;
+    lc->size_limit = size_limit;
+    lc->max_bytes = max_bytes;
+    lc->sketch_for = size;
     lc->seed = mix64(seed);
     lc->rng = mix64(seed ^ 0x5851f42d4c957f2dULL) | 1;
     lc->slot_cap = size + 1 < 16 ? (uint32_t)size + 1 : 16;
@@ -675,6 +787,7 @@ struct cm_local *cm_local_new(enum cm_local_policy policy, uint64_t size, uint64
     } else {
         lc->window_max = size;
     }
+    refresh_fixed(lc);
     return lc;
 }
 
@@ -732,7 +845,8 @@ bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now
 void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char *val,
                   size_t vlen, int64_t ttl_ms, int64_t now_ms, int64_t written_ms)
 {
-    if (klen > CM_LOCAL_MAX_KLEN || vlen > CM_LOCAL_MAX_VLEN) {
+    if (klen > CM_LOCAL_MAX_KLEN || vlen > CM_LOCAL_MAX_VLEN ||
+        (lc->max_bytes != 0 && entry_cost(klen, vlen) > lc->max_bytes / 8)) {
         cm_local_del(lc, key, klen);
         return;
     }
@@ -757,22 +871,25 @@ void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char 
         lc->table[p] = cell_make(e);
         free_entry(lc, old);
         on_access(lc, i);
+        fit_bytes(lc);
         return;
     }
+    grow_capacity(lc, klen, vlen);
     i = index_add(lc, entry_new(lc, key, klen, val, vlen, h, expire_t, written_t));
     q_push_head(lc, Q_WINDOW, i);
     if (lc->policy == CM_LOCAL_LRU) {
         if (lc->count > lc->size) {
             lru_evict(lc);
         }
-        return;
+    } else {
+        uint64_t ncand = 0;
+        while (lc->q[Q_WINDOW].count > lc->window_max) {
+            q_move_head(lc, Q_PROBATION, lc->q[Q_WINDOW].tail);
+            ncand++;
+        }
+        evict_main(lc, ncand);
     }
-    uint64_t ncand = 0;
-    while (lc->q[Q_WINDOW].count > lc->window_max) {
-        q_move_head(lc, Q_PROBATION, lc->q[Q_WINDOW].tail);
-        ncand++;
-    }
-    evict_main(lc, ncand);
+    fit_bytes(lc);
 }
 
 bool cm_local_del(struct cm_local *lc, const char *key, size_t klen)
@@ -805,10 +922,11 @@ void cm_local_get_stats(const struct cm_local *lc, struct cm_local_stats *out)
 {
     memset(out, 0, sizeof(*out));
     out->entries = lc->count;
-    out->memory_bytes = malloc_usable_size((void *)lc) + lc->entry_bytes +
-                        malloc_usable_size(lc->slot) + malloc_usable_size(lc->table);
+    out->memory_bytes = mem_used(lc);
+    out->kv_bytes = lc->kv_bytes;
+    out->max_memory = lc->max_bytes;
+    out->size_limit = lc->size_limit;
     if (lc->policy == CM_LOCAL_TLFU) {
-        out->memory_bytes += malloc_usable_size(lc->sketch.table);
         out->window = lc->q[Q_WINDOW].count;
         out->probation = lc->q[Q_PROBATION].count;
         out->protected_ = lc->q[Q_PROTECTED].count;
@@ -854,7 +972,7 @@ static int local_open(struct cm_storage *st, enum cm_local_policy policy, char *
         return CM_ERR;
     }
     struct local_st *ls = cm_calloc(1, sizeof(*ls));
-    ls->lc = cm_local_new(policy, size, cm_rand64());
+    ls->lc = cm_local_new_bounded(policy, size, st->conf->max_memory, cm_rand64());
     if (st->base != NULL) {
         struct timeval tv = { 0, EXPIRE_TICK_MS * 1000 };
         ls->tick = event_new(st->base, -1, EV_PERSIST, on_tick, ls);
@@ -929,19 +1047,30 @@ static bool local_remove(struct cm_storage *st, const char *key, size_t klen)
     return cm_local_del(ls->lc, key, klen);
 }
 
+/* INFO storages lines (SPEC §15, issue 17.4): entries, memory_bytes (the figure max_memory bounds),
+ * overhead_per_entry (memory_bytes less key and value bytes, per entry), evictions; tlfu adds its
+ * queue sizes and targets. */
 static void local_info(struct cm_storage *st, struct cm_buf *out)
 {
     struct local_st *ls = st->priv;
     struct cm_local_stats s;
     cm_local_get_stats(ls->lc, &s);
-    cm_buf_printf(out, "entries:%llu\r\nmemory_bytes:%llu\r\nevictions:%llu\r\nexpired:%llu\r\n",
+    double overhead = s.entries ? (double)(s.memory_bytes - s.kv_bytes) / (double)s.entries : 0;
+    cm_buf_printf(out,
+                  "entries:%llu\r\nmemory_bytes:%llu\r\nmax_memory:%llu\r\n"
+                  "key_value_bytes:%llu\r\noverhead_per_entry:%.1f\r\ncapacity:%llu\r\n"
+                  "evictions:%llu\r\nexpired:%llu\r\n",
                   (unsigned long long)s.entries, (unsigned long long)s.memory_bytes,
-                  (unsigned long long)s.evictions, (unsigned long long)s.expired);
+                  (unsigned long long)s.max_memory, (unsigned long long)s.kv_bytes, overhead,
+                  (unsigned long long)s.size, (unsigned long long)s.evictions,
+                  (unsigned long long)s.expired);
     if (ls->lc->policy == CM_LOCAL_TLFU) {
         cm_buf_printf(out,
-                      "window:%llu\r\nprobation:%llu\r\nprotected:%llu\r\nwindow_max:%llu\r\n",
+                      "window:%llu\r\nprobation:%llu\r\nprotected:%llu\r\nwindow_max:%llu\r\n"
+                      "protected_max:%llu\r\n",
                       (unsigned long long)s.window, (unsigned long long)s.probation,
-                      (unsigned long long)s.protected_, (unsigned long long)s.window_max);
+                      (unsigned long long)s.protected_, (unsigned long long)s.window_max,
+                      (unsigned long long)s.protected_max);
     }
 }
 

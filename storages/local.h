@@ -23,7 +23,10 @@ enum cm_local_policy {
 struct cm_local_stats {
     uint64_t entries;         /* live entries (expired ones not yet reclaimed included) */
     uint64_t memory_bytes;    /* bytes allocated by the engine: entries, index, sketch */
-    uint64_t size;            /* configured maximum entries */
+    uint64_t kv_bytes;        /* key and value bytes of the entries (memory_bytes - this = overhead) */
+    uint64_t max_memory;      /* bound on memory_bytes, 0 = none */
+    uint64_t size;            /* maximum entries now (under max_memory: what fits) */
+    uint64_t size_limit;      /* configured maximum entries */
     uint64_t window;          /* tlfu: entries in the admission window */
     uint64_t probation;       /* tlfu: entries in the main probation segment */
     uint64_t protected_;      /* tlfu: entries in the main protected segment */
@@ -38,6 +41,12 @@ struct cm_local;
 /* Creates an engine holding at most size entries (1 <= size <= CM_LOCAL_MAX_SIZE). seed drives
  * the key hash and the admission coin, so a given seed replays identically. */
 struct cm_local *cm_local_new(enum cm_local_policy policy, uint64_t size, uint64_t seed);
+/* The same, bounded by bytes too (SPEC §15): max_bytes > 0 keeps memory_bytes (every byte the
+ * engine allocates) at most max_bytes after every call, evicting by the policy; an entry costing
+ * more than max_bytes / 8 is not stored. The entry capacity then follows what fits, up to
+ * size_limit entries. max_bytes 0 = cm_local_new. */
+struct cm_local *cm_local_new_bounded(enum cm_local_policy policy, uint64_t size_limit,
+                                      uint64_t max_bytes, uint64_t seed);
 /* Frees the engine and every entry. NULL is a no-op. */
 void cm_local_free(struct cm_local *lc);
 

@@ -245,6 +245,61 @@ START_TEST(test_written_time_kept)
 }
 END_TEST
 
+/* SPEC §15: under max_memory the engine's memory_bytes (entries, index, sketch) never exceeds the
+ * bound after a store, eviction follows the policy (recent keys stay), the capacity follows what
+ * fits, and an entry costing more than an eighth of the bound is not cached (its old value goes). */
+START_TEST(test_max_memory_bound)
+{
+    enum cm_local_policy pol = (enum cm_local_policy)_i;
+    const uint64_t max = 1 << 20;
+    struct cm_local *lc = cm_local_new_bounded(pol, CM_LOCAL_MAX_SIZE, max, 5);
+    static char val[1000];
+    memset(val, 'v', sizeof(val));
+    char key[32];
+    const int n = 20000;
+    for (int i = 0; i < n; i++) {
+        int kl = snprintf(key, sizeof(key), "key:%08d", i);
+        cm_local_set(lc, key, (size_t)kl, val, sizeof(val) - (size_t)(i % 7) * 100, -1, 0, 0);
+        ck_assert_uint_le(stats(lc).memory_bytes, max);
+    }
+    struct cm_local_stats st = stats(lc);
+    /* about 1 MB / 1 KB entries: most of the bytes hold entries */
+    ck_assert_uint_gt(st.entries, 600);
+    ck_assert_uint_gt(st.kv_bytes, max / 2);
+    ck_assert_uint_eq(st.evictions, (uint64_t)n - st.entries);
+    int recent = pol == CM_LOCAL_LRU ? 300 : 5;   /* tlfu: the window's (1%) */
+    for (int i = n - recent; i < n; i++) {
+        int kl = snprintf(key, sizeof(key), "key:%08d", i);
+        ck_assert_msg(cm_local_queue_of(lc, key, (size_t)kl) != 0, "recent %s evicted", key);
+    }
+    /* an eighth of max_memory or more is not cached, and drops the old value */
+    static char big[(1 << 20) / 8];
+    cm_local_set(lc, key, strlen(key), big, sizeof(big), -1, 0, 0);
+    ck_assert(!khas(lc, key));
+    cm_local_set(lc, "small", 5, big, sizeof(big) - 200, -1, 0, 0);
+    ck_assert(khas(lc, "small"));
+    ck_assert_uint_le(stats(lc).memory_bytes, max);
+    cm_local_free(lc);
+}
+END_TEST
+
+/* With size too, the entry bound holds as well as the byte bound. */
+START_TEST(test_max_memory_with_size)
+{
+    enum cm_local_policy pol = (enum cm_local_policy)_i;
+    struct cm_local *lc = cm_local_new_bounded(pol, 100, 1 << 20, 5);
+    char key[32];
+    for (int i = 0; i < 5000; i++) {
+        int kl = snprintf(key, sizeof(key), "key:%08d", i);
+        cm_local_set(lc, key, (size_t)kl, "v", 1, -1, 0, 0);
+        ck_assert_uint_le(stats(lc).entries, 100);
+        ck_assert_uint_le(stats(lc).memory_bytes, 1 << 20);
+    }
+    ck_assert_uint_eq(stats(lc).entries, 100);
+    cm_local_free(lc);
+}
+END_TEST
+
 /* Expired entries that are never read again are reclaimed by sampling, without a full scan:
  * a bounded number of rounds frees most of them, and live entries are never touched. */
 START_TEST(test_expire_sampling_reclaims)
@@ -621,8 +676,13 @@ START_TEST(test_storage_adapter)
     cm_buf_append(&out, "", 1);
     ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "entries:1\r\n"));
     ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "memory_bytes:"));
+    ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\nmax_memory:0\r\n"));
+    ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\nkey_value_bytes:2\r\n"));
+    ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\noverhead_per_entry:"));
+    ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\nevictions:0\r\n"));
     if (conf.type == CM_ST_TYPE_TLFU) {
         ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "window:1\r\nprobation:0\r\nprotected:0\r\n"));
+        ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\nprotected_max:0\r\n"));
     }
     cm_buf_deinit(&out);
     cm_storage_free(st);
@@ -667,6 +727,8 @@ static Suite *local_suite(void)
     tcase_add_loop_test(tc, test_issue_14_huge_ttl_never_expires, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
     tcase_add_test(tc, test_ttl_across_clock_rebase);
     tcase_add_loop_test(tc, test_written_time_kept, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
+    tcase_add_loop_test(tc, test_max_memory_bound, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
+    tcase_add_loop_test(tc, test_max_memory_with_size, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
     tcase_add_test(tc, test_expire_sampling_reclaims);
     tcase_add_test(tc, test_tlfu_queue_movement);
     tcase_add_test(tc, test_tlfu_admission_resists_scan);
