@@ -83,26 +83,13 @@ for policy in lru tlfu; do
             continue
         fi
         port=$(free_port)
-        cat > "$dir/c.conf" <<EOF
-[server]
-listen = 127.0.0.1:$port
-log_level = warning
-
-[storage l]
-url = local://$policy
-size = $KEYS
-
-[node key]
-key = key:{id}
-version = v1
-caches = l
-EOF
+        local_conf "$port" "$policy" "$KEYS" > "$dir/c.conf"
         LD_PRELOAD=$pre "$bin" -c "$dir/c.conf" > "$dir/c.log" 2>&1 &
         cpid=$!
         pids+=("$cpid")
         wait_ping "$port"
         read -r cu cr < <(load "$port" "$cpid")
-        entries=$(redis-cli -p "$port" info storages | tr -d '\r' | awk -F: '$1 == "storage_l_entries" {print $2}')
+        entries=$(redis-cli -p "$port" info storages | tr -d '\r' | awk -F: '$1 == "storage_mem_entries" {print $2}')
         [ "$entries" = "$KEYS" ] || { echo "cachemed holds $entries entries, not $KEYS" >&2; exit 1; }
         kill "$cpid"
         wait "$cpid" 2>/dev/null || true
