@@ -13,18 +13,7 @@ rport=$(free_port); cport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
     --dir "$dir" > "$dir/redis.log" 2>&1 &
 pids+=($!)
-cat > "$dir/cachemed.conf" <<CONF
-[server]
-listen = 127.0.0.1:$cport
-log_level = warning
-[storage mem]
-url = local://$POLICY
-size = $((KEYS * 2))
-[node key]
-key = key:{id}
-version = v1
-caches = mem
-CONF
+local_conf "$cport" "$POLICY" $((KEYS * 2)) > "$dir/cachemed.conf"
 ./build/cachemed -c "$dir/cachemed.conf" > "$dir/cachemed.log" 2>&1 &
 pids+=($!)
 wait_ping $rport $cport

@@ -8,6 +8,7 @@
  *   hitratio --zipf S,V,IMAX,N[,SEED] --sizes 500,5000 [--name NAME] [--goal 24.5,39]
  *            [--note TEXT]... [--header] [--go-rng PATH/rng.go] [--tlfu-only]
  *   hitratio --lis FILE --sizes 1000,2000 [--name NAME] [--header] [--tlfu-only]
+ *            [--weights MIN,MAX] (values of MIN..MAX bytes, the engine bounded by bytes)
  *   hitratio --mem N */
 #include "bench/zipf.h"
 #include "daemon/alloc.h"
@@ -125,19 +126,37 @@ static void assign_ids(struct trace *t)
     free(tv);
 }
 
+/* --weights MIN,MAX: every key's value has MIN..MAX bytes (fixed per key, from its hash), and
+ * the engine is bounded by bytes (max_memory, SPEC §15) instead of entries: a size of N means
+ * N x (the mean value + WEIGHT_ENTRY_BYTES) bytes. 0,0 = off (plain entry counts). */
+static size_t weight_min, weight_max;
+#define WEIGHT_ENTRY_BYTES 72
+static char weight_buf[1 << 20];
+
+static uint64_t mix(uint64_t x);
+
+static size_t weight_of(uint64_t key)
+{
+    return weight_min + (size_t)(mix(key ^ 0x9e3779b97f4a7c15ULL) % (weight_max - weight_min + 1));
+}
+
 /* Replays t through the daemon's engine; returns the hit ratio in percent. Every request is a
  * lookup, and a miss stores the key (as the daemon does after a load). */
 static double run_engine(const struct trace *t, enum cm_local_policy policy, uint64_t size)
 {
-    struct cm_local *lc = cm_local_new(policy, size, 42);
+    bool weighted = weight_max > 0;
+    uint64_t bytes = size * ((weight_min + weight_max) / 2 + WEIGHT_ENTRY_BYTES);
+    struct cm_local *lc = weighted ? cm_local_new_bounded(policy, CM_LOCAL_MAX_SIZE, bytes, 42)
+                                   : cm_local_new(policy, size, 42);
     uint64_t hits = 0;
     for (size_t i = 0; i < t->n; i++) {
         const char *v;
         size_t vl;
-        if (cm_local_get(lc, (const char *)&t->keys[i], 8, 0, &v, &vl)) {
+        if (cm_local_get(lc, (const char *)&t->keys[i], 8, 0, &v, &vl, NULL)) {
             hits++;
         } else {
-            cm_local_set(lc, (const char *)&t->keys[i], 8, "", 0, -1, 0);
+            cm_local_set(lc, (const char *)&t->keys[i], 8, weight_buf,
+                         weighted ? weight_of(t->keys[i]) : 0, -1, 0, 0);
         }
     }
     cm_local_free(lc);
@@ -424,7 +443,7 @@ static void measure_mem(uint64_t n)
         for (uint64_t i = 0; i < n; i++) {
             char key[32];
             int kl = snprintf(key, sizeof(key), "user:%010llu", (unsigned long long)i);
-            cm_local_set(lc, key, (size_t)kl, val, vlen, -1, 0);
+            cm_local_set(lc, key, (size_t)kl, val, vlen, -1, 0, 0);
             kv += (uint64_t)kl + vlen;
         }
         struct cm_local_stats st;
@@ -482,6 +501,13 @@ int main(int argc, char **argv)
             zipf = v;
         } else if (strcmp(a, "--lis") == 0) {
             lis = v;
+        } else if (strcmp(a, "--weights") == 0) {
+            double w[2] = { 0, 0 };
+            if (parse_list(v, w, 2) != 2 || w[0] < 0 || w[1] < w[0] || w[1] > sizeof(weight_buf)) {
+                die("--weights MIN,MAX (bytes, at most 1 MB)");
+            }
+            weight_min = (size_t)w[0];
+            weight_max = (size_t)w[1];
         } else if (strcmp(a, "--limit") == 0) {
             limit = strtoull(v, NULL, 10);
         } else if (strcmp(a, "--sizes") == 0) {
@@ -530,6 +556,13 @@ int main(int argc, char **argv)
             continue;
         }
         double lru = run_engine(&t, CM_LOCAL_LRU, size);
+        if (weight_max > 0) {   /* ARC, OPT and the bound count entries: not comparable */
+            printf("| %s (values %zu..%zu bytes) | %llu | %.2f | - | %.2f | - | - | %+.2f | - | "
+                   "%s | %s |\n", name, weight_min, weight_max, (unsigned long long)size, lru,
+                   tlfu, tlfu - lru, i < nnotes ? notes[i] : "", tlfu > lru ? "yes (> LRU)" : "no");
+            fflush(stdout);
+            continue;
+        }
         double arc = run_arc(&t, size);
         double opt = run_opt(&t, size);
         char bound[16] = "-";
@@ -539,8 +572,8 @@ int main(int argc, char **argv)
         const char *met;
         if (i < ngoals) {
             met = tlfu >= goals[i] ? "yes" : "**no**";
-        } else {
-            met = tlfu > lru ? "yes (> LRU)" : "**no**";
+        } else {   /* issue 17.1: within half a point of the better of LRU and ARC */
+            met = tlfu >= (lru > arc ? lru : arc) - 0.5 ? "yes" : "**no**";
         }
         printf("| %s | %llu | %.2f | %.2f | %.2f | %s | %.2f | %+.2f | %+.2f | %s | %s |\n", name,
                (unsigned long long)size, lru, arc, tlfu, bound, opt, tlfu - lru, tlfu - arc,

@@ -5,6 +5,13 @@ pids=()
 bench_cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
 trap bench_cleanup EXIT
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# local_conf PORT POLICY SIZE: a daemon config (stdout) with one local storage "mem" of that
+# policy and size and one node "key" (key = key:{id}) caching in it, the form redis-benchmark's
+# key:__rand_int__ keys match.
+local_conf() {
+    printf '[server]\nlisten = 127.0.0.1:%s\nlog_level = warning\n[storage mem]\nurl = local://%s\n' "$1" "$2"
+    printf 'size = %s\n[node key]\nkey = key:{id}\nversion = v1\ncaches = mem\n' "$3"
+}
 # wait_ping PORT...: until each answers PING (5 s at most each).
 wait_ping() {
     local p

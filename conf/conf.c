@@ -3,6 +3,7 @@
  * in one table; values are checked section by section, then across sections. Every problem is
  * collected with its line and printed in line order as "FILE:LINE: message". */
 #include "conf/conf_int.h"
+#include "storages/local.h"
 
 #include "conf/conf_check.h"
 #include "conf/ini_reader.h"
@@ -266,6 +267,12 @@ static void apply_keys(struct loader *L, struct section *sec, void *obj)
 static void finish_storage(struct loader *L, struct section *sec, struct cm_conf_storage *st)
 {
     const struct kv *url = &sec->keys[KEY_INDEX(cm_conf_find_key(SEC_STORAGE, "url"))];
+
+    /* max_memory without size bounds by bytes alone (SPEC §15). */
+    if (st->max_memory > 0 &&
+        sec->keys[KEY_INDEX(cm_conf_find_key(SEC_STORAGE, "size"))].value == NULL) {
+        st->size = CM_LOCAL_MAX_SIZE;
+    }
 
     if (st->pool_size == 0) {
         st->pool_size = st->type == CM_ST_TYPE_REDIS                                  ? 100

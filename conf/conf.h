@@ -34,7 +34,8 @@ struct cm_conf_storage {
     int line;              /* line of the section header */
     char *url;             /* as written */
     enum cm_st_type type;
-    uint64_t size;         /* local: entries (default 10000) */
+    uint64_t size;         /* local: entries (default 10000; with max_memory alone: no bound) */
+    uint64_t max_memory;   /* local: bytes (SPEC §15), 0 = no bound */
     bool cluster;          /* redis: url is a cluster seed */
     int pool_size;         /* remote: connections (default 100 redis, 50 pg/mysql, 8 sqlite/mongo) */
     int64_t timeout_ms;    /* remote: per-operation timeout (default 500ms) */

@@ -50,6 +50,8 @@ const struct key_def cm_conf_keys[] = {
     {SEC_STORAGE, "url", set_str, chk_url, ST(url), 0, 0, NULL, T_ALL, true},
     {SEC_STORAGE, "size", set_u64, NULL, ST(size), 1, (int64_t)CM_LOCAL_MAX_SIZE, "10000", T_LOCAL,
      false},
+    {SEC_STORAGE, "max_memory", set_size, NULL, ST(max_memory), 4096, 1LL << 50, NULL, T_LOCAL,
+     false},
     {SEC_STORAGE, "cluster", set_bool, NULL, ST(cluster), 0, 0, "no", T(CM_ST_TYPE_REDIS), false},
     {SEC_STORAGE, "pool_size", set_int, NULL, ST(pool_size), 1, 1024, NULL, T_REMOTE, false},
     {SEC_STORAGE, "timeout", set_dur, NULL, ST(timeout_ms), 1, 3600000, "500ms", T_REMOTE, false},

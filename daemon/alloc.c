@@ -151,10 +151,14 @@ static inline void *cache_take(size_t n)
     return p;
 }
 
-/* Keeps p (usable size u) for reuse; false when it must go back to malloc. */
+/* Keeps p (usable size u) for reuse; false when it must go back to malloc. Only chunks of a glibc
+ * size (16k + 8 usable bytes) are kept: cache_take hands a chunk of class u / 16 to any request
+ * whose glibc size is in that class, which another malloc's chunk of the class may be too small
+ * for (with jemalloc preloaded, a 112-byte chunk went to a 115-byte request: the daemon then
+ * misparsed SET values, found by bench/mem.sh). Under another allocator nothing is kept. */
 static inline bool cache_keep(void *p, size_t u)
 {
-    if (!CHUNK_CACHE || u > CACHE_MAX_USABLE) {
+    if (!CHUNK_CACHE || u > CACHE_MAX_USABLE || u != usable_for(u)) {
         return false;
     }
     struct chunk_cache *cc = cache();

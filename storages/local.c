@@ -44,9 +44,10 @@ struct lentry {
     uint32_t next;        /* slot towards the queue tail (LRU), NIL at the tail */
     uint32_t slot;        /* its index in slot[] */
     uint32_t hash;        /* low 32 bits of the seeded key hash */
-    int64_t expire_ms;    /* monotonic ms at which it expires; 0 = never */
     uint32_t kq;          /* klen << 3 | referenced << 2 | queue */
     uint32_t vlen;
+    uint32_t expire_t;    /* tick (engine clock) from which it is expired; 0 = never */
+    uint32_t written_t;   /* tick at which its value was written (SPEC §12 age) */
     char data[];
 };
 
@@ -61,7 +62,12 @@ struct lqueue {
 
 struct cm_local {
     enum cm_local_policy policy;
-    uint64_t size;              /* maximum entries */
+    uint64_t size;              /* maximum entries now: size_limit, or under max_bytes what fits */
+    uint64_t size_limit;        /* configured maximum entries */
+    uint64_t max_bytes;         /* 0, or the bound on memory_bytes (SPEC §15) */
+    uint64_t fixed_bytes;       /* the engine struct, slot array, index and sketch */
+    uint64_t kv_bytes;          /* key and value bytes of the live entries */
+    uint64_t sketch_for;        /* tlfu: the size the sketch was made for */
     uint64_t seed;              /* key hash seed */
     uint64_t rng;               /* xorshift state: admission coin, expiry sampling */
     struct lentry **slot;       /* owned, count live of slot_cap */
@@ -73,6 +79,8 @@ struct cm_local {
     uint64_t window_max;        /* tlfu targets; main = size - window_max */
     uint64_t protected_max;
     uint64_t nttl;              /* entries with an expiry: sampling runs only when > 0 */
+    int64_t epoch_ms;           /* engine-clock ms of tick 0 (see the clock section) */
+    bool clock_started;         /* epoch_ms set (by the first timed call) */
     uint64_t entry_bytes;       /* usable bytes of entry allocations */
     uint64_t evictions;
     uint64_t expired;
@@ -107,6 +115,69 @@ static inline void e_set_referenced(struct lentry *e, bool on)
 static inline uint64_t sketch_hash(const struct cm_local *lc, uint32_t h)
 {
     return mix64((uint64_t)h ^ lc->seed);
+}
+
+/* ---- clock ----
+ *
+ * Entries keep their expiry and write time as 32-bit ticks of TICK_MS since epoch_ms (8 bytes
+ * instead of two int64 ms). A new engine's epoch lies TICKS_BACK ticks before its first time, so
+ * write times up to 62 days old (a backfill passes the age the value was found with) stay exact;
+ * older ones read as 62 days old. When the clock reaches REBASE_AT ticks, the epoch moves so that
+ * now is tick TICKS_BACK again and every entry's ticks move down with it (one pass over the
+ * entries every 186 days), so the current tick always stays below 2^31 and an expiry up to
+ * 2^32 - 1 leaves at least 2^31 ticks (248 days) of headroom. A longer
+ * ttl, and any ttl where now + ttl overflows, never expires (the entry still goes by policy).
+ * Expiries round up to the next tick: an entry is never dropped early, at most TICK_MS late. */
+#define TICK_MS 10
+#define TICKS_BACK (UINT32_C(1) << 29)
+#define REBASE_AT (UINT32_C(1) << 31)
+
+static void rebase(struct cm_local *lc, int64_t now_ms);
+
+/* The tick of engine time t (ms), floored, clamped to 0..UINT32_MAX; rebases first when the
+ * clock has reached REBASE_AT. */
+static uint32_t tick_of(const struct cm_local *lc, int64_t t)
+{
+    int64_t d;
+    if (__builtin_sub_overflow(t, lc->epoch_ms, &d) || d < 0) {
+        return t < lc->epoch_ms ? 0 : UINT32_MAX;
+    }
+    d /= TICK_MS;
+    return d > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+}
+
+/* The current tick, after a rebase if one is due. The first call sets the epoch. */
+static uint32_t now_tick(struct cm_local *lc, int64_t now_ms)
+{
+    if (!lc->clock_started) {
+        int64_t back = (int64_t)TICKS_BACK * TICK_MS;
+        lc->epoch_ms = now_ms < INT64_MIN + back ? INT64_MIN : now_ms - back;
+        lc->clock_started = true;
+    }
+    uint32_t t = tick_of(lc, now_ms);
+    if (t >= REBASE_AT) {
+        rebase(lc, now_ms);
+        t = tick_of(lc, now_ms);
+    }
+    return t;
+}
+
+/* The expiry tick of an entry stored at tick now_t with ttl_ms (> 0 expires, else never): the
+ * first tick at or after now + ttl; 0 (never) when that is beyond 32 bits. */
+static uint32_t expire_tick(const struct cm_local *lc, int64_t now_ms, int64_t ttl_ms)
+{
+    int64_t at, d;
+    if (ttl_ms <= 0 || __builtin_add_overflow(now_ms, ttl_ms, &at) ||
+        __builtin_sub_overflow(at, lc->epoch_ms, &d)) {
+        return 0;
+    }
+    d = d / TICK_MS + (d % TICK_MS != 0);
+    return d <= 0 ? 1 : d > (int64_t)UINT32_MAX ? 0 : (uint32_t)d;
+}
+
+static inline bool e_expired(const struct lentry *e, uint32_t now_t)
+{
+    return e->expire_t != 0 && e->expire_t <= now_t;
 }
 
 /* ---- queues ---- */
@@ -149,6 +220,30 @@ static void q_move_head(struct cm_local *lc, int qid, uint32_t i)
 {
     q_unlink(lc, i);
     q_push_head(lc, qid, i);
+}
+
+/* ---- memory ---- */
+
+/* Recounts fixed_bytes after one of its allocations changed. */
+static void refresh_fixed(struct cm_local *lc)
+{
+    lc->fixed_bytes = malloc_usable_size(lc) + malloc_usable_size(lc->slot) +
+                      malloc_usable_size(lc->table) +
+                      (lc->sketch.table != NULL ? malloc_usable_size(lc->sketch.table) : 0);
+}
+
+/* The bytes INFO reports as memory_bytes: every allocation the engine holds. */
+static inline uint64_t mem_used(const struct cm_local *lc)
+{
+    return lc->fixed_bytes + lc->entry_bytes;
+}
+
+/* What an entry of klen + vlen bytes costs (its block as glibc sizes it, plus its share of the
+ * slot array and index): the admission test of SPEC §15's 1/8 rule and of growth. */
+static inline uint64_t entry_cost(size_t klen, size_t vlen)
+{
+    uint64_t n = 32 + (uint64_t)klen + vlen + 8;
+    return ((n + 15) & ~UINT64_C(15)) + 8 + 11;
 }
 
 /* ---- index ---- */
@@ -258,6 +353,7 @@ static void table_resize(struct cm_local *lc, uint32_t cap)
     for (uint32_t i = 0; i < lc->count; i++) {
         table_put(lc, lc->slot[i]);
     }
+    refresh_fixed(lc);
 }
 
 /* Adds e to the slot array and index (in no queue yet); returns its slot. */
@@ -270,6 +366,7 @@ static uint32_t index_add(struct cm_local *lc, struct lentry *e)
         }
         lc->slot_cap = (uint32_t)cap;
         lc->slot = cm_realloc(lc->slot, (size_t)cap * sizeof(*lc->slot));
+        refresh_fixed(lc);
     }
     uint32_t i = lc->count++;
     lc->slot[i] = e;
@@ -288,7 +385,8 @@ static uint32_t index_add(struct cm_local *lc, struct lentry *e)
 static void free_entry(struct cm_local *lc, struct lentry *e)
 {
     lc->entry_bytes -= malloc_usable_size(e);
-    lc->nttl -= e->expire_ms != 0;
+    lc->kv_bytes -= e_klen(e) + e->vlen;
+    lc->nttl -= e->expire_t != 0;
     cm_free(e);
 }
 
@@ -326,12 +424,14 @@ static void entry_remove(struct cm_local *lc, uint32_t i, uint32_t *track)
 }
 
 static struct lentry *entry_new(struct cm_local *lc, const char *key, size_t klen,
-                                const char *val, size_t vlen, uint32_t h, int64_t expire_ms)
+                                const char *val, size_t vlen, uint32_t h, uint32_t expire_t,
+                                uint32_t written_t)
 {
     struct lentry *e = cm_malloc(sizeof(*e) + klen + vlen);
     e->prev = e->next = e->slot = NIL;
     e->hash = h;
-    e->expire_ms = expire_ms;
+    e->expire_t = expire_t;
+    e->written_t = written_t;
     e->kq = (uint32_t)klen << 3;
     e->vlen = (uint32_t)vlen;
     memcpy(e->data, key, klen);
@@ -339,7 +439,8 @@ static struct lentry *entry_new(struct cm_local *lc, const char *key, size_t kle
         memcpy(e->data + klen, val, vlen);
     }
     lc->entry_bytes += malloc_usable_size(e);
-    lc->nttl += expire_ms != 0;
+    lc->kv_bytes += klen + vlen;
+    lc->nttl += expire_t != 0;
     return e;
 }
 
@@ -548,14 +649,91 @@ static void climb(struct cm_local *lc, bool hit)
     }
 }
 
+/* ---- capacity under max_bytes (SPEC §15) ---- */
+
+/* Sets the entry capacity to n (1..size_limit), scaling the tlfu window and protected targets with
+ * it (the climber's share is kept); entries beyond the new targets move at the next store. A
+ * capacity past twice what the sketch was made for remakes the sketch (its counts restart). */
+static void set_capacity(struct cm_local *lc, uint64_t n)
+{
+    uint64_t old = lc->size;
+    n = n < 1 ? 1 : n > lc->size_limit ? lc->size_limit : n;
+    if (n == old) {
+        return;
+    }
+    lc->size = n;
+    if (lc->policy != CM_LOCAL_TLFU) {
+        lc->window_max = n;
+        return;
+    }
+    double r = (double)n / (double)old;
+    uint64_t w = (uint64_t)((double)lc->window_max * r + 0.5);
+    lc->window_max = w < 1 ? 1 : w > n ? n : w;
+    uint64_t p = (uint64_t)((double)lc->protected_max * r + 0.5);
+    lc->protected_max = p > n - lc->window_max ? n - lc->window_max : p;
+    lc->climber.size = n;
+    lc->climber.sample_size = 10 * n;
+    if (n > 2 * lc->sketch_for) {
+        cm_sketch_deinit(&lc->sketch);
+        cm_sketch_init(&lc->sketch, n);
+        lc->sketch_for = n;
+        refresh_fixed(lc);
+    }
+    demote_protected(lc);
+}
+
+/* Before a new entry of klen + vlen bytes goes in at full capacity: when the bytes would still fit,
+ * raises the capacity by 1/64 instead of evicting by count. */
+static void grow_capacity(struct cm_local *lc, size_t klen, size_t vlen)
+{
+    if (lc->max_bytes == 0 || lc->count < lc->size || lc->size >= lc->size_limit ||
+        mem_used(lc) + entry_cost(klen, vlen) > lc->max_bytes) {
+        return;
+    }
+    set_capacity(lc, lc->size + (lc->size / 64 > 0 ? lc->size / 64 : 1));
+}
+
+/* After a store: while memory_bytes is above max_bytes, lowers the capacity to one entry fewer
+ * than held and evicts by the policy (the LRU tail; tlfu's probation victim). */
+static void fit_bytes(struct cm_local *lc)
+{
+    while (lc->max_bytes != 0 && mem_used(lc) > lc->max_bytes && lc->count > 0) {
+        set_capacity(lc, lc->count - 1);
+        if (lc->count <= lc->size) {   /* a capacity of 1 holding 1: nothing else to give */
+            evict(lc, 0, NULL);
+        } else if (lc->policy == CM_LOCAL_LRU) {
+            lru_evict(lc);
+        } else {
+            evict_main(lc, 0);
+        }
+    }
+}
+
+/* Moves the epoch so that now_ms (at least REBASE_AT ticks after it) is tick TICKS_BACK again,
+ * and every entry's ticks with it (see the clock section). A clock that jumped far ahead (any
+ * int64 is accepted) takes one pass too. */
+static void rebase(struct cm_local *lc, int64_t now_ms)
+{
+    __int128 shift = ((__int128)now_ms - lc->epoch_ms) / TICK_MS - TICKS_BACK;
+    lc->epoch_ms = (int64_t)(lc->epoch_ms + shift * TICK_MS);
+    for (uint32_t i = 0; i < lc->count; i++) {
+        struct lentry *e = lc->slot[i];
+        if (e->expire_t != 0) {
+            /* Already expired before the new epoch: stays expired (tick 1), not never. */
+            e->expire_t = e->expire_t > shift ? (uint32_t)(e->expire_t - shift) : 1;
+        }
+        e->written_t = e->written_t > shift ? (uint32_t)(e->written_t - shift) : 0;
+    }
+}
+
 /* Removes up to n random expired entries out of n samples; returns how many were expired. */
-static size_t sample_expire(struct cm_local *lc, int64_t now_ms, size_t n)
+static size_t sample_expire(struct cm_local *lc, uint32_t now_t, size_t n)
 {
     size_t hits = 0;
     for (size_t j = 0; j < n && lc->count > 0; j++) {
         uint32_t i = (uint32_t)(next_rand(lc) % lc->count);
         struct lentry *e = lc->slot[i];
-        if (e->expire_ms != 0 && e->expire_ms <= now_ms) {
+        if (e_expired(e, now_t)) {
             entry_remove(lc, i, NULL);
             lc->expired++;
             hits++;
@@ -568,10 +746,29 @@ static size_t sample_expire(struct cm_local *lc, int64_t now_ms, size_t n)
 
 struct cm_local *cm_local_new(enum cm_local_policy policy, uint64_t size, uint64_t seed)
 {
-    cm_assert(size >= 1 && size <= CM_LOCAL_MAX_SIZE);
+    return cm_local_new_bounded(policy, size, 0, seed);
+}
+
+/* Under max_bytes the capacity starts at one entry per KB (at least 16) and grows while entries
+ * fit (see grow_capacity), so the sketch and index are sized for what the bytes hold, not for a
+ * size_limit that may be far larger. */
+#define BOUNDED_START_BYTES 1024
+
+struct cm_local *cm_local_new_bounded(enum cm_local_policy policy, uint64_t size_limit,
+                                      uint64_t max_bytes, uint64_t seed)
+{
+    cm_assert(size_limit >= 1 && size_limit <= CM_LOCAL_MAX_SIZE);
+    uint64_t size = size_limit;
+    if (max_bytes > 0 && max_bytes / BOUNDED_START_BYTES < size) {
+        size = max_bytes / BOUNDED_START_BYTES < 16 ? 16 : max_bytes / BOUNDED_START_BYTES;
+        size = size < size_limit ? size : size_limit;
+    }
     struct cm_local *lc = cm_calloc(1, sizeof(*lc));
     lc->policy = policy;
     lc->size = size;
+    lc->size_limit = size_limit;
+    lc->max_bytes = max_bytes;
+    lc->sketch_for = size;
     lc->seed = mix64(seed);
     lc->rng = mix64(seed ^ 0x5851f42d4c957f2dULL) | 1;
     lc->slot_cap = size + 1 < 16 ? (uint32_t)size + 1 : 16;
@@ -590,6 +787,7 @@ struct cm_local *cm_local_new(enum cm_local_policy policy, uint64_t size, uint64
     } else {
         lc->window_max = size;
     }
+    refresh_fixed(lc);
     return lc;
 }
 
@@ -610,15 +808,16 @@ void cm_local_free(struct cm_local *lc)
 }
 
 bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now_ms,
-                  const char **val, size_t *vlen)
+                  const char **val, size_t *vlen, int64_t *written_ms)
 {
+    uint32_t now_t = now_tick(lc, now_ms);
     uint32_t h = (uint32_t)cm_hash_seeded(key, klen, lc->seed);
     bool tlfu = lc->policy == CM_LOCAL_TLFU;
     if (tlfu) {
         cm_sketch_increment(&lc->sketch, sketch_hash(lc, h));
     }
     struct lentry *e = find(lc, key, klen, h);
-    if (e != NULL && e->expire_ms != 0 && e->expire_ms <= now_ms) {
+    if (e != NULL && e_expired(e, now_t)) {
         entry_remove(lc, e->slot, NULL);
         lc->expired++;
         e = NULL;
@@ -637,29 +836,32 @@ bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now
     }
     *val = e->data + e_klen(e);
     *vlen = e->vlen;
+    if (written_ms != NULL) {
+        *written_ms = lc->epoch_ms + (int64_t)e->written_t * TICK_MS;
+    }
     return true;
 }
 
 void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char *val,
-                  size_t vlen, int64_t ttl_ms, int64_t now_ms)
+                  size_t vlen, int64_t ttl_ms, int64_t now_ms, int64_t written_ms)
 {
-    if (klen > CM_LOCAL_MAX_KLEN || vlen > CM_LOCAL_MAX_VLEN) {
+    if (klen > CM_LOCAL_MAX_KLEN || vlen > CM_LOCAL_MAX_VLEN ||
+        (lc->max_bytes != 0 && entry_cost(klen, vlen) > lc->max_bytes / 8)) {
         cm_local_del(lc, key, klen);
         return;
     }
     uint32_t h = (uint32_t)cm_hash_seeded(key, klen, lc->seed);
-    int64_t expire_ms = ttl_ms > 0 ? now_ms + ttl_ms : 0;
-    if (expire_ms == 0 && ttl_ms > 0) {
-        expire_ms = 1;
-    }
+    uint32_t now_t = now_tick(lc, now_ms);
+    uint32_t expire_t = expire_tick(lc, now_ms, ttl_ms);
+    uint32_t written_t = written_ms > now_ms ? now_t : tick_of(lc, written_ms);
     if (lc->nttl > 0) {
-        sample_expire(lc, now_ms, 2);
+        sample_expire(lc, now_t, 2);
     }
     uint32_t p = find_cell(lc, key, klen, h);
     uint32_t i;
     if (p != NIL) {
         struct lentry *old = cell_entry(lc->table[p]);
-        struct lentry *e = entry_new(lc, key, klen, val, vlen, h, expire_ms);
+        struct lentry *e = entry_new(lc, key, klen, val, vlen, h, expire_t, written_t);
         i = old->slot;
         e->prev = old->prev;
         e->next = old->next;
@@ -669,22 +871,25 @@ void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char 
         lc->table[p] = cell_make(e);
         free_entry(lc, old);
         on_access(lc, i);
+        fit_bytes(lc);
         return;
     }
-    i = index_add(lc, entry_new(lc, key, klen, val, vlen, h, expire_ms));
+    grow_capacity(lc, klen, vlen);
+    i = index_add(lc, entry_new(lc, key, klen, val, vlen, h, expire_t, written_t));
     q_push_head(lc, Q_WINDOW, i);
     if (lc->policy == CM_LOCAL_LRU) {
         if (lc->count > lc->size) {
             lru_evict(lc);
         }
-        return;
+    } else {
+        uint64_t ncand = 0;
+        while (lc->q[Q_WINDOW].count > lc->window_max) {
+            q_move_head(lc, Q_PROBATION, lc->q[Q_WINDOW].tail);
+            ncand++;
+        }
+        evict_main(lc, ncand);
     }
-    uint64_t ncand = 0;
-    while (lc->q[Q_WINDOW].count > lc->window_max) {
-        q_move_head(lc, Q_PROBATION, lc->q[Q_WINDOW].tail);
-        ncand++;
-    }
-    evict_main(lc, ncand);
+    fit_bytes(lc);
 }
 
 bool cm_local_del(struct cm_local *lc, const char *key, size_t klen)
@@ -701,9 +906,10 @@ bool cm_local_del(struct cm_local *lc, const char *key, size_t klen)
 size_t cm_local_expire(struct cm_local *lc, int64_t now_ms, unsigned max_rounds)
 {
     size_t total = 0;
+    uint32_t now_t = now_tick(lc, now_ms);
     for (unsigned r = 0; r < max_rounds && lc->nttl > 0 && lc->count > 0; r++) {
         size_t n = lc->count < EXPIRE_SAMPLE ? lc->count : EXPIRE_SAMPLE;
-        size_t got = sample_expire(lc, now_ms, n);
+        size_t got = sample_expire(lc, now_t, n);
         total += got;
         if (got * 4 < n) {
             break;
@@ -716,10 +922,11 @@ void cm_local_get_stats(const struct cm_local *lc, struct cm_local_stats *out)
 {
     memset(out, 0, sizeof(*out));
     out->entries = lc->count;
-    out->memory_bytes = malloc_usable_size((void *)lc) + lc->entry_bytes +
-                        malloc_usable_size(lc->slot) + malloc_usable_size(lc->table);
+    out->memory_bytes = mem_used(lc);
+    out->kv_bytes = lc->kv_bytes;
+    out->max_memory = lc->max_bytes;
+    out->size_limit = lc->size_limit;
     if (lc->policy == CM_LOCAL_TLFU) {
-        out->memory_bytes += malloc_usable_size(lc->sketch.table);
         out->window = lc->q[Q_WINDOW].count;
         out->probation = lc->q[Q_PROBATION].count;
         out->protected_ = lc->q[Q_PROTECTED].count;
@@ -765,7 +972,7 @@ static int local_open(struct cm_storage *st, enum cm_local_policy policy, char *
         return CM_ERR;
     }
     struct local_st *ls = cm_calloc(1, sizeof(*ls));
-    ls->lc = cm_local_new(policy, size, cm_rand64());
+    ls->lc = cm_local_new_bounded(policy, size, st->conf->max_memory, cm_rand64());
     if (st->base != NULL) {
         struct timeval tv = { 0, EXPIRE_TICK_MS * 1000 };
         ls->tick = event_new(st->base, -1, EV_PERSIST, on_tick, ls);
@@ -811,16 +1018,27 @@ static bool local_lookup(struct cm_storage *st, const char *key, size_t klen, co
                          size_t *vlen, int64_t *written_ms)
 {
     struct local_st *ls = st->priv;
-    *written_ms = 0;   /* not kept yet (SPEC §12 work) */
-    return cm_local_get(ls->lc, key, klen, cm_now_ms(), val, vlen);
+    int64_t now = cm_now_ms();
+    int64_t w;
+    if (!cm_local_get(ls->lc, key, klen, now, val, vlen, &w)) {
+        return false;
+    }
+    /* The engine keeps monotonic time; the caller gets wall-clock ms, from the entry's age. */
+    *written_ms = cm_wall_us() / 1000 - (now - w);
+    return true;
 }
 
 static void local_store(struct cm_storage *st, const char *key, size_t klen, const char *val,
                         size_t vlen, int64_t ttl_ms, int64_t written_ms)
 {
     struct local_st *ls = st->priv;
-    CM_UNUSED(written_ms);
-    cm_local_set(ls->lc, key, klen, val, vlen, ttl_ms, cm_now_ms());
+    int64_t now = cm_now_ms();
+    int64_t w = now;
+    if (written_ms > 0) {
+        int64_t age = cm_wall_us() / 1000 - written_ms;
+        w = age <= 0 ? now : age >= now - INT64_MIN / 2 ? INT64_MIN / 2 : now - age;
+    }
+    cm_local_set(ls->lc, key, klen, val, vlen, ttl_ms, now, w);
 }
 
 static bool local_remove(struct cm_storage *st, const char *key, size_t klen)
@@ -829,19 +1047,30 @@ static bool local_remove(struct cm_storage *st, const char *key, size_t klen)
     return cm_local_del(ls->lc, key, klen);
 }
 
+/* INFO storages lines (SPEC §15, issue 17.4): entries, memory_bytes (the figure max_memory bounds),
+ * overhead_per_entry (memory_bytes less key and value bytes, per entry), evictions; tlfu adds its
+ * queue sizes and targets. */
 static void local_info(struct cm_storage *st, struct cm_buf *out)
 {
     struct local_st *ls = st->priv;
     struct cm_local_stats s;
     cm_local_get_stats(ls->lc, &s);
-    cm_buf_printf(out, "entries:%llu\r\nmemory_bytes:%llu\r\nevictions:%llu\r\nexpired:%llu\r\n",
+    double overhead = s.entries ? (double)(s.memory_bytes - s.kv_bytes) / (double)s.entries : 0;
+    cm_buf_printf(out,
+                  "entries:%llu\r\nmemory_bytes:%llu\r\nmax_memory:%llu\r\n"
+                  "key_value_bytes:%llu\r\noverhead_per_entry:%.1f\r\ncapacity:%llu\r\n"
+                  "evictions:%llu\r\nexpired:%llu\r\n",
                   (unsigned long long)s.entries, (unsigned long long)s.memory_bytes,
-                  (unsigned long long)s.evictions, (unsigned long long)s.expired);
+                  (unsigned long long)s.max_memory, (unsigned long long)s.kv_bytes, overhead,
+                  (unsigned long long)s.size, (unsigned long long)s.evictions,
+                  (unsigned long long)s.expired);
     if (ls->lc->policy == CM_LOCAL_TLFU) {
         cm_buf_printf(out,
-                      "window:%llu\r\nprobation:%llu\r\nprotected:%llu\r\nwindow_max:%llu\r\n",
+                      "window:%llu\r\nprobation:%llu\r\nprotected:%llu\r\nwindow_max:%llu\r\n"
+                      "protected_max:%llu\r\n",
                       (unsigned long long)s.window, (unsigned long long)s.probation,
-                      (unsigned long long)s.protected_, (unsigned long long)s.window_max);
+                      (unsigned long long)s.protected_, (unsigned long long)s.window_max,
+                      (unsigned long long)s.protected_max);
     }
 }
 

@@ -23,7 +23,10 @@ enum cm_local_policy {
 struct cm_local_stats {
     uint64_t entries;         /* live entries (expired ones not yet reclaimed included) */
     uint64_t memory_bytes;    /* bytes allocated by the engine: entries, index, sketch */
-    uint64_t size;            /* configured maximum entries */
+    uint64_t kv_bytes;        /* key and value bytes of the entries (memory_bytes - this = overhead) */
+    uint64_t max_memory;      /* bound on memory_bytes, 0 = none */
+    uint64_t size;            /* maximum entries now (under max_memory: what fits) */
+    uint64_t size_limit;      /* configured maximum entries */
     uint64_t window;          /* tlfu: entries in the admission window */
     uint64_t probation;       /* tlfu: entries in the main probation segment */
     uint64_t protected_;      /* tlfu: entries in the main protected segment */
@@ -38,19 +41,32 @@ struct cm_local;
 /* Creates an engine holding at most size entries (1 <= size <= CM_LOCAL_MAX_SIZE). seed drives
  * the key hash and the admission coin, so a given seed replays identically. */
 struct cm_local *cm_local_new(enum cm_local_policy policy, uint64_t size, uint64_t seed);
+/* The same, bounded by bytes too (SPEC §15): max_bytes > 0 keeps memory_bytes (every byte the
+ * engine allocates) at most max_bytes after every call, evicting by the policy; an entry costing
+ * more than max_bytes / 8 is not stored. The entry capacity then follows what fits, up to
+ * size_limit entries. max_bytes 0 = cm_local_new. */
+struct cm_local *cm_local_new_bounded(enum cm_local_policy policy, uint64_t size_limit,
+                                      uint64_t max_bytes, uint64_t seed);
 /* Frees the engine and every entry. NULL is a no-op. */
 void cm_local_free(struct cm_local *lc);
 
-/* Looks key up at time now_ms. On a live hit returns true and points *val and *vlen at the stored
- * bytes, valid until the next call into this engine. An expired entry is reclaimed and missed.
- * Every lookup counts as one access for the policy (recency, frequency, hill climber). */
+/* Times are ms of one engine clock (the daemon passes monotonic ms); any int64 is accepted and
+ * no sum overflows. Expiry and write time are kept to 10 ms (expiry rounded up, never early).
+ *
+ * Looks key up at time now_ms. On a live hit returns true and points *val and *vlen at the stored
+ * bytes, valid until the next call into this engine, and sets *written_ms (if not NULL) to the
+ * write time given to cm_local_set (floored to 10 ms; at most 62 days before the engine's first
+ * call). An expired entry is reclaimed and missed. Every lookup counts as one access for the
+ * policy (recency, frequency, hill climber). */
 bool cm_local_get(struct cm_local *lc, const char *key, size_t klen, int64_t now_ms,
-                  const char **val, size_t *vlen);
-/* Stores a copy of key and val; ttl_ms > 0 expires at now_ms + ttl_ms, -1 (or 0) never.
+                  const char **val, size_t *vlen, int64_t *written_ms);
+/* Stores a copy of key and val at time now_ms; ttl_ms > 0 expires at now_ms + ttl_ms, -1 (or 0)
+ * never; a ttl beyond about 248 days (or where now_ms + ttl_ms overflows) never expires.
+ * written_ms is when the value was written at its source (now_ms when later than now_ms).
  * Replaces the value and TTL of an existing key. May evict (or, tlfu, not admit) an entry.
  * A key or value above the CM_LOCAL_MAX_* limits is not stored (any old value is dropped). */
 void cm_local_set(struct cm_local *lc, const char *key, size_t klen, const char *val,
-                  size_t vlen, int64_t ttl_ms, int64_t now_ms);
+                  size_t vlen, int64_t ttl_ms, int64_t now_ms, int64_t written_ms);
 /* Removes key; returns true when it was present (expired or not). */
 bool cm_local_del(struct cm_local *lc, const char *key, size_t klen);
 /* Reclaims expired entries by random sampling (Redis's active-expire cycle): rounds of 20

@@ -4,6 +4,7 @@
 #include "conf/conf.h"
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
+#include "daemon/util.h"
 #include "storages/local.h"
 #include "storages/storage.h"
 
@@ -14,14 +15,14 @@
 
 static void kset(struct cm_local *lc, const char *k, const char *v, int64_t ttl, int64_t now)
 {
-    cm_local_set(lc, k, strlen(k), v, strlen(v), ttl, now);
+    cm_local_set(lc, k, strlen(k), v, strlen(v), ttl, now, now);
 }
 
 static bool kget(struct cm_local *lc, const char *k, int64_t now, char *out, size_t outsz)
 {
     const char *v;
     size_t vl;
-    if (!cm_local_get(lc, k, strlen(k), now, &v, &vl)) {
+    if (!cm_local_get(lc, k, strlen(k), now, &v, &vl, NULL)) {
         return false;
     }
     if (out != NULL) {
@@ -100,7 +101,7 @@ START_TEST(test_many_entries_and_binary)
     for (int i = 0; i < 5000; i++) {
         char k[16] = { 0 };
         memcpy(k, &i, sizeof(i));
-        cm_local_set(lc, k, 16, k, (size_t)(i % 3 == 0 ? 0 : 16), -1, 0);
+        cm_local_set(lc, k, 16, k, (size_t)(i % 3 == 0 ? 0 : 16), -1, 0, 0);
     }
     for (int i = 0; i < 5000; i += 2) {
         char k[16] = { 0 };
@@ -112,7 +113,7 @@ START_TEST(test_many_entries_and_binary)
         memcpy(k, &i, sizeof(i));
         const char *v;
         size_t vl;
-        bool hit = cm_local_get(lc, k, 16, 0, &v, &vl);
+        bool hit = cm_local_get(lc, k, 16, 0, &v, &vl, NULL);
         ck_assert_int_eq(hit, i % 2 == 1);
         if (hit) {
             ck_assert_uint_eq(vl, i % 3 == 0 ? 0 : 16);
@@ -176,6 +177,125 @@ START_TEST(test_ttl_never_returned_and_replaced)
     ck_assert(kget(lc, "k", 1000000, NULL, 0));
     kset(lc, "k", "x", 10, 0);
     ck_assert(!kget(lc, "k", 10, NULL, 0));
+    cm_local_free(lc);
+}
+END_TEST
+
+/* Issue 14 defect 14: SET ... PX 9223372036854775807 answered OK and the next GET missed (UBSan:
+ * signed overflow computing now + ttl). A ttl whose end does not fit never expires; no time sum
+ * overflows whatever the clock reads. */
+START_TEST(test_issue_14_huge_ttl_never_expires)
+{
+    enum cm_local_policy pol = (enum cm_local_policy)_i;
+    struct cm_local *lc = cm_local_new(pol, 100, 3);
+    kset(lc, "k", "v", INT64_MAX, 1000);
+    ck_assert(kget(lc, "k", 1000, NULL, 0));
+    ck_assert(kget(lc, "k", INT64_MAX / 2, NULL, 0));
+    kset(lc, "m", "v", INT64_MAX - 10, INT64_MAX / 2);  /* the clock far ahead: no overflow */
+    ck_assert(kget(lc, "m", INT64_MAX, NULL, 0));
+    kset(lc, "n", "v", 1000, INT64_MAX - 10);           /* now + ttl overflows */
+    ck_assert(kget(lc, "n", INT64_MAX, NULL, 0));
+    kset(lc, "o", "v", 1000, INT64_MIN);                /* and the other end of the clock */
+    ck_assert(kget(lc, "o", INT64_MIN, NULL, 0));
+    ck_assert(kget(lc, "k", INT64_MAX, NULL, 0));
+    ck_assert_uint_eq(cm_local_expire(lc, INT64_MAX, 4), 0);
+    cm_local_free(lc);
+}
+END_TEST
+
+/* A ttl of 240 days outlives a rebase of the 32-bit tick clock (after 186 days): it still expires
+ * at its time, neither early nor never. */
+START_TEST(test_ttl_across_clock_rebase)
+{
+    const int64_t day = 86400000;
+    struct cm_local *lc = cm_local_new(CM_LOCAL_LRU, 100, 3);
+    kset(lc, "k", "v", 240 * day, 5);
+    kset(lc, "short", "v", 1000, 5);
+    ck_assert(kget(lc, "k", 200 * day, NULL, 0));    /* rebases here */
+    ck_assert(!kget(lc, "short", 200 * day, NULL, 0));
+    ck_assert(kget(lc, "k", 240 * day + 4, NULL, 0));
+    ck_assert(!kget(lc, "k", 240 * day + 5, NULL, 0));
+    cm_local_free(lc);
+}
+END_TEST
+
+/* SPEC §12: an entry keeps the write time given to the store (10 ms resolution) and a lookup
+ * reports it; a write time in the future reads as the store's time. */
+START_TEST(test_written_time_kept)
+{
+    enum cm_local_policy pol = (enum cm_local_policy)_i;
+    struct cm_local *lc = cm_local_new(pol, 100, 3);
+    const char *v;
+    size_t vl;
+    int64_t w = -1;
+    cm_local_set(lc, "a", 1, "1", 1, 60000, 100000, 40005);
+    ck_assert(cm_local_get(lc, "a", 1, 100500, &v, &vl, &w));
+    ck_assert_int_eq(w, 40000);
+    cm_local_set(lc, "b", 1, "2", 1, -1, 100000, 900000);
+    ck_assert(cm_local_get(lc, "b", 1, 100500, &v, &vl, &w));
+    ck_assert_int_eq(w, 100000);
+    cm_local_set(lc, "a", 1, "3", 1, -1, 200000, 199990);   /* a replace takes the new time */
+    ck_assert(cm_local_get(lc, "a", 1, 200000, &v, &vl, &w));
+    ck_assert_int_eq(w, 199990);
+    /* 100 days old: older than the clock reaches back, reads as about 62 days old */
+    cm_local_set(lc, "c", 1, "4", 1, -1, 300000, 300000 - 100LL * 86400000);
+    ck_assert(cm_local_get(lc, "c", 1, 300000, &v, &vl, &w));
+    ck_assert(w < 300000 - 61LL * 86400000 && w > 300000 - 63LL * 86400000);
+    cm_local_free(lc);
+}
+END_TEST
+
+/* SPEC §15: under max_memory the engine's memory_bytes (entries, index, sketch) never exceeds the
+ * bound after a store, eviction follows the policy (recent keys stay), the capacity follows what
+ * fits, and an entry costing more than an eighth of the bound is not cached (its old value goes). */
+START_TEST(test_max_memory_bound)
+{
+    enum cm_local_policy pol = (enum cm_local_policy)_i;
+    const uint64_t max = 1 << 20;
+    struct cm_local *lc = cm_local_new_bounded(pol, CM_LOCAL_MAX_SIZE, max, 5);
+    static char val[1000];
+    memset(val, 'v', sizeof(val));
+    char key[32];
+    const int n = 20000;
+    for (int i = 0; i < n; i++) {
+        int kl = snprintf(key, sizeof(key), "key:%08d", i);
+        cm_local_set(lc, key, (size_t)kl, val, sizeof(val) - (size_t)(i % 7) * 100, -1, 0, 0);
+        ck_assert_uint_le(stats(lc).memory_bytes, max);
+    }
+    struct cm_local_stats st = stats(lc);
+    /* about 1 MB / 1 KB entries: most of the bytes hold entries */
+    ck_assert_uint_gt(st.entries, 600);
+    ck_assert_uint_gt(st.kv_bytes, max / 2);
+    ck_assert_uint_eq(st.evictions, (uint64_t)n - st.entries);
+    int recent = pol == CM_LOCAL_LRU ? 300 : 5;   /* tlfu: the window's (1%) */
+    for (int i = n - recent; i < n; i++) {
+        int kl = snprintf(key, sizeof(key), "key:%08d", i);
+        ck_assert_msg(cm_local_queue_of(lc, key, (size_t)kl) != 0, "recent %s evicted", key);
+    }
+    /* an eighth of max_memory or more is not cached, and drops the old value */
+    static char big[(1 << 20) / 8];
+    cm_local_set(lc, key, strlen(key), big, sizeof(big), -1, 0, 0);
+    ck_assert(!khas(lc, key));
+    cm_local_set(lc, "small", 5, big, sizeof(big) - 200, -1, 0, 0);
+    ck_assert(khas(lc, "small"));
+    ck_assert_uint_le(stats(lc).memory_bytes, max);
+    cm_local_free(lc);
+}
+END_TEST
+
+/* With size too, the entry bound holds as well as the byte bound. */
+START_TEST(test_max_memory_with_size)
+{
+    enum cm_local_policy pol = (enum cm_local_policy)_i;
+    struct cm_local *lc = cm_local_new_bounded(pol, 100, 1 << 20, 5);
+    char key[32];
+    for (int i = 0; i < 5000; i++) {
+        int kl = snprintf(key, sizeof(key), "key:%08d", i);
+        cm_local_set(lc, key, (size_t)kl, "v", 1, -1, 0, 0);
+        ck_assert_uint_le(stats(lc).entries, 100);
+        ck_assert_uint_le(stats(lc).memory_bytes, 1 << 20);
+    }
+    ck_assert_uint_eq(stats(lc).entries, 100);
     cm_local_free(lc);
 }
 END_TEST
@@ -543,14 +663,26 @@ START_TEST(test_storage_adapter)
     ck_assert(st->ops->remove(st, "a", 1));
     ck_assert(!cm_storage_lookup(st, "a", 1, &v, &vl, NULL));
     st->ops->store(st, "b", 1, "1", 1, 60000, 0);
+    /* the write time comes back in wall-clock ms: 0 is now, an older one keeps its age */
+    int64_t wall = cm_wall_us() / 1000, w = 0;
+    ck_assert(cm_storage_lookup(st, "b", 1, &v, &vl, &w));
+    ck_assert(w >= wall - 20 && w <= cm_wall_us() / 1000 + 20);
+    st->ops->store(st, "b", 1, "1", 1, 60000, wall - 30000);
+    ck_assert(cm_storage_lookup(st, "b", 1, &v, &vl, &w));
+    ck_assert(w >= wall - 30000 - 20 && w <= wall - 30000 + 200);
     struct cm_buf out;
     cm_buf_init(&out);
     st->ops->info(st, &out);
     cm_buf_append(&out, "", 1);
     ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "entries:1\r\n"));
     ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "memory_bytes:"));
+    ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\nmax_memory:0\r\n"));
+    ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\nkey_value_bytes:2\r\n"));
+    ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\noverhead_per_entry:"));
+    ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\nevictions:0\r\n"));
     if (conf.type == CM_ST_TYPE_TLFU) {
         ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "window:1\r\nprobation:0\r\nprotected:0\r\n"));
+        ck_assert_ptr_nonnull(strstr(cm_buf_start(&out), "\r\nprotected_max:0\r\n"));
     }
     cm_buf_deinit(&out);
     cm_storage_free(st);
@@ -571,7 +703,7 @@ START_TEST(test_memory_overhead)
     for (uint64_t i = 0; i < n; i++) {
         char key[32];
         int kl = snprintf(key, sizeof(key), "user:%010llu", (unsigned long long)i);
-        cm_local_set(lc, key, (size_t)kl, "vvvvvvvv", 8, -1, 0);
+        cm_local_set(lc, key, (size_t)kl, "vvvvvvvv", 8, -1, 0, 0);
         kv += (uint64_t)kl + 8;
     }
     double over = ((double)(cm_alloc_used() - before) - (double)kv) / (double)n;
@@ -592,6 +724,11 @@ static Suite *local_suite(void)
     tcase_add_test(tc, test_index_matches_model);
     tcase_add_test(tc, test_many_entries_and_binary);
     tcase_add_loop_test(tc, test_ttl_never_returned_and_replaced, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
+    tcase_add_loop_test(tc, test_issue_14_huge_ttl_never_expires, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
+    tcase_add_test(tc, test_ttl_across_clock_rebase);
+    tcase_add_loop_test(tc, test_written_time_kept, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
+    tcase_add_loop_test(tc, test_max_memory_bound, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
+    tcase_add_loop_test(tc, test_max_memory_with_size, CM_LOCAL_LRU, CM_LOCAL_TLFU + 1);
     tcase_add_test(tc, test_expire_sampling_reclaims);
     tcase_add_test(tc, test_tlfu_queue_movement);
     tcase_add_test(tc, test_tlfu_admission_resists_scan);
