@@ -167,6 +167,8 @@ class Conn:
                 data = await self.reader.read(1 << 18)
             else:
                 data = await asyncio.wait_for(self.reader.read(1 << 18), timeout)
+        except asyncio.TimeoutError:
+            raise   # (a TimeoutError is an OSError since Python 3.11: not a closed connection)
         except (ConnectionError, OSError):
             data = b""
         if not data:
@@ -404,6 +406,22 @@ loader_timeout = {LOADER_TIMEOUT}
             pass
         return None
 
+    def sockets(self):
+        """cachemed's TCP connections by peer: clients, origin, other ports (ss -tnp)."""
+        try:
+            out = subprocess.run(["ss", "-Htnp"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        c = collections.Counter()
+        for line in out.splitlines():
+            f = line.split()
+            if len(f) < 6 or "pid=%d," % self.daemon.pid not in f[5]:
+                continue
+            local, peer = f[3].rsplit(":", 1)[1], f[4].rsplit(":", 1)[1]
+            c["clients" if local == str(self.port) else
+              "origin" if peer == str(self.origin_port) else "port " + peer] += 1
+        return dict(c)
+
     def nfds(self):
         try:
             return len(os.listdir("/proc/%d/fd" % self.daemon.pid))
@@ -426,7 +444,14 @@ loader_timeout = {LOADER_TIMEOUT}
         return "%s:%d" % (node, int(self.keys * rng.random() ** 2))
 
     def request(self, mix="normal"):
-        """One (cmd, args, keys)."""
+        """One (cmd, args, keys); a command of --without is sent as a GET instead."""
+        req = self.request_any(mix)
+        if req[0] in self.args.without:
+            k = self.key()
+            return ("GET", ["GET", k], [k])
+        return req
+
+    def request_any(self, mix):
         rng = self.rng
         r = rng.random()
         if mix == "hostile":   # what disconnecting clients send: slow things, supersedes
@@ -461,7 +486,7 @@ loader_timeout = {LOADER_TIMEOUT}
     def batch(self, mix="normal"):
         n = self.rng.choice((1, 1, 1, 1, 2, 3, 5, 8, 16))
         reqs = [self.request(mix) for _ in range(n)]
-        if self.rng.random() < 0.05:
+        if self.rng.random() < 0.05 and "REFRESH" not in self.args.without:
             # one key asked, refreshed and superseded in one write (issue 14 defect 1's shape)
             k = self.key(self.rng.choice(NODES))
             reqs += [("GET", ["GET", k], [k]), ("REFRESH", ["REFRESH", k], [k]),
@@ -597,7 +622,7 @@ loader_timeout = {LOADER_TIMEOUT}
             reqs = []
             for _ in range(rng.randrange(1, 30)):
                 reqs.append(self.request("hostile"))
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and "REFRESH" not in self.args.without:
                 k = self.key(rng.choice(NODES))
                 reqs += [("REFRESH", ["REFRESH", k], [k]), ("SET", ["SET", k, json.dumps({"k": k})], [k])]
             c.send(reqs)
@@ -763,6 +788,9 @@ loader_timeout = {LOADER_TIMEOUT}
                  % (self.daemon.pid, self.port, a.bin, self.origin_port, len(roles),
                     a.clients - 2 * (a.clients // 10), a.clients // 10, a.clients // 10, a.secs))
         self.fds0 = self.nfds()
+        self.fds_open = self.fds_closed = None
+        self.fds_closed_secs = 0.0
+        self.socks_closed = {}
         mon = asyncio.create_task(self.monitor())
         faults = asyncio.create_task(self.faults())
         clients = [asyncio.create_task(r()) for r in roles]
@@ -777,19 +805,27 @@ loader_timeout = {LOADER_TIMEOUT}
             if t.exception() is not None and not isinstance(t.exception(), asyncio.CancelledError):
                 self.stats.bad_reply("client task failed", repr(t.exception()))
         await mon
+        # Descriptors with our connections open, then once they are all closed (a leak shows).
+        self.fds_open = self.nfds()
+        for c in self.stats.stay_conns:
+            if c.writer is not None and not c.writer.transport.is_closing():
+                c.writer.transport.abort()
+        t = time.monotonic()
+        while time.monotonic() - t < 20:
+            await asyncio.sleep(0.5)
+            self.fds_closed = self.nfds()
+            if self.fds_closed is None or self.fds_closed <= self.fds0:
+                break
+        self.fds_closed_secs = time.monotonic() - t
+        self.socks_closed = self.sockets()
 
     # ---- the end --------------------------------------------------------------------------------
 
     def final_checks(self):
-        """Connections still open, fds, then SIGTERM: exit status and sanitizer reports."""
-        res = {}
+        """SIGTERM: exit status and sanitizer reports."""
+        res = {"fds_start": self.fds0, "fds_end_open": self.fds_open,
+               "fds_end_closed": self.fds_closed}
         if self.daemon.poll() is None:
-            res["fds_start"], res["fds_end_open"] = self.fds0, self.nfds()
-            for c in self.stats.stay_conns:
-                if c.writer is not None and not c.writer.transport.is_closing():
-                    c.writer.transport.abort()
-            time.sleep(1)
-            res["fds_end_closed"] = self.nfds()
             self.daemon.send_signal(signal.SIGTERM)
             try:
                 self.daemon.wait(60)
@@ -855,8 +891,10 @@ loader_timeout = {LOADER_TIMEOUT}
         slope = self.slope()
         print("RSS slope after %ds warm-up: %s KB/min (limit %d)"
               % (a.warmup, "n/a" if slope is None else "%.1f" % slope, a.max_slope))
-        print("descriptors: %s at start, %s at the end with clients open, %s after they closed"
-              % (fin.get("fds_start"), fin.get("fds_end_open"), fin.get("fds_end_closed")))
+        print("descriptors: %s at start, %s at the end with clients open, %s %.1f s after they "
+              "closed" % (fin.get("fds_start"), fin.get("fds_end_open"), fin.get("fds_end_closed"),
+                          self.fds_closed_secs))
+        print("  cachemed's TCP connections then: %s" % self.socks_closed)
         crash = self.crashed or fin.get("sigterm") or ""
         if not crash and fin["exit"] != 0:
             crash = "exit status %s on SIGTERM" % fin["exit"]
@@ -897,11 +935,14 @@ def main():
     ap.add_argument("--sql", choices=("pg", "sqlite"), default=env("SOAK_SQL", "pg"))
     ap.add_argument("--log-level", default=env("SOAK_LOG_LEVEL", "info"))
     ap.add_argument("--seed", type=int, default=int(env("SOAK_SEED", "1")))
+    ap.add_argument("--without", default=env("SOAK_WITHOUT", ""),
+                    help="commands left out of the mix, comma-separated (say REFRESH)")
     ap.add_argument("--dir", required=True, help="work dir (config, logs, pids)")
     args = ap.parse_args()
     if args.warmup is None:
         args.warmup = min(120, args.secs // 3)
     args.bin = os.path.abspath(args.bin)
+    args.without = {w.strip().upper() for w in args.without.split(",") if w.strip()}
     run = Run(args)
     rc = 1
     try:
