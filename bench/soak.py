@@ -734,6 +734,9 @@ loader_timeout = {LOADER_TIMEOUT}
             # with empty ones (the reset clears the rules too).
             await asyncio.to_thread(self.origin_ctl, "/__reset")
             await asyncio.to_thread(self.base_rules)
+            if not self.args.faults:
+                await self.sleep_until_stop(CYCLE)
+                continue
             if await at(5):
                 await self.origin_fault("lr", 10, status=500)
             if await at(15):
@@ -781,12 +784,15 @@ loader_timeout = {LOADER_TIMEOUT}
     async def main(self):
         a = self.args
         self.end = self.t0 + a.secs
-        roles = [self.normal_client] * (a.clients - 2 * (a.clients // 10)) + \
-            [self.slow_reader] * (a.clients // 10) + [self.disconnector] * (a.clients // 10)
+        nslow = a.clients // 10 if a.slow is None else a.slow
+        ndisc = a.clients // 10 if a.disconnectors is None else a.disconnectors
+        nnormal = max(0, a.clients - nslow - ndisc)
+        roles = [self.normal_client] * nnormal + [self.slow_reader] * nslow + \
+            [self.disconnector] * ndisc
         self.log("cachemed pid %d on port %d (%s), origin port %d, %d clients "
-                 "(%d normal, %d slow readers, %d disconnectors), %ds"
+                 "(%d normal, %d slow readers, %d disconnectors), %ds, faults %s"
                  % (self.daemon.pid, self.port, a.bin, self.origin_port, len(roles),
-                    a.clients - 2 * (a.clients // 10), a.clients // 10, a.clients // 10, a.secs))
+                    nnormal, nslow, ndisc, a.secs, "on" if a.faults else "off"))
         self.fds0 = self.nfds()
         self.fds_open = self.fds_closed = None
         self.fds_closed_secs = 0.0
@@ -937,6 +943,12 @@ def main():
     ap.add_argument("--seed", type=int, default=int(env("SOAK_SEED", "1")))
     ap.add_argument("--without", default=env("SOAK_WITHOUT", ""),
                     help="commands left out of the mix, comma-separated (say REFRESH)")
+    ap.add_argument("--slow", type=int, default=None if env("SOAK_SLOW") is None else
+                    int(env("SOAK_SLOW")), help="slow readers (default: a tenth of the clients)")
+    ap.add_argument("--disconnectors", type=int, default=None if env("SOAK_DISC") is None else
+                    int(env("SOAK_DISC")), help="disconnecting clients (default: a tenth)")
+    ap.add_argument("--faults", type=int, default=int(env("SOAK_FAULTS", "1")),
+                    help="0: no Redis or origin faults")
     ap.add_argument("--dir", required=True, help="work dir (config, logs, pids)")
     args = ap.parse_args()
     if args.warmup is None:

@@ -10,7 +10,9 @@
 #
 # Other knobs (env): SOAK_KEYS ids per node (1000), SOAK_THINK mean seconds between a client's
 # batches (0.05), SOAK_MAX_SLOPE RSS KB/min allowed after warm-up (1024), SOAK_SQL pg|sqlite (pg),
-# SOAK_LOG_LEVEL (info), SOAK_SEED (1), SOAK_WITHOUT commands left out (say REFRESH), SOAK_KEEP=1 keeps the work dir (always kept on failure).
+# SOAK_LOG_LEVEL (info), SOAK_SEED (1), SOAK_WITHOUT commands left out (say REFRESH), SOAK_SLOW
+# and SOAK_DISC slow readers and disconnecting clients (a tenth of the clients each), SOAK_FAULTS=0
+# no Redis/origin faults, SOAK_KEEP=1 keeps the work dir (always kept on failure).
 # Exit status: 0 when every request of a client that stayed was answered, no reply was wrong, the
 # daemon did not crash and exited 0 on SIGTERM, and the RSS slope is under the limit.
 set -uo pipefail
