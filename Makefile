@@ -25,7 +25,7 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all deps test unit integration asan asan-build fuzz bench bench-hitratio bench-trace \
+.PHONY: all deps test unit integration asan asan-build fuzz bench bench-hitratio bench-trace soak \
         conftest format clean demo
 
 all: $(BUILD)/cachemed cachemed
@@ -104,6 +104,11 @@ bench-hitratio: all bench-bins
 
 bench-trace: all bench-bins
 	@bench/trace.sh
+
+# 10 minutes (SOAK_SECS) of ~200 clients with faults injected; not part of `make test`. Knobs:
+# bench/soak.sh. SOAK_BIN=build/asan/cachemed (after `make asan-build`) soaks the ASan build.
+soak: all
+	@bench/soak.sh
 
 conftest: all
 	./cachemed --check -c cachemed.conf.example

@@ -122,6 +122,7 @@ class Stats:
         self.server_closed = collections.Counter()    # role -> connections the server closed
         self.server_closed_unanswered = 0
         self.stalls = 0                          # replies that took > STALL_SECS
+        self.max_latency = (0.0, "", [])         # slowest reply to a client that reads
         self.connect_errors = collections.Counter()
         self.stay_conns = []                     # every connection that was not dropped on purpose
 
@@ -154,8 +155,9 @@ class Conn:
         """reqs: list of (cmd, args, keys). Writes them in one write."""
         self.writer.write(b"".join(encode(args) for _, args, _ in reqs))
         st = self.run.stats
+        now = time.monotonic()
         for cmd, _, keys in reqs:
-            self.pending.append((cmd, keys))
+            self.pending.append((cmd, keys, now))
             st.cmds[cmd] += 1
         self.sent += len(reqs)
         st.sent[self.role] += len(reqs)
@@ -185,7 +187,10 @@ class Conn:
                 if not self.pending:
                     self.run.stats.bad_reply("reply with no request", repr(val))
                     continue
-                cmd, keys = self.pending.popleft()
+                cmd, keys, t_sent = self.pending.popleft()
+                lat = time.monotonic() - t_sent
+                if lat > self.run.stats.max_latency[0] and self.role != "slow":
+                    self.run.stats.max_latency = (lat, cmd, keys[:3])
                 self.answered += 1
                 self.run.stats.answered[self.role] += 1
                 self.run.check(cmd, keys, val)
@@ -207,9 +212,10 @@ class Conn:
             except asyncio.TimeoutError:
                 if deadline - time.monotonic() > 0:
                     self.run.stats.stalls += 1
-                    self.run.log("stall: %s client, %d requests unanswered for %ds, first %s %s"
-                                 % (self.role, len(self.pending), STALL_SECS, self.pending[0][0],
-                                    self.pending[0][1][:3]))
+                    if self.run.stats.stalls <= 30:
+                        self.run.log("stall: %s client, %d requests unanswered for %ds, first %s %s"
+                                     % (self.role, len(self.pending), STALL_SECS,
+                                        self.pending[0][0], self.pending[0][1][:3]))
         return True
 
     async def write_drain(self, timeout):
@@ -240,8 +246,9 @@ class Conn:
         st = self.run.stats
         st.server_closed[self.role] += 1
         st.server_closed_unanswered += len(self.pending)
-        self.run.log("server closed a %s connection with %d requests in flight"
-                     % (self.role, len(self.pending)))
+        if sum(st.server_closed.values()) <= 30:
+            self.run.log("server closed a %s connection with %d requests in flight"
+                         % (self.role, len(self.pending)))
         if self.writer is not None:
             self.writer.transport.abort()
 
@@ -721,6 +728,15 @@ loader_timeout = {LOADER_TIMEOUT}
         return self.fault("origin /%s/ %s" % (node, rule), start, stop, secs)
 
     async def faults(self):
+        """Runs the schedule; a failed control request is logged, not fatal."""
+        while not self.stop.is_set():
+            try:
+                await self.fault_schedule()
+            except (OSError, ValueError) as e:
+                self.log("fault schedule: %r (retried in 5 s)" % e)
+                await self.sleep_until_stop(5)
+
+    async def fault_schedule(self):
         """The schedule, every CYCLE seconds (offsets in seconds)."""
         cycle = 0
         while not self.stop.is_set():
@@ -870,12 +886,13 @@ loader_timeout = {LOADER_TIMEOUT}
         ans_stay = sum(c.answered for c in stayed)
         print("clients that stayed (%d connections): sent %d, answered %d, UNANSWERED %d"
               % (len(stayed), sent_stay, ans_stay, unanswered))
-        print("  of which on connections the server closed: %d connections, %d requests"
-              % (sum(st.server_closed.values()), st.server_closed_unanswered))
+        print("  of which on connections the server closed: %d requests (connections: %s)"
+              % (st.server_closed_unanswered, dict(st.server_closed) or 0))
         print("dropped on purpose: %d connections with %d requests in flight"
               % (st.dropped_conns, st.abandoned))
         print("commands: " + ", ".join("%s %d" % kv for kv in st.cmds.most_common()))
-        print("stalls (a reply > %ds late): %d" % (STALL_SECS, st.stalls))
+        print("stalls (no reply for %ds while one was due): %d; slowest reply to a reading client: "
+              "%.1f s (%s %s)" % (STALL_SECS, st.stalls, *st.max_latency))
         print("errors by kind:")
         for kind, n in st.errors.most_common(25):
             print("  %8d  %s" % (n, kind))
