@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
+import http.client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PY = "/usr/bin/python3"
@@ -41,6 +41,20 @@ CYCLE = 60                           # seconds of one fault schedule
 STALL_SECS = 15                      # a reply later than this is reported as a stall
 LOADER_TIMEOUT = "1s"
 HANG_MS = 2500                       # > LOADER_TIMEOUT: a hang is a load timeout
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    """HTTP over the origin's Unix socket: control requests do not queue behind the thousands of
+    loader connections its TCP port may have waiting to be accepted."""
+
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
 
 
 class EOFFromServer(Exception):
@@ -266,6 +280,7 @@ class Run:
         self.rss = []                       # (seconds since start, KB)
         self.faults_active = set()
         self.redis_stopped = False
+        self.ctl_retries = 0                # origin control requests that had to be retried
         self.work = args.dir
         self.port = None
         self.origin = self.daemon = None
@@ -282,9 +297,10 @@ class Run:
             f.write("%d\n" % pid)
 
     def start_origin(self):
+        self.ctl_sock = os.path.join(self.work, "origin.sock")
         self.origin_log = open(os.path.join(self.work, "origin.log"), "w")
         self.origin = subprocess.Popen(
-            [PY, os.path.join(ROOT, "tests", "origin.py"), "--port", "0"],
+            [PY, os.path.join(ROOT, "tests", "origin.py"), "--port", "0", "--unix", self.ctl_sock],
             stdout=subprocess.PIPE, stderr=self.origin_log, text=True)
         self.record_pid(self.origin.pid)
         line = self.origin.stdout.readline().split()
@@ -292,11 +308,29 @@ class Run:
             raise RuntimeError("origin did not start")
         self.origin_port = int(line[-1])
 
-    def origin_ctl(self, path, body=None):
-        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.origin_port, path),
-                                     data=None if body is None else json.dumps(body).encode())
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read() or b"null")
+    def origin_ctl(self, path, body=None, secs=60):
+        """One control request; retried for up to secs: when the daemon's loader opens thousands
+        of connections to it, the origin (one Python thread) can be unresponsive for seconds."""
+        deadline = time.monotonic() + secs
+        while True:
+            try:
+                return self.origin_ctl_once(path, body)
+            except (OSError, ValueError, http.client.HTTPException):
+                self.ctl_retries += 1
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    def origin_ctl_once(self, path, body):
+        c = UnixHTTP(self.ctl_sock, 5)
+        try:
+            if body is None:
+                c.request("GET", path)
+            else:
+                c.request("POST", path, json.dumps(body).encode())
+            return json.loads(c.getresponse().read() or b"null")
+        finally:
+            c.close()
 
     def base_rules(self):
         """Every node's path answers after a short delay (flights overlap), big values, keys that
@@ -428,6 +462,15 @@ loader_timeout = {LOADER_TIMEOUT}
             c["clients" if local == str(self.port) else
               "origin" if peer == str(self.origin_port) else "port " + peer] += 1
         return dict(c)
+
+    @staticmethod
+    def cpu_secs(pid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
 
     def nfds(self):
         try:
@@ -732,7 +775,7 @@ loader_timeout = {LOADER_TIMEOUT}
         while not self.stop.is_set():
             try:
                 await self.fault_schedule()
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, http.client.HTTPException) as e:
                 self.log("fault schedule: %r (retried in 5 s)" % e)
                 await self.sleep_until_stop(5)
 
@@ -812,6 +855,7 @@ loader_timeout = {LOADER_TIMEOUT}
         self.fds0 = self.nfds()
         self.fds_open = self.fds_closed = None
         self.fds_closed_secs = 0.0
+        self.cpu = (None, None, None)
         self.socks_closed = {}
         mon = asyncio.create_task(self.monitor())
         faults = asyncio.create_task(self.faults())
@@ -827,6 +871,9 @@ loader_timeout = {LOADER_TIMEOUT}
             if t.exception() is not None and not isinstance(t.exception(), asyncio.CancelledError):
                 self.stats.bad_reply("client task failed", repr(t.exception()))
         await mon
+        t = os.times()
+        self.cpu = (self.cpu_secs(self.daemon.pid), self.cpu_secs(self.origin.pid),
+                    t.user + t.system)
         # Descriptors with our connections open, then once they are all closed (a leak shows).
         self.fds_open = self.nfds()
         for c in self.stats.stay_conns:
@@ -925,6 +972,8 @@ loader_timeout = {LOADER_TIMEOUT}
             crash += " %d sanitizer report(s) in the log" % fin["sanitizer"]
         print("crashes: %s" % (crash or "0 (alive at the end, exit 0 on SIGTERM, no sanitizer "
                                         "report)"))
+        print("CPU seconds: cachemed %s, origin %s, this driver %.0f" % self.cpu)
+        print("origin control requests retried (origin unresponsive for 5 s): %d" % self.ctl_retries)
         print("cachemed log: %d bytes (%s)" % (fin["log_bytes"], self.daemon_log_path))
         if crash:
             print("---- end of cachemed log ----\n" + self.log_tail(60))
@@ -983,6 +1032,7 @@ def main():
             def on_signal():
                 run.log("interrupted: stopping")
                 run.end = time.monotonic()
+                args.drain = 3
                 run.stop.set()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal)
