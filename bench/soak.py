@@ -137,6 +137,7 @@ class Stats:
         self.server_closed_unanswered = 0
         self.stalls = 0                          # replies that took > STALL_SECS
         self.max_latency = (0.0, "", [])         # slowest reply to a client that reads
+        self.late = 0                            # replies to such clients after --max-latency
         self.connect_errors = collections.Counter()
         self.stay_conns = []                     # every connection that was not dropped on purpose
 
@@ -203,8 +204,12 @@ class Conn:
                     continue
                 cmd, keys, t_sent = self.pending.popleft()
                 lat = time.monotonic() - t_sent
-                if lat > self.run.stats.max_latency[0] and self.role != "slow":
-                    self.run.stats.max_latency = (lat, cmd, keys[:3])
+                if self.role != "slow":
+                    # (a slow reader's replies wait for it on purpose)
+                    if lat > self.run.stats.max_latency[0]:
+                        self.run.stats.max_latency = (lat, cmd, keys[:3])
+                    if lat > self.run.args.max_latency:
+                        self.run.stats.late += 1
                 self.answered += 1
                 self.run.stats.answered[self.role] += 1
                 self.run.check(cmd, keys, val)
@@ -726,9 +731,11 @@ loader_timeout = {LOADER_TIMEOUT}
             await start()
             await self.sleep_until_stop(secs)
         finally:
-            await stop()
-            self.faults_active.discard(name)
-            self.log("fault off: " + name)
+            try:
+                await stop()
+                self.log("fault off: " + name)
+            finally:
+                self.faults_active.discard(name)
 
     async def sleep_until_stop(self, secs):
         try:
@@ -939,7 +946,9 @@ loader_timeout = {LOADER_TIMEOUT}
               % (st.dropped_conns, st.abandoned))
         print("commands: " + ", ".join("%s %d" % kv for kv in st.cmds.most_common()))
         print("stalls (no reply for %ds while one was due): %d; slowest reply to a reading client: "
-              "%.1f s (%s %s)" % (STALL_SECS, st.stalls, *st.max_latency))
+              "%.1f s (%s %s); LATE replies (after %ds): %d" % (STALL_SECS, st.stalls,
+                                                                *st.max_latency, a.max_latency,
+                                                                st.late))
         print("errors by kind:")
         for kind, n in st.errors.most_common(25):
             print("  %8d  %s" % (n, kind))
@@ -984,6 +993,8 @@ loader_timeout = {LOADER_TIMEOUT}
             fails.append("crash")
         if nbad:
             fails.append("%d wrong/malformed replies" % nbad)
+        if st.late:
+            fails.append("%d replies later than %ds" % (st.late, a.max_latency))
         if slope is None or slope > a.max_slope:
             fails.append("RSS slope %s" % ("n/a" if slope is None else "%.1f KB/min" % slope))
         print("RESULT: " + ("FAIL (" + "; ".join(fails) + ")" if fails else "PASS"))
@@ -1003,6 +1014,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=None, help="default: min(120, secs / 3)")
     ap.add_argument("--max-slope", type=int, default=int(env("SOAK_MAX_SLOPE", "1024")),
                     help="KB/min")
+    ap.add_argument("--max-latency", type=int, default=int(env("SOAK_MAX_LATENCY", "15")),
+                    help="seconds: a later reply to a client that reads fails the run (a load "
+                    "ends within its loader_timeout, 1 s here, storage ops within 0.5-1 s)")
     ap.add_argument("--drain", type=int, default=30, help="seconds for the last replies")
     ap.add_argument("--sql", choices=("pg", "sqlite"), default=env("SOAK_SQL", "pg"))
     ap.add_argument("--log-level", default=env("SOAK_LOG_LEVEL", "info"))

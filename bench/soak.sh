@@ -12,9 +12,11 @@
 # batches (0.05), SOAK_MAX_SLOPE RSS KB/min allowed after warm-up (1024), SOAK_SQL pg|sqlite (pg),
 # SOAK_LOG_LEVEL (info), SOAK_SEED (1), SOAK_WITHOUT commands left out (say REFRESH), SOAK_SLOW
 # and SOAK_DISC slow readers and disconnecting clients (a tenth of the clients each), SOAK_FAULTS=0
-# no Redis/origin faults, SOAK_KEEP=1 keeps the work dir (always kept on failure).
-# Exit status: 0 when every request of a client that stayed was answered, no reply was wrong, the
-# daemon did not crash and exited 0 on SIGTERM, and the RSS slope is under the limit.
+# no Redis/origin faults, SOAK_MAX_LATENCY seconds a reply to a reading client may take (15),
+# SOAK_KEEP=1 keeps the work dir (always kept on failure).
+# Exit status: 0 when every request of a client that stayed was answered (within SOAK_MAX_LATENCY
+# for clients that read), no reply was wrong, the daemon did not crash and exited 0 on SIGTERM,
+# and the RSS slope is under the limit.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +34,7 @@ chmod 755 "$base" # PostgreSQL runs as user postgres and must reach $base/srv
 driver=""
 rc=1
 
+# shellcheck disable=SC2317 # (runs from the trap)
 cleanup() {
     local pid
     trap - EXIT INT TERM
