@@ -40,7 +40,8 @@ BIG = 200 * 1024                     # bytes of a loc:big<n> value
 CYCLE = 60                           # seconds of one fault schedule
 STALL_SECS = 15                      # a reply later than this is reported as a stall
 LOADER_TIMEOUT = "1s"
-HANG_MS = 2500                       # > LOADER_TIMEOUT: a hang is a load timeout
+HANG_MS = 1500                       # > LOADER_TIMEOUT: a hang is a load timeout (short: the
+                                     # origin holds a connection as long, one Python thread)
 
 
 class UnixHTTP(http.client.HTTPConnection):
