@@ -35,7 +35,9 @@ import http.client
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PY = "/usr/bin/python3"
 
-NODES = ("loc", "lr", "ro", "sq")   # local-only, [local, redis], redis-only, SQL
+# node -> (caches, serializer): local-only, [local, redis], redis-only, SQL
+NODES = {"loc": ("tl:30s", "raw"), "lr": ("mem:5s, shared:60s", "msgpack"),
+         "ro": ("shared:30s", "json"), "sq": ("sql:60s", "json")}
 BIG = 200 * 1024                     # bytes of a loc:big<n> value
 CYCLE = 60                           # seconds of one fault schedule
 STALL_SECS = 15                      # a reply later than this is reported as a stall
@@ -374,37 +376,10 @@ timeout = 500ms
 [storage sql]
 {sql}timeout = 1s
 
-[node loc]
-key = loc:{{id}}
-version = v1
-caches = tl:30s
-loader = {o}/loc/{{id}}
-loader_timeout = {LOADER_TIMEOUT}
-
-[node lr]
-key = lr:{{id}}
-version = v1
-caches = mem:5s, shared:60s
-serializer = msgpack
-loader = {o}/lr/{{id}}
-loader_timeout = {LOADER_TIMEOUT}
-
-[node ro]
-key = ro:{{id}}
-version = v1
-caches = shared:30s
-serializer = json
-loader = {o}/ro/{{id}}
-loader_timeout = {LOADER_TIMEOUT}
-
-[node sq]
-key = sq:{{id}}
-version = v1
-caches = sql:60s
-serializer = json
-loader = {o}/sq/{{id}}
-loader_timeout = {LOADER_TIMEOUT}
-"""
+""" + "".join(
+            "[node %s]\nkey = %s:{id}\nversion = v1\ncaches = %s\nserializer = %s\n"
+            "loader = %s/%s/{id}\nloader_timeout = %s\n\n"
+            % (n, n, caches, ser, o, n, LOADER_TIMEOUT) for n, (caches, ser) in NODES.items())
 
     def start_daemon(self):
         with socket.socket() as s:
@@ -488,7 +463,7 @@ loader_timeout = {LOADER_TIMEOUT}
 
     def key(self, node=None):
         rng = self.rng
-        node = node or rng.choice(NODES)
+        node = node or rng.choice(list(NODES))
         r = rng.random()
         if node == "loc" and r < 0.02:
             return "loc:big%d" % rng.randrange(20)
@@ -521,7 +496,7 @@ loader_timeout = {LOADER_TIMEOUT}
                 keys.append(keys[0])      # duplicate keys: answered once each, in order
             return ("MGET", ["MGET"] + keys, keys)
         if r < 0.72:
-            k = self.key(rng.choice(NODES))
+            k = self.key(rng.choice(list(NODES)))
             val = json.dumps({"k": k, "s": rng.randrange(1 << 30)})
             args = ["SET", k, val]
             if rng.random() < 0.3:
@@ -544,7 +519,7 @@ loader_timeout = {LOADER_TIMEOUT}
         reqs = [self.request(mix) for _ in range(n)]
         if self.rng.random() < 0.05 and "REFRESH" not in self.args.without:
             # one key asked, refreshed and superseded in one write (issue 14 defect 1's shape)
-            k = self.key(self.rng.choice(NODES))
+            k = self.key(self.rng.choice(list(NODES)))
             reqs += [("GET", ["GET", k], [k]), ("REFRESH", ["REFRESH", k], [k]),
                      self.rng.choice((("DEL", ["DEL", k], [k]),
                                       ("SET", ["SET", k, json.dumps({"k": k, "s": 0})], [k])))]
@@ -679,7 +654,7 @@ loader_timeout = {LOADER_TIMEOUT}
             for _ in range(rng.randrange(1, 30)):
                 reqs.append(self.request("hostile"))
             if rng.random() < 0.5 and "REFRESH" not in self.args.without:
-                k = self.key(rng.choice(NODES))
+                k = self.key(rng.choice(list(NODES)))
                 reqs += [("REFRESH", ["REFRESH", k], [k]), ("SET", ["SET", k, json.dumps({"k": k})], [k])]
             c.send(reqs)
             try:
