@@ -26,6 +26,7 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all deps test unit integration asan asan-build fuzz bench bench-hitratio bench-trace bench-mem \
+        soak \
         conftest format clean demo
 
 all: $(BUILD)/cachemed cachemed
@@ -108,6 +109,11 @@ bench-trace: all bench-bins
 # Bytes per key of 1M SETs, daemon (lru, tlfu; glibc, jemalloc, mimalloc) vs redis-server.
 bench-mem: all
 	@bench/mem.sh
+
+# 10 minutes (SOAK_SECS) of ~200 clients with faults injected; not part of `make test`. Knobs:
+# bench/soak.sh. SOAK_BIN=build/asan/cachemed (after `make asan-build`) soaks the ASan build.
+soak: all
+	@bench/soak.sh
 
 conftest: all
 	./cachemed --check -c cachemed.conf.example
