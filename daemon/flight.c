@@ -72,6 +72,7 @@ struct flight {
     uint64_t seq;                  /* creation order (engine-wide) */
     uint64_t load_seq;             /* the engine's sequence when its load started */
     bool superseded;               /* a later mutation happened: write nothing */
+    bool trial;                    /* its load is the breaker's trial */
     bool answered;                 /* waiters have their reply */
     size_t cklen;
     struct cm_waiter *waiters;     /* &waiter0, or an owned array once a second waiter joins */
@@ -111,8 +112,16 @@ struct keyent {
     char skey[];                   /* storage key, NUL-terminated, allocated with the entry */
 };
 
+/* A node's breaker (SPEC §12 `breaker = K, T`). */
+struct breaker {
+    int failures;                  /* consecutive failed origin requests */
+    int64_t open_until_ms;         /* 0: closed; else open until then, then one trial */
+    bool trial_out;                /* the trial load is at the origin */
+};
+
 struct cm_flights {
     struct cm_flight_env env;
+    struct breaker *breakers;      /* one per node */
     struct keyent **buckets;
     size_t nbuckets;
     size_t count;
@@ -149,6 +158,7 @@ struct cm_flights *cm_flights_new(const struct cm_flight_env *env)
 {
     struct cm_flights *fl = cm_calloc(1, sizeof(*fl));
     fl->env = *env;
+    fl->breakers = cm_calloc(env->nnodes ? env->nnodes : 1, sizeof(*fl->breakers));
     fl->nbuckets = 1024;
     fl->buckets = cm_calloc(fl->nbuckets, sizeof(*fl->buckets));
     fl->pending = cm_calloc(env->nstorages ? env->nstorages : 1, sizeof(*fl->pending));
@@ -166,6 +176,7 @@ void cm_flights_free(struct cm_flights *fl)
         cm_assert(fl->pending[i] == NULL);   /* flushed before the storages closed */
     }
     event_free(fl->flush_ev);
+    cm_free(fl->breakers);
     cm_free(fl->pending);
     cm_free(fl->buckets);
     cm_free(fl);
@@ -696,6 +707,62 @@ void cm_flights_close_loader(struct cm_flights *fl)
     }
 }
 
+/* ---- the breaker (SPEC §12) ---- */
+
+static struct breaker *breaker_of(struct cm_flights *fl, const struct cm_node *node)
+{
+    return &fl->breakers[node - fl->env.nodes];
+}
+
+/* Whether f may call the origin now. Open: no, until T has passed; then f goes as the one trial
+ * load, and while it is out the others are refused as while open. */
+static bool breaker_allows(struct flight *f)
+{
+    const struct cm_conf_node *c = f->node->conf;
+    struct breaker *b = breaker_of(f->fl, f->node);
+    if (c->breaker_failures <= 0 || b->open_until_ms == 0) {
+        return true;
+    }
+    if (b->trial_out || cm_now_ms() < b->open_until_ms) {
+        return false;
+    }
+    b->trial_out = true;
+    f->trial = true;
+    return true;
+}
+
+/* An origin request of f's node ended: ok (200/404) closes the breaker; a failure counts, and
+ * the K-th in a row (or a failed trial) opens it for T. Queue timeouts are not the origin's. */
+static void breaker_note(struct flight *f, bool ok)
+{
+    const struct cm_conf_node *c = f->node->conf;
+    struct breaker *b = breaker_of(f->fl, f->node);
+    if (c->breaker_failures <= 0) {
+        return;
+    }
+    if (f->trial) {
+        b->trial_out = false;
+    }
+    if (ok) {
+        b->failures = 0;
+        b->open_until_ms = 0;
+        return;
+    }
+    b->failures++;
+    if (f->trial || (b->open_until_ms == 0 && b->failures >= c->breaker_failures)) {
+        b->open_until_ms = cm_now_ms() + c->breaker_open_ms;
+        f->node->stats.breaker_open_count++;
+        cm_log(CM_LOG_WARN, "node %s: breaker open for %lld ms after %d failed loads",
+               f->node->name, (long long)c->breaker_open_ms, b->failures);
+    }
+}
+
+int cm_flights_breaker_state(const struct cm_flights *fl, const struct cm_node *node)
+{
+    const struct breaker *b = &fl->breakers[node - fl->env.nodes];
+    return b->trial_out ? 2 : b->open_until_ms != 0 ? 1 : 0;
+}
+
 /* ---- loads ---- */
 
 /* The error every waiter of a failed load gets. */
@@ -728,6 +795,9 @@ static void on_load(struct cm_load_result *r, void *arg)
     const char *reason = r->reason;
     ke->refs++;   /* resolve may end f; the waiting loads start after it */
     load_over(f);
+    if (!r->queue_timeout) {
+        breaker_note(f, r->outcome != CM_LOAD_FAILED);
+    }
     switch (r->outcome) {
     case CM_LOAD_OK:
         if (node->conf->serializer != CM_SER_RAW &&
@@ -807,6 +877,10 @@ static void want_load(struct flight *f)
     if (ke->next_refresh == f) {
         ke->next_refresh = NULL;   /* later REFRESHes need a load that starts after them */
     }
+    if (!breaker_allows(f)) {
+        fail_load(f, "origin unavailable (breaker open)");
+        return;
+    }
     struct cm_params params;
     struct cm_buf url;
     cm_buf_init(&url);
@@ -824,6 +898,9 @@ static void want_load(struct flight *f)
     if (rc != CM_OK) {
         ke->refs++;
         load_over(f);
+        if (f->trial) {
+            breaker_of(fl, node)->trial_out = false;   /* not the origin's doing */
+        }
         fail_load(f, "loader unavailable");
         ke->refs--;
         ke_run(fl, ke);

@@ -64,6 +64,8 @@ size_t cm_flights_active(const struct cm_flights *fl);
  * the reads gathered so far are sent (for their storages to fail). Flights still running end as
  * their storages and the loader fail what they hold. */
 void cm_flights_shutdown(struct cm_flights *fl);
+/* A node's breaker (SPEC §12): 0 closed, 1 open, 2 its trial load is out. */
+int cm_flights_breaker_state(const struct cm_flights *fl, const struct cm_node *node);
 /* Shutdown, next step: the loader fails every load still out (env.loader_close). */
 void cm_flights_close_loader(struct cm_flights *fl);
 

@@ -426,6 +426,12 @@ static void on_cron(evutil_socket_t fd, short what, void *arg)
     int64_t now = cm_now_ms();
     CM_UNUSED(fd);
     CM_UNUSED(what);
+    for (size_t i = 0; i < srv->nnodes; i++) {
+        /* Gauges of SPEC §12 for STATS, INFO and /metrics. */
+        srv->nodes[i].stats.load_queued = srv->loader != NULL ? cm_loader_queued(srv->loader, i) : 0;
+        srv->nodes[i].stats.breaker_state =
+            (uint64_t)cm_flights_breaker_state(srv->flights, &srv->nodes[i]);
+    }
     if (srv->conf->client_timeout_ms > 0) {
         for (c = TAILQ_FIRST(&srv->conns); c != NULL; c = next) {
             next = TAILQ_NEXT(c, link);

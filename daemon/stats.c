@@ -53,6 +53,12 @@ static size_t node_counters(const struct cm_node *node, struct counter *c)
     U("remote_hit_count", s->remote_hit_count);
     U("coalesced_count", s->coalesced_count);
     U("doorkeeper_reject_count", s->doorkeeper_reject_count);
+    U("stale_hit_count", s->stale_hit_count);
+    U("refresh_count", s->refresh_count);
+    U("negative_hit_count", s->negative_hit_count);
+    U("load_queued", s->load_queued);
+    U("breaker_open_count", s->breaker_open_count);
+    U("breaker_state", s->breaker_state);
 #undef U
 #undef D
     return n;
@@ -60,7 +66,7 @@ static size_t node_counters(const struct cm_node *node, struct counter *c)
 
 void cm_stats_node_reply(const struct cm_node *node, struct cm_buf *out, bool resp3)
 {
-    struct counter c[20];
+    struct counter c[32];
     size_t n = node_counters(node, c);
     cm_resp_map(out, n, resp3);
     for (size_t i = 0; i < n; i++) {
@@ -123,7 +129,7 @@ void cm_stats_info(struct cm_server *srv, const char *section, struct cm_buf *ou
     if (want(section, "nodes", true)) {
         cm_buf_printf(out, "# Nodes\r\n");
         for (size_t i = 0; i < srv->nnodes; i++) {
-            struct counter c[20];
+            struct counter c[32];
             size_t n = node_counters(&srv->nodes[i], c);
             cm_buf_printf(out, "node_%s:", srv->nodes[i].name);
             for (size_t k = 0; k < n; k++) {
@@ -194,7 +200,7 @@ void cm_stats_metrics(struct cm_server *srv, struct cm_buf *out)
     cm_buf_printf(out, "# TYPE cachemed_used_memory_bytes gauge\ncachemed_used_memory_bytes %zu\n",
                   cm_alloc_used());
     for (size_t i = 0; i < srv->nnodes; i++) {
-        struct counter c[20];
+        struct counter c[32];
         size_t n = node_counters(&srv->nodes[i], c);
         for (size_t k = 0; k < n; k++) {
             if (c[k].is_double) {

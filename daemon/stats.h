@@ -22,6 +22,13 @@ struct cm_node_stats {
     uint64_t load_failure_count;
     uint64_t total_load_time_ns;
     uint64_t doorkeeper_reject_count;
+    /* SPEC §12 */
+    uint64_t stale_hit_count;         /* answered with a stale entry (grace or error); also hits */
+    uint64_t refresh_count;           /* background loads started */
+    uint64_t negative_hit_count;      /* answered nil from a cached 404 */
+    uint64_t breaker_open_count;      /* times the breaker opened */
+    uint64_t load_queued;             /* gauge: loads waiting for a loader slot (cron) */
+    uint64_t breaker_state;           /* gauge: 0 closed, 1 open, 2 trial load out (cron) */
 };
 
 /* Embedded in struct cm_server. */

@@ -261,6 +261,58 @@ START_TEST(test_shutdown_mid_everything)
 }
 END_TEST
 
+static struct cm_node *node_named(struct fh *h, const char *name)
+{
+    for (size_t i = 0; i < h->srv.nnodes; i++) {
+        if (strcmp(h->srv.nodes[i].name, name) == 0) {
+            return &h->srv.nodes[i];
+        }
+    }
+    return NULL;
+}
+
+/* SPEC §12 breaker = 2, 50ms: two failed loads in a row open it; loads then fail without
+ * calling the origin; after 50 ms one trial goes out while the others are still refused; its
+ * failure reopens it, its success closes it. */
+START_TEST(test_breaker)
+{
+    fh_init(&H, true);
+    struct cm_node *e = node_named(&H, "e");
+    fh_get(&H, 0, "e:1");
+    fh_complete_load(&H, 0, FH_ERROR);
+    fh_get(&H, 0, "e:2");
+    fh_complete_load(&H, 0, FH_ERROR);
+    ck_assert_uint_eq(e->stats.breaker_open_count, 1);
+    ck_assert_int_eq(cm_flights_breaker_state(H.srv.flights, e), 1);
+    fh_get(&H, 0, "e:3");
+    ck_assert_int_eq((int)H.nloads, 0);     /* refused without calling the origin */
+    ck_assert_uint_eq(e->stats.load_failure_count, 3);
+    usleep(70 * 1000);
+    fh_get(&H, 1, "e:4");                    /* the trial */
+    ck_assert_int_eq((int)H.nloads, 1);
+    ck_assert_int_eq(cm_flights_breaker_state(H.srv.flights, e), 2);
+    fh_get(&H, 1, "e:5");                    /* refused while the trial is out */
+    ck_assert_int_eq((int)H.nloads, 1);
+    fh_complete_load(&H, 0, FH_ERROR);       /* the trial fails: open again */
+    ck_assert_uint_eq(e->stats.breaker_open_count, 2);
+    fh_get(&H, 1, "e:6");
+    ck_assert_int_eq((int)H.nloads, 0);
+    usleep(70 * 1000);
+    fh_get(&H, 2, "e:7");
+    ck_assert_int_eq((int)H.nloads, 1);
+    fh_complete_load(&H, 0, FH_404);         /* a 404 is a success: closed */
+    ck_assert_int_eq(cm_flights_breaker_state(H.srv.flights, e), 0);
+    fh_get(&H, 2, "e:8");
+    fh_get(&H, 2, "e:9");
+    ck_assert_int_eq((int)H.nloads, 2);
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 3);
+    ck_assert_uint_eq(H.conns[1].ngot, 3);
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
 static Suite *flight_suite(void)
 {
     Suite *s = suite_create("flight");
@@ -276,6 +328,7 @@ static Suite *flight_suite(void)
     tcase_add_test(tc, test_get_after_del_loads_again);
     tcase_add_test(tc, test_loader_refusal);
     tcase_add_test(tc, test_shutdown_mid_everything);
+    tcase_add_test(tc, test_breaker);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -68,7 +68,9 @@ static const char fh_conf_text[] =
     "[node b]\nkey = b:{id}\nversion = v\ncaches = r1:60s, r2:60s\n"
     "loader = http://127.0.0.1:9/b/{id}\n"
     "[node c]\nkey = c:{id}\nversion = v\ncaches = mem:60s\nloader = http://127.0.0.1:9/c/{id}\n"
-    "[node d]\nkey = d:{id}\nversion = v\ncaches = mem:60s, r2:60s\n";
+    "[node d]\nkey = d:{id}\nversion = v\ncaches = mem:60s, r2:60s\n"
+    "[node e]\nkey = e:{id}\nversion = v\ncaches = mem:60s\nloader = http://127.0.0.1:9/e/{id}\n"
+    "breaker = 2, 50ms\n";
 
 struct fh_entry {
     char *key;
