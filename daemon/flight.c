@@ -73,6 +73,10 @@ struct flight {
     uint64_t load_seq;             /* the engine's sequence when its load started */
     bool superseded;               /* a later mutation happened: write nothing */
     bool trial;                    /* its load is the breaker's trial */
+    bool stale_answer;             /* its waiters get a stale entry: counted as stale hits */
+    int64_t written_ms;            /* when the value it found in a cache was written (0: now) */
+    struct cm_val *stale;          /* the youngest stale entry met on the way (SPEC §12), a ref */
+    int64_t stale_past_ms;         /* how far past its cache's ttl it is */
     bool answered;                 /* waiters have their reply */
     size_t cklen;
     struct cm_waiter *waiters;     /* &waiter0, or an owned array once a second waiter joins */
@@ -301,7 +305,10 @@ static void answer(struct flight *f, struct cm_req *req, size_t slot)
 static void count_answer(struct flight *f)
 {
     struct cm_node_stats *s = &f->node->stats;
-    if (f->from_cache) {
+    if (f->stale_answer) {
+        s->hit_count++;
+        s->stale_hit_count++;
+    } else if (f->from_cache) {
         s->hit_count++;
         s->remote_hit_count++;
     } else {
@@ -330,6 +337,7 @@ static void flight_free(struct flight *f)
         cm_free(f->waiters);
     }
     cm_val_unref(f->val);
+    cm_val_unref(f->stale);
     cm_free(f->err);
     cm_buf_deinit(&f->wrapped);
     cm_buf_deinit(&f->bare);
@@ -377,6 +385,7 @@ static void flight_end(struct flight *f)
 }
 
 static void write_cache(struct flight *f, size_t c);
+static void resolve_failure(struct flight *f, const char *reason);
 
 /* Sets the flight's result, answers its waiters, then writes (SPEC §6.5). Takes val's ref and
  * err. The local caches are written at once, in the same call as the answers: a client that got
@@ -384,6 +393,9 @@ static void write_cache(struct flight *f, size_t c);
 static void resolve(struct flight *f, enum fl_result res, struct cm_val *val, char *err)
 {
     struct cm_node *node = f->node;
+    cm_val_unref(f->val);   /* a stale value answered while the load ran (grace) */
+    cm_free(f->err);
+    f->stale_answer = false;
     f->res = res;
     f->val = val;
     f->err = err;
@@ -449,6 +461,43 @@ static void ke_run(struct cm_flights *fl, struct keyent *ke)
     ke_maybe_free(fl, ke);
 }
 
+/* ---- ages (SPEC §12) ---- */
+
+static int64_t wall_ms(void)
+{
+    return cm_wall_us() / 1000;
+}
+
+/* How far past its cache's ttl an entry written at written_ms is; < 0 while fresh. An entry of a
+ * cache without ttl, or whose write time the storage cannot tell, is fresh. */
+static int64_t past_ttl(int64_t ttl_ms, int64_t written_ms, int64_t now_ms)
+{
+    if (ttl_ms <= 0 || written_ms <= 0) {
+        return -1;
+    }
+    int64_t age = now_ms > written_ms ? now_ms - written_ms : 0;
+    return age - ttl_ms;
+}
+
+/* How long past its ttl a cache keeps an entry of node for stale answers. */
+static int64_t stale_span(const struct cm_node *node)
+{
+    const struct cm_conf_node *c = node->conf;
+    return c->grace_ms > c->stale_if_error_ms ? c->grace_ms : c->stale_if_error_ms;
+}
+
+/* Remembers a stale entry found on f's way, keeping the youngest. Takes v's reference. */
+static void note_stale(struct flight *f, struct cm_val *v, int64_t past)
+{
+    if (past > stale_span(f->node) || (f->stale != NULL && f->stale_past_ms <= past)) {
+        cm_val_unref(v);
+        return;
+    }
+    cm_val_unref(f->stale);
+    f->stale = v;
+    f->stale_past_ms = past;
+}
+
 /* ---- writes ---- */
 
 /* The bytes a cache stores for value: local keeps the client form, remote the serialized one. */
@@ -500,8 +549,13 @@ static void write_cache(struct flight *f, size_t c)
     if (f->fl->closing || stored_form(f, nc->st, &data, &len) != CM_OK) {
         return;
     }
+    if (ttl > 0) {
+        /* The cache keeps it past its ttl for stale answers (SPEC §12); the spans are capped by
+         * the config, so this cannot overflow. */
+        ttl += stale_span(f->node);
+    }
     if (nc->st->ops->local) {
-        cm_storage_store(nc->st, f->ke->skey, f->ke->sklen, data, len, ttl, 0);
+        cm_storage_store(nc->st, f->ke->skey, f->ke->sklen, data, len, ttl, f->written_ms);
         return;
     }
     struct cm_st_op *op = cm_st_op_new_keys(CM_ST_SET, 1, f->ke->sklen + 1);
@@ -610,9 +664,29 @@ static void on_batch_read(struct cm_st_op *op, void *arg)
         struct flight *f = b->fl[i];
         struct cm_st_item *it = &op->items[i];
         struct cm_val *val = it->result == CM_ST_HIT ? decode_stored(f, op->st, it) : NULL;
+        int64_t past = val == NULL ? -1
+                                   : past_ttl(f->node->caches[f->node->remote_idx[f->step]].ttl_ms,
+                                              it->written_ms, wall_ms());
+        if (val != NULL && past >= 0) {
+            note_stale(f, val, past);   /* a fresh entry further on beats it */
+            val = NULL;
+        }
+        const struct cm_conf_node *c = f->node->conf;
+        if (val != NULL && c->refresh_after_ms > 0 && it->written_ms > 0 &&
+            f->node->loader.nsegs > 0 && wall_ms() - it->written_ms >= c->refresh_after_ms) {
+            /* Fresh but old enough to reload: answered now, loaded in the background, and the
+             * load writes every cache (SPEC §12 refresh_after). */
+            cm_val_unref(f->stale);
+            f->stale = val;
+            f->stale_past_ms = 0;
+            f->step = f->node->nremote;
+            want_load(f);
+            continue;
+        }
         if (val != NULL) {
             f->from_cache = true;
             f->hit_remote = f->step;
+            f->written_ms = it->written_ms;
             resolve(f, RES_VALUE, val, NULL);
         } else {
             f->step++;
@@ -817,17 +891,34 @@ static void on_load(struct cm_load_result *r, void *arg)
         break;
     }
     node->stats.load_failure_count++;
-    resolve(f, RES_ERROR, NULL, load_error(f, reason));
+    resolve_failure(f, reason);
 out:
     ke->refs--;
     ke_run(fl, ke);   /* the next load waiting on the key, whatever became of f */
 }
 
-/* Fails f's load at once (shutdown, loader refusing). */
+/* A failed load: the waiters get the stale entry f met when it is within stale_if_error
+ * (written nowhere), else the error. */
+static void resolve_failure(struct flight *f, const char *reason)
+{
+    if (f->stale != NULL && f->stale_past_ms <= f->node->conf->stale_if_error_ms) {
+        cm_val_unref(f->val);
+        f->res = RES_VALUE;
+        f->val = f->stale;
+        f->stale = NULL;
+        f->stale_answer = true;   /* also for GETs that join it while it ends */
+        answer_waiters(f);
+        flight_end(f);            /* nothing is written */
+        return;
+    }
+    resolve(f, RES_ERROR, NULL, load_error(f, reason));
+}
+
+/* Fails f's load at once (shutdown, loader refusing, breaker open). */
 static void fail_load(struct flight *f, const char *reason)
 {
     f->node->stats.load_failure_count++;
-    resolve(f, RES_ERROR, NULL, load_error(f, reason));
+    resolve_failure(f, reason);
 }
 
 /* f needs the origin (its chain missed, or it is a REFRESH). One load per key at a time: a load
@@ -838,6 +929,18 @@ static void want_load(struct flight *f)
     struct cm_flights *fl = f->fl;
     struct keyent *ke = f->ke;
     struct cm_node *node = f->node;
+    if (f->stale != NULL && !f->answered && f->stale_past_ms <= node->conf->grace_ms) {
+        /* Within grace: every waiter gets the stale entry now, and later GETs join an answered
+         * flight; the load goes on in the background and writes as usual (SPEC §12). */
+        f->res = RES_VALUE;
+        f->val = f->stale;
+        f->stale = NULL;
+        f->stale_answer = true;   /* until the load resolves */
+        if (f->nwaiters > 0) {
+            node->stats.refresh_count++;   /* it became a background load */
+        }
+        answer_waiters(f);
+    }
     if (fl->closing) {
         fail_load(f, "shutting down");
         return;
@@ -915,7 +1018,11 @@ static void supersede(struct keyent *ke, bool by_refresh)
 {
     struct flight *f;
     TAILQ_FOREACH(f, &ke->all, alink) {
-        if ((f->kind == FL_READ || f->kind == FL_REFRESH) && f->state != FL_WRITING) {
+        /* A REFRESH superseded by a later REFRESH still writes: its value is newer than what
+         * the caches hold, the later one's (written after it) newer still, and should the later
+         * one fail, a GET must not go back behind what the first one answered. */
+        if ((f->kind == FL_READ || (f->kind == FL_REFRESH && !by_refresh)) &&
+            f->state != FL_WRITING) {
             f->superseded = true;
         }
     }
@@ -955,35 +1062,114 @@ static struct keyent *ke_of(struct cm_flights *fl, struct cm_node *node, const c
     return ke;
 }
 
+static void start_background(struct cm_flights *fl, struct cm_node *node, const char *key,
+                             size_t klen);
+
 /* Looks key up in node's local caches, in order (a later one's hit backfills the earlier ones).
- * On a hit points *val at the stored bytes (valid until the next call into the storage). */
+ * On a hit points *val at the stored bytes (valid until the next call into the storage). An
+ * entry past its ttl answers only within grace, and starts one background load; so does a fresh
+ * one older than refresh_after (SPEC §12). */
 static bool local_lookup(struct cm_flights *fl, struct cm_node *node, const char *key,
                          size_t klen, const char **val, size_t *vlen)
 {
     if (node->nlocal == 0) {
         return false;
     }
+    const struct cm_conf_node *c = node->conf;
     char small[SKEY_SMALL];
     size_t sklen;
     char *skey = skey_build(fl, node, key, klen, small, &sklen);
-    bool hit = false;
+    bool hit = false, background = false;
     for (size_t i = 0; i < node->nlocal && !hit; i++) {
         struct cm_node_cache *nc = &node->caches[node->local_idx[i]];
-        if (!cm_storage_lookup(nc->st, skey, sklen, val, vlen, NULL)) {
+        int64_t written = 0;
+        if (!cm_storage_lookup(nc->st, skey, sklen, val, vlen, &written)) {
             continue;
+        }
+        if (written > 0 && (nc->ttl_ms > 0 || c->refresh_after_ms > 0)) {
+            int64_t now = wall_ms();
+            int64_t past = past_ttl(nc->ttl_ms, written, now);
+            if (past > c->grace_ms) {
+                continue;   /* too old to answer by itself (a failed load may still use it) */
+            }
+            if (past >= 0) {
+                node->stats.stale_hit_count++;
+                background = true;
+            } else if (c->refresh_after_ms > 0 && now - written >= c->refresh_after_ms) {
+                background = true;
+            }
         }
         hit = true;
         node->stats.hit_count++;
         node->stats.local_hit_count++;
         for (size_t j = 0; j < i; j++) {
             struct cm_node_cache *prev = &node->caches[node->local_idx[j]];
-            cm_storage_store(prev->st, skey, sklen, *val, *vlen, prev->ttl_ms, 0);
+            cm_storage_store(prev->st, skey, sklen, *val, *vlen, prev->ttl_ms, written);
         }
     }
     if (skey != small) {
         cm_free(skey);
     }
+    if (background && node->loader.nsegs > 0) {
+        start_background(fl, node, key, klen);   /* *val stays valid: no store happens */
+    }
     return hit;
+}
+
+/* The youngest local entry of key that is past its ttl but within stale_if_error, for a flight
+ * whose load may fail; NULL when none. */
+static struct cm_val *local_stale(struct cm_flights *fl, struct cm_node *node, const char *key,
+                                  size_t klen, int64_t *past_out)
+{
+    struct cm_val *best = NULL;
+    if (node->nlocal == 0 || node->conf->stale_if_error_ms <= 0) {
+        return NULL;
+    }
+    char small[SKEY_SMALL];
+    size_t sklen;
+    char *skey = skey_build(fl, node, key, klen, small, &sklen);
+    for (size_t i = 0; i < node->nlocal; i++) {
+        struct cm_node_cache *nc = &node->caches[node->local_idx[i]];
+        const char *v;
+        size_t vlen;
+        int64_t written = 0;
+        if (!cm_storage_lookup(nc->st, skey, sklen, &v, &vlen, &written)) {
+            continue;
+        }
+        int64_t past = past_ttl(nc->ttl_ms, written, wall_ms());
+        if (past >= 0 && past <= node->conf->stale_if_error_ms &&
+            (best == NULL || past < *past_out)) {
+            cm_val_unref(best);
+            best = cm_val_copy(v, vlen);
+            *past_out = past;
+        }
+    }
+    if (skey != small) {
+        cm_free(skey);
+    }
+    return best;
+}
+
+/* One background load of key (SPEC §12): an ordinary read flight without waiters, unless the key
+ * already has one to join or a load at the origin. */
+static void start_background(struct cm_flights *fl, struct cm_node *node, const char *key,
+                             size_t klen)
+{
+    struct keyent *ke = ke_of(fl, node, key, klen);
+    if (ke->joinable != NULL || ke->loading != NULL) {
+        ke->refs++;
+        ke->refs--;
+        ke_run(fl, ke);   /* frees the entry if it was made for nothing */
+        return;
+    }
+    node->stats.refresh_count++;
+    struct flight *f = flight_new(fl, ke, node, FL_READ, key, klen);
+    ke->joinable = f;
+    if (ke->writer != NULL || !TAILQ_EMPTY(&ke->queue)) {
+        TAILQ_INSERT_TAIL(&ke->queue, f, qlink);
+        return;
+    }
+    queue_read(f);
 }
 
 bool cm_flight_get_local(struct cm_flights *fl, struct cm_node *node, const char *key,
@@ -1049,6 +1235,7 @@ void cm_flight_get(struct cm_flights *fl, struct cm_req *req, const struct cm_ge
         f = flight_new(fl, ke, node, FL_READ, keys[k].key, keys[k].klen);
         ke->joinable = f;
         add_waiter(f, req, keys[k].slot, true);
+        f->stale = local_stale(fl, node, keys[k].key, keys[k].klen, &f->stale_past_ms);
         if (ke->writer != NULL || !TAILQ_EMPTY(&ke->queue)) {
             TAILQ_INSERT_TAIL(&ke->queue, f, qlink);   /* after earlier writes */
             continue;

@@ -4,6 +4,7 @@
  * shutdown; ASan checks that everything is freed). The fuzzer (tests/fuzz/fuzz_flight.c) drives
  * the same harness with any schedule. */
 #include "tests/unit/flight_harness.h"
+#include "daemon/util.h"
 
 #include <check.h>
 
@@ -313,6 +314,98 @@ START_TEST(test_breaker)
 }
 END_TEST
 
+/* Plants an entry of skey in fake storage idx, written age_ms ago. */
+static void plant(struct fh *h, int idx, const char *skey, const char *val, int64_t age_ms)
+{
+    fh_store_put(&h->stores[idx], skey, strlen(skey), val, strlen(val));
+    fh_find(&h->stores[idx], skey, strlen(skey))->written_ms = cm_wall_us() / 1000 - age_ms;
+}
+
+/* The last reply client i got (fh_pass reads them). */
+static const char *last_reply(struct fh *h, int i)
+{
+    fh_pass(h);
+    return h->conns[i].last;
+}
+
+/* SPEC §12 grace: an entry 10 s past its 60 s ttl (grace 30 s) answers at once, and one load
+ * refreshes it in the background; a GET meanwhile gets it too without a second load; the load
+ * writes the new value with the ttl plus the stale span (60 s + 1 h). */
+START_TEST(test_grace_answers_stale_and_loads_once)
+{
+    fh_init(&H, false);
+    struct cm_node *f = node_named(&H, "f");
+    plant(&H, 1, "t:f:1:v", "S0|f:1", 70 * 1000);
+    fh_get(&H, 0, "f:1");
+    ops_ok(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 1);
+    ck_assert_str_eq(last_reply(&H, 0), "S0|f:1");
+    ck_assert_int_eq((int)H.nloads, 1);
+    ck_assert_uint_eq(f->stats.stale_hit_count, 1);
+    ck_assert_uint_eq(f->stats.refresh_count, 1);
+    fh_get(&H, 1, "f:1");
+    ck_assert_str_eq(last_reply(&H, 1), "S0|f:1");
+    ck_assert_int_eq((int)H.nloads, 1);
+    ck_assert_uint_eq(f->stats.stale_hit_count, 2);
+    fh_complete_load(&H, 0, FH_VALUE);
+    ops_ok(&H);
+    struct fh_entry *e = fh_find(&H.stores[1], "t:f:1:v", 7);
+    ck_assert_int_eq(e->val[0], 'L');
+    ck_assert_int_eq((int)e->ttl_ms, 60 * 1000 + 3600 * 1000);
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* stale_if_error: an entry 100 s past its ttl (beyond grace) does not answer by itself: the load
+ * is in the foreground; when it fails, the waiters get the entry instead of the error, and
+ * nothing is written. 2 h past its ttl (beyond stale_if_error) they get the error. */
+START_TEST(test_stale_if_error)
+{
+    fh_init(&H, false);
+    struct cm_node *f = node_named(&H, "f");
+    plant(&H, 1, "t:f:1:v", "S0|f:1", 160 * 1000);
+    plant(&H, 1, "t:f:2:v", "S0|f:2", 7300 * 1000);
+    fh_get(&H, 0, "f:1");
+    ops_ok(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 0);   /* waiting for the load */
+    fh_complete_load(&H, 0, FH_ERROR);
+    ck_assert_str_eq(last_reply(&H, 0), "S0|f:1");
+    ck_assert_int_eq((int)H.nops, 0);        /* nothing written */
+    ck_assert_uint_eq(f->stats.stale_hit_count, 1);
+    fh_get(&H, 0, "f:2");
+    ops_ok(&H);
+    fh_complete_load(&H, 0, FH_ERROR);
+    ck_assert_msg(strncmp(last_reply(&H, 0), "-ERR load failed", 16) == 0, "%s", H.conns[0].last);
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
+/* A local entry past its 1 s ttl but within grace answers at once and starts one background load;
+ * with refresh_after = 1 s a fresh local entry 5 s old does the same. */
+START_TEST(test_local_grace_and_refresh_after)
+{
+    fh_init(&H, false);
+    struct cm_storage *mem = H.srv.storages[0];
+    int64_t now = cm_wall_us() / 1000;
+    cm_storage_store(mem, "t:g:1:v", 7, "S0|g:1", 6, 11000, now - 3000);
+    cm_storage_store(mem, "t:h:1:v", 7, "S0|h:1", 6, 60000, now - 5000);
+    fh_get(&H, 0, "g:1");
+    fh_get(&H, 0, "g:1");
+    fh_get(&H, 1, "h:1");
+    fh_pass(&H);
+    ck_assert_uint_eq(H.conns[0].ngot, 2);
+    ck_assert_uint_eq(H.conns[1].ngot, 1);
+    ck_assert_int_eq((int)H.nloads, 2);      /* one per key */
+    ck_assert_uint_eq(node_named(&H, "g")->stats.stale_hit_count, 2);
+    ck_assert_uint_eq(node_named(&H, "g")->stats.refresh_count, 1);
+    ck_assert_uint_eq(node_named(&H, "h")->stats.refresh_count, 1);
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
 static Suite *flight_suite(void)
 {
     Suite *s = suite_create("flight");
@@ -329,6 +422,9 @@ static Suite *flight_suite(void)
     tcase_add_test(tc, test_loader_refusal);
     tcase_add_test(tc, test_shutdown_mid_everything);
     tcase_add_test(tc, test_breaker);
+    tcase_add_test(tc, test_grace_answers_stale_and_loads_once);
+    tcase_add_test(tc, test_stale_if_error);
+    tcase_add_test(tc, test_local_grace_and_refresh_after);
     suite_add_tcase(s, tc);
     return s;
 }

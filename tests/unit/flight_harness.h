@@ -30,6 +30,7 @@
 #include "daemon/log.h"
 #include "daemon/node.h"
 #include "daemon/server.h"
+#include "daemon/util.h"
 #include "storages/storage.h"
 
 #include <errno.h>
@@ -70,12 +71,21 @@ static const char fh_conf_text[] =
     "[node c]\nkey = c:{id}\nversion = v\ncaches = mem:60s\nloader = http://127.0.0.1:9/c/{id}\n"
     "[node d]\nkey = d:{id}\nversion = v\ncaches = mem:60s, r2:60s\n"
     "[node e]\nkey = e:{id}\nversion = v\ncaches = mem:60s\nloader = http://127.0.0.1:9/e/{id}\n"
-    "breaker = 2, 50ms\n";
+    "breaker = 2, 50ms\n"
+    /* SPEC §12: stale entries of a remote cache, of a local one, refresh_after */
+    "[node f]\nkey = f:{id}\nversion = v\ncaches = r1:60s\nloader = http://127.0.0.1:9/f/{id}\n"
+    "grace = 30s\nstale_if_error = 1h\n"
+    "[node g]\nkey = g:{id}\nversion = v\ncaches = mem:1s\nloader = http://127.0.0.1:9/g/{id}\n"
+    "grace = 10s\n"
+    "[node h]\nkey = h:{id}\nversion = v\ncaches = mem:60s\nloader = http://127.0.0.1:9/h/{id}\n"
+    "refresh_after = 1s\n";
 
 struct fh_entry {
     char *key;
     char *val;
     size_t vlen;
+    int64_t written_ms;   /* reported with a hit (SPEC §12); tests may age it */
+    int64_t ttl_ms;       /* what the writer asked it to be kept */
 };
 
 /* One fake remote storage's contents. */
@@ -110,6 +120,7 @@ struct fh_conn {
     redisReader *rd;
     struct fh_sent sent[FH_MAX_SENT];
     size_t nsent, ngot;
+    char last[256];   /* the last reply read: a bulk's bytes, "-" + an error, "(nil)", "*" */
 };
 
 /* A mutation of a key: when it was sent, and when its reply came back (0 = not yet/never). */
@@ -230,6 +241,7 @@ FH_FN void fh_store_put(struct fh_store *s, const char *key, size_t klen, const 
     memcpy(e->val, val, vlen);
     e->val[vlen] = '\0';
     e->vlen = vlen;
+    e->written_ms = cm_wall_us() / 1000;
 }
 
 FH_FN void fh_store_del(struct fh_store *s, const char *key, size_t klen)
@@ -288,10 +300,19 @@ FH_FN void fh_complete_op(struct fh *h, size_t i, bool ok)
                 it->val = cm_malloc(e->vlen + 1);
                 memcpy(it->val, e->val, e->vlen + 1);
                 it->vlen = e->vlen;
+                it->written_ms = e->written_ms;
             }
             break;
         }
-        case CM_ST_SET: fh_store_put(s, it->key, it->klen, it->wval, it->wlen); break;
+        case CM_ST_SET:
+        {
+            fh_store_put(s, it->key, it->klen, it->wval, it->wlen);
+            struct fh_entry *e = fh_find(s, it->key, it->klen);
+            if (e != NULL) {
+                e->ttl_ms = op->ttl_ms;
+            }
+            break;
+        }
         case CM_ST_DEL: fh_store_del(s, it->key, it->klen); break;
         }
     }
@@ -562,6 +583,12 @@ FH_FN void fh_read_replies(struct fh *h)
             fh_log("conn %d: reply %d to request sent at step %u", i,
                    ((redisReply *)reply)->type, fc->sent[fc->ngot].step);
             fh_check_reply(h, &fc->sent[fc->ngot++], reply);
+            redisReply *rr = reply;
+            snprintf(fc->last, sizeof(fc->last), "%s%.*s",
+                     rr->type == REDIS_REPLY_ERROR ? "-" : rr->type == REDIS_REPLY_NIL ? "(nil)"
+                     : rr->type == REDIS_REPLY_ARRAY ? "*" : "",
+                     rr->type == REDIS_REPLY_STRING || rr->type == REDIS_REPLY_ERROR ? (int)rr->len : 0,
+                     rr->str != NULL ? rr->str : "");
             freeReplyObject(reply);
         }
         if (fc->rd->err) {
