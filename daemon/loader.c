@@ -33,8 +33,9 @@
 #include <sys/queue.h>
 #include <unistd.h>
 
-/* Transfers handed to curl at once; the rest wait in our FIFO. curl scans its own pending list
- * each time a connection frees up, which made thousands of queued transfers CPU-bound. */
+/* Transfers sent at once (lean client and curl together); the rest wait in their group's FIFO.
+ * curl scans its own pending list each time a connection frees up, which made thousands of
+ * transfers queued inside curl CPU-bound. */
 #define LOADER_MAX_ACTIVE 1024
 /* curl looks for a free connection by walking every connection it has to the host, busy ones
  * included: with 1,000 loads in flight on one multi handle that walk was the largest part of
@@ -54,10 +55,10 @@
  *
  *   cm_loader_fetch --(group full)--> its group's FIFO (timer: queue timeout) --slot frees--+
  *        |                                                                                  |
- *        +--> xfer_send: easy handle, run state, curl_multi_add_handle, timer from the send <-+
- *        |        | setup failed: the timer at zero      | CURLMSG_DONE or our timer fired
- *        v        v                                      v
- *   xfer_finish: unlink, curl_multi_remove_handle, classify, done() exactly once, free
+ *        +--> xfer_send: run state; cm_httpc_start or curl_multi_add_handle; timer from now <-+
+ *        |        | setup failed: the timer at zero   | lean done, CURLMSG_DONE, or our timer
+ *        v        v                                   v
+ *   xfer_finish: unlink, cancel/remove from client or curl, classify, done() exactly once, free
  *
  * cm_loader_free finishes every xfer still on the list with "shutting down".
  */
@@ -89,7 +90,7 @@ struct group {
 };
 
 /* One fetch; owned by its loader's list from cm_loader_fetch until xfer_finish. A waiting one is
- * this struct and its URL (one allocation), ~250 bytes. */
+ * this struct and its URL (one allocation): 280 bytes with a 40-byte URL (check_loader). */
 struct xfer {
     struct cm_loader *l; /* owner */
     struct group *group;
