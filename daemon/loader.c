@@ -36,21 +36,25 @@
 #include <sys/queue.h>
 #include <unistd.h>
 
-/* Transfers sent at once (lean client and curl together); the rest wait in their group's FIFO.
- * curl scans its own pending list each time a connection frees up, which made thousands of
- * transfers queued inside curl CPU-bound. */
-#define LOADER_MAX_ACTIVE 1024
+/* Transfers sent at once (lean client and curl together); the rest wait in their group's FIFO. A
+ * lean transfer costs a connection and ~300 bytes; curl scans its own pending list each time a
+ * connection frees up, which made thousands of transfers queued inside curl CPU-bound: its shards
+ * hold LOADER_SHARDS x LOADER_SHARD_CONNS = 1,024 connections per origin, more curl transfers
+ * (https or host-name loaders over 1,024 at once) wait inside curl. */
+#define LOADER_MAX_ACTIVE 2048
 /* curl looks for a free connection by walking every connection it has to the host, busy ones
  * included: with 1,000 loads in flight on one multi handle that walk was the largest part of
  * curl's own CPU time. The transfers are spread over LOADER_SHARDS multi handles (each with its
  * own connection cache) instead, a new one going to the shard with the fewest active, so no
  * shard ever holds more than LOADER_SHARD_CONNS of them. */
 #define LOADER_SHARDS 8
-#define LOADER_SHARD_CONNS (LOADER_MAX_ACTIVE / LOADER_SHARDS) /* per origin and shard */
+#define LOADER_SHARD_CONNS 128 /* per origin and shard */
 /* Easy handles kept for reuse after a transfer (curl_easy_init allocates ~20 KB each). */
 #define LOADER_SPARE_EASY 256
 /* A group's default share of LOADER_MAX_ACTIVE (loader.h): one node's hung origin can hold at most
- * half the slots, the other half stays for everyone else. */
+ * half the slots, the other half stays for everyone else; a node alone keeps the 1,024 loads at
+ * once it had before the groups (a limit of 512 would halve the loads per second of a node whose
+ * origin takes 100 ms, e.g. the trace at N = 10,000). */
 #define LOADER_GROUP_DEFAULT (LOADER_MAX_ACTIVE / 2)
 
 /*
