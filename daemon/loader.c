@@ -15,7 +15,10 @@
  * share was its per-transfer bookkeeping (connection cache walk, liveness poll of a reused
  * connection, a socket callback and epoll_ctl pair per transfer, ~20 KB per easy handle reset);
  * the lean client does one send() and one read() per load on a connection whose read event stays
- * armed, and http_parser over the bytes. */
+ * armed, and http_parser over the bytes. The trace (NS=1000 bench/trace.sh, the two builds within
+ * minutes of each other on the same busy machine): [redis] wall 21.2 -> 17.3 s, cachemed CPU
+ * 7.3 -> 4.6 s; [local+redis] wall 21.9 -> 24.7 s (noise: the walls of one build vary 20-25 s at
+ * this load), CPU 7.1 -> 5.2 s. */
 #include "daemon/loader.h"
 #include "daemon/alloc.h"
 #include "daemon/buf.h"
@@ -33,20 +36,25 @@
 #include <sys/queue.h>
 #include <unistd.h>
 
-/* Transfers handed to curl at once; the rest wait in our FIFO. curl scans its own pending list
- * each time a connection frees up, which made thousands of queued transfers CPU-bound. */
-#define LOADER_MAX_ACTIVE 1024
+/* Transfers sent at once (lean client and curl together); the rest wait in their group's FIFO. A
+ * lean transfer costs a connection and ~300 bytes; curl scans its own pending list each time a
+ * connection frees up, which made thousands of transfers queued inside curl CPU-bound: its shards
+ * hold LOADER_SHARDS x LOADER_SHARD_CONNS = 1,024 connections per origin, more curl transfers
+ * (https or host-name loaders over 1,024 at once) wait inside curl. */
+#define LOADER_MAX_ACTIVE 2048
 /* curl looks for a free connection by walking every connection it has to the host, busy ones
  * included: with 1,000 loads in flight on one multi handle that walk was the largest part of
  * curl's own CPU time. The transfers are spread over LOADER_SHARDS multi handles (each with its
  * own connection cache) instead, a new one going to the shard with the fewest active, so no
  * shard ever holds more than LOADER_SHARD_CONNS of them. */
 #define LOADER_SHARDS 8
-#define LOADER_SHARD_CONNS (LOADER_MAX_ACTIVE / LOADER_SHARDS) /* per origin and shard */
+#define LOADER_SHARD_CONNS 128 /* per origin and shard */
 /* Easy handles kept for reuse after a transfer (curl_easy_init allocates ~20 KB each). */
 #define LOADER_SPARE_EASY 256
 /* A group's default share of LOADER_MAX_ACTIVE (loader.h): one node's hung origin can hold at most
- * half the slots, the other half stays for everyone else. */
+ * half the slots, the other half stays for everyone else; a node alone keeps the 1,024 loads at
+ * once it had before the groups (a limit of 512 would halve the loads per second of a node whose
+ * origin takes 100 ms, e.g. the trace at N = 10,000). */
 #define LOADER_GROUP_DEFAULT (LOADER_MAX_ACTIVE / 2)
 
 /*
@@ -54,10 +62,10 @@
  *
  *   cm_loader_fetch --(group full)--> its group's FIFO (timer: queue timeout) --slot frees--+
  *        |                                                                                  |
- *        +--> xfer_send: easy handle, run state, curl_multi_add_handle, timer from the send <-+
- *        |        | setup failed: the timer at zero      | CURLMSG_DONE or our timer fired
- *        v        v                                      v
- *   xfer_finish: unlink, curl_multi_remove_handle, classify, done() exactly once, free
+ *        +--> xfer_send: run state; cm_httpc_start or curl_multi_add_handle; timer from now <-+
+ *        |        | setup failed: the timer at zero   | lean done, CURLMSG_DONE, or our timer
+ *        v        v                                   v
+ *   xfer_finish: unlink, cancel/remove from client or curl, classify, done() exactly once, free
  *
  * cm_loader_free finishes every xfer still on the list with "shutting down".
  */
@@ -89,7 +97,7 @@ struct group {
 };
 
 /* One fetch; owned by its loader's list from cm_loader_fetch until xfer_finish. A waiting one is
- * this struct and its URL (one allocation), ~250 bytes. */
+ * this struct and its URL (one allocation): 280 bytes with a 40-byte URL (check_loader). */
 struct xfer {
     struct cm_loader *l; /* owner */
     struct group *group;

@@ -2,8 +2,8 @@
  * over TCP or a Unix socket, with keep-alive connection reuse, a timeout and a size cap.
  *
  * Fairness: every fetch names a group (the server passes its node's index). At most
- * LOADER_MAX_ACTIVE (1,024) fetches are at an origin at once over all groups, and at most the
- * group's limit within one group: cm_loader_group_limit, by default half the global cap (512), so
+ * LOADER_MAX_ACTIVE (2,048) fetches are at an origin at once over all groups, and at most the
+ * group's limit within one group: cm_loader_group_limit, by default half the global cap (1,024), so
  * that one node's hung loads never take every slot. The rest wait in their group's FIFO, holding
  * no connection, curl handle or buffer (a few hundred bytes each, URL included); when a slot frees,
  * the groups that have waiting fetches and room under their limit take turns (round robin).
@@ -60,8 +60,8 @@ void cm_loader_free(struct cm_loader *l);
 int cm_loader_fetch(struct cm_loader *l, size_t group, const char *url, const char *unix_socket,
                     int64_t timeout_ms, uint64_t max_size, cm_load_done_fn *done,
                     void *arg) CM_MUSTCHECK;
-/* At most max_active fetches of group at the origin at once (0 = the default, half the global
- * cap; the global cap still applies). Waiting fetches start at once if the limit grew. */
+/* At most max_active fetches of group at the origin at once (0 = the default, 1,024: half the
+ * global cap; the global cap still applies). Waiting fetches start at once if the limit grew. */
 void cm_loader_group_limit(struct cm_loader *l, size_t group, size_t max_active);
 /* Fetches of group waiting for a slot (the load_queued gauge). */
 size_t cm_loader_queued(const struct cm_loader *l, size_t group);

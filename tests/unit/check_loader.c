@@ -429,8 +429,8 @@ END_TEST
 
 START_TEST(test_more_than_active_limit)
 {
-    /* 1,500 fetches at once: 1,024 go to curl, the rest wait in the loader's own FIFO and start
-     * as slots free up; every one completes exactly once. */
+    /* 1,500 fetches of one group at once: 1,024 (its default limit) are sent, the rest wait in the
+     * loader's own FIFO and start as slots free up; every one completes exactly once. */
     rule("path=/m/&prefix=1&delay_ms=100");
     enum { N = 1500 };
     static struct got gs[N];
@@ -771,9 +771,9 @@ static void fetch_many(struct got *gs, int n, size_t group, const char *prefix, 
     }
 }
 
-/* Defect 5: one group's hung loads hold at most its share of the slots; another group's fetch is
- * sent at once. Before the fix, 1,100 hung fetches took all 1,024 slots and the other one waited
- * behind the rest. */
+/* Defect 5: one group's hung loads hold at most its share of the slots (1,024 of 2,048); another
+ * group's fetch is sent at once. Before the fix, 1,100 hung fetches took all 1,024 slots there
+ * were and the other one waited behind the rest. */
 START_TEST(test_group_not_stalled)
 {
     rule("path=/hang/&prefix=1&delay_ms=20000");
@@ -781,7 +781,7 @@ START_TEST(test_group_not_stalled)
     static struct got gs[N];
     int done = 0;
     fetch_many(gs, N, 0, "/hang/", 25000, &done);
-    ck_assert_uint_eq(cm_loader_queued(loader, 0), N - 512);
+    ck_assert_uint_eq(cm_loader_queued(loader, 0), N - 1024);
     ck_assert_uint_eq(cm_loader_queued(loader, 1), 0);
     ck_assert_uint_eq(cm_loader_queued(loader, 99), 0);
     run_for(300);
@@ -798,26 +798,26 @@ START_TEST(test_group_not_stalled)
     got_clear(&g);
     ck_assert_int_eq(done, 0);
     /* a raised limit sends more of group 0 at once */
-    cm_loader_group_limit(loader, 0, 600);
-    ck_assert_uint_eq(cm_loader_queued(loader, 0), N - 600);
+    cm_loader_group_limit(loader, 0, 1050);
+    ck_assert_uint_eq(cm_loader_queued(loader, 0), N - 1050);
 }
 END_TEST
 
 /* When every slot is taken, a freed slot goes to the groups with waiting fetches in turn: group
- * 0 holds all 1,024 slots (its limit raised) with 76 more waiting; groups 1 and 2 queue 10
+ * 0 holds all 2,048 slots (its limit raised) with 52 more waiting; groups 1 and 2 queue 10
  * each behind it. As group 0's first wave ends, the others are sent within the next few slots,
  * not after group 0's backlog. */
 START_TEST(test_groups_take_turns)
 {
     rule("path=/r0/&prefix=1&delay_ms=1500");
-    cm_loader_group_limit(loader, 0, 1024);
-    enum { N0 = 1100, N = 10 };
+    cm_loader_group_limit(loader, 0, 2048);
+    enum { N0 = 2100, N = 10 };
     static struct got g0[N0], g1[N], g2[N];
     int done = 0;
     fetch_many(g0, N0, 0, "/r0/", 20000, &done);
     fetch_many(g1, N, 1, "/r1/", 20000, &done);
     fetch_many(g2, N, 2, "/r2/", 20000, &done);
-    ck_assert_uint_eq(cm_loader_queued(loader, 0), N0 - 1024);
+    ck_assert_uint_eq(cm_loader_queued(loader, 0), N0 - 2048);
     ck_assert_uint_eq(cm_loader_queued(loader, 1), N);
     ck_assert_uint_eq(cm_loader_queued(loader, 2), N);
     run_until(&done, N0 + 2 * N, 25000);
@@ -827,15 +827,15 @@ START_TEST(test_groups_take_turns)
     for (size_t i = 0; i < json_array_size(log); i++) {
         const char *p = json_string_value(json_array_get(log, i));
         if (strncmp(p, "/r1/", 4) == 0 || strncmp(p, "/r2/", 4) == 0) {
-            ck_assert_uint_ge(i, 1024);
+            ck_assert_uint_ge(i, 2048);
             last_other = i;
             n_other++;
         }
     }
     json_decref(log);
     ck_assert_uint_eq(n_other, 2 * N);
-    /* FIFO over all would put them after the 76: at 1,100 and later */
-    ck_assert_msg(last_other < 1024 + 3 * N + 5, "last of groups 1-2 sent as request %zu",
+    /* FIFO over all would put them after the 52: at 2,100 and later */
+    ck_assert_msg(last_other < 2048 + 3 * N + 5, "last of groups 1-2 sent as request %zu",
                   last_other);
     for (int i = 0; i < N; i++) {
         got_clear(&g1[i]);
