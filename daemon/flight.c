@@ -643,8 +643,13 @@ static struct cm_val *decode_stored(struct flight *f, struct cm_storage *st,
         return v;
     }
     cm_buf_init(&out);
-    int rc = st->ops->wrapped ? cm_ser_decode_wrapped(ser, it->val, it->vlen, &out, err, sizeof(err))
-                              : cm_ser_decode(ser, it->val, it->vlen, &out, err, sizeof(err));
+    int64_t written = 0;
+    int rc = st->ops->wrapped
+                 ? cm_ser_decode_wrapped_at(ser, it->val, it->vlen, &out, &written, err, sizeof(err))
+                 : cm_ser_decode(ser, it->val, it->vlen, &out, err, sizeof(err));
+    if (rc == CM_OK && st->ops->wrapped && it->written_ms <= 0) {
+        it->written_ms = written;   /* Cacheme's updated_at, inside the Redis wrapper */
+    }
     if (rc != CM_OK) {
         cm_log(CM_LOG_WARN, "node %s: unreadable value in %s (treated as a miss): %s",
                f->node->name, st->name, err);
@@ -705,7 +710,26 @@ static void batch_submit(struct batch *b)
     }
     struct cm_st_op *op = cm_st_op_new_keys(CM_ST_GET, b->n, key_bytes);
     for (size_t i = 0; i < b->n; i++) {
-        cm_st_op_set_key(op, i, b->fl[i]->ke->skey, b->fl[i]->ke->sklen);
+        struct flight *f = b->fl[i];
+        cm_st_op_set_key(op, i, f->ke->skey, f->ke->sklen);
+        /* A raw value in Redis has no write time of its own: the storage derives it from the
+         * key's remaining TTL, read in the same round trip, which costs Redis a PTTL per key.
+         * Asked only for nodes that need ages (SPEC §12), and only when the batch's keys share
+         * one keep time (op->ttl_ms); other keys count as fresh. */
+        const struct cm_conf_node *c = f->node->conf;
+        int64_t ttl = f->node->caches[f->node->remote_idx[f->step]].ttl_ms;
+        if (b->st->ops->wrapped && c->serializer == CM_SER_RAW && ttl > 0 &&
+            (c->grace_ms > 0 || c->stale_if_error_ms > 0 || c->refresh_after_ms > 0)) {
+            int64_t keep = ttl + stale_span(f->node);
+            if (!op->want_age && i == 0) {
+                op->want_age = true;
+                op->ttl_ms = keep;
+            } else if (op->ttl_ms != keep) {
+                op->want_age = false;
+            }
+        } else if (op->want_age) {
+            op->want_age = false;
+        }
     }
     cm_storage_submit(b->st, op, on_batch_read, b);
 }

@@ -58,8 +58,10 @@ int cm_ser_mp_pack(const struct cm_ser_doc *doc, const json_t *v, struct cm_buf 
 int cm_ser_mp_pack_wrapped(const struct cm_ser_doc *doc, const json_t *v, const char *iso,
                            struct cm_buf *out, char *err, size_t errsz) CM_MUSTCHECK;
 /* Converts one MessagePack object (the whole input) to compact JSON text. wrapped: the input is
- * the Redis wrapper map, and only its "value" entry is converted. */
-int cm_ser_mp_to_json(const char *p, size_t len, bool wrapped, struct cm_buf *out, char *err,
+ * the Redis wrapper map, and only its "value" entry is converted (and, when updated is not
+ * NULL, its "updated_at" entry into updated). */
+int cm_ser_mp_to_json(const char *p, size_t len, bool wrapped, struct cm_buf *out,
+                      struct cm_buf *updated, char *err,
                       size_t errsz) CM_MUSTCHECK;
 
 /* Inflates one complete zlib stream, refusing more than cap bytes of output. */

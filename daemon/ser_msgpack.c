@@ -377,7 +377,7 @@ static int rd_value(struct mp_rd *r, struct cm_buf *out, int depth)
 
 /* The Redis wrapper: a map whose "value" entry is converted; other entries are checked and
  * skipped. A repeated "value" wins, as in the Python dict msgpack.loads builds. */
-static int rd_wrapped(struct mp_rd *r, struct cm_buf *out)
+static int rd_wrapped(struct mp_rd *r, struct cm_buf *out, struct cm_buf *updated)
 {
     struct mp_item it;
     bool found = false;
@@ -398,10 +398,12 @@ static int rd_wrapped(struct mp_rd *r, struct cm_buf *out)
             return cm_ser_fail(r->err, r->errsz, "msgpack map key at byte %zu is not a scalar", at);
         }
         bool is_value = key.kind == MP_STR && key.u == 5 && memcmp(key.s, "value", 5) == 0;
+        bool is_updated = updated != NULL && key.kind == MP_STR && key.u == 10 &&
+                          memcmp(key.s, "updated_at", 10) == 0;
         if (is_value) {
             out->len = out->pos + start;
         }
-        if (rd_value(r, is_value ? out : NULL, 1) != CM_OK) {
+        if (rd_value(r, is_value ? out : is_updated ? updated : NULL, 1) != CM_OK) {
             return CM_ERR;
         }
         found = found || is_value;
@@ -412,11 +414,11 @@ static int rd_wrapped(struct mp_rd *r, struct cm_buf *out)
     return CM_OK;
 }
 
-int cm_ser_mp_to_json(const char *p, size_t len, bool wrapped, struct cm_buf *out, char *err,
-                      size_t errsz)
+int cm_ser_mp_to_json(const char *p, size_t len, bool wrapped, struct cm_buf *out,
+                      struct cm_buf *updated, char *err, size_t errsz)
 {
     struct mp_rd r = {(const unsigned char *)p, len, 0, err, errsz};
-    int rc = wrapped ? rd_wrapped(&r, out) : rd_value(&r, out, 0);
+    int rc = wrapped ? rd_wrapped(&r, out, updated) : rd_value(&r, out, 0);
     if (rc != CM_OK) {
         return CM_ERR;
     }

@@ -177,14 +177,40 @@ int cm_ser_encode_wrapped(enum cm_ser ser, const char *body, size_t len, int64_t
     return encode(ser, body, len, iso, out, err, errsz);
 }
 
-/* Uncompressed stored bytes -> client JSON text. */
+/* The write time in Cacheme's updated_at ({"__class__": "datetime.datetime", "data": ISO}),
+ * given as JSON text; 0 when it is not one. */
+static int64_t updated_at_ms(const char *json, size_t len)
+{
+    struct cm_ser_doc doc;
+    char err[64];
+    int64_t ms = 0;
+    if (len == 0 || cm_ser_doc_parse(&doc, json, len, err, sizeof(err)) != CM_OK) {
+        return 0;
+    }
+    json_t *data = json_is_object(doc.root) ? json_object_get(doc.root, "data") : NULL;
+    if (json_is_string(data)) {
+        ms = cm_parse_iso8601_ms(json_string_value(data), json_string_length(data));
+    }
+    cm_ser_doc_free(&doc);
+    return ms;
+}
+
+/* Uncompressed stored bytes -> client JSON text (and the wrapper's write time, when asked). */
 static int decode_plain(enum cm_ser ser, const char *p, size_t len, bool wrapped,
-                        struct cm_buf *out, char *err, size_t errsz)
+                        struct cm_buf *out, int64_t *written_ms, char *err, size_t errsz)
 {
     struct cm_ser_doc doc;
     json_t *value;
     if (is_msgpack(ser)) {
-        return cm_ser_mp_to_json(p, len, wrapped, out, err, errsz);
+        struct cm_buf upd;
+        cm_buf_init(&upd);
+        int rc = cm_ser_mp_to_json(p, len, wrapped, out, written_ms != NULL ? &upd : NULL, err,
+                                   errsz);
+        if (rc == CM_OK && written_ms != NULL) {
+            *written_ms = updated_at_ms(cm_buf_start(&upd), cm_buf_used(&upd));
+        }
+        cm_buf_deinit(&upd);
+        return rc;
     }
     if (!wrapped) {
         cm_buf_append(out, p, len);
@@ -199,12 +225,19 @@ static int decode_plain(enum cm_ser ser, const char *p, size_t len, bool wrapped
         return cm_ser_fail(err, errsz, "stored JSON is not an object with a \"value\" entry");
     }
     cm_ser_json_emit(&doc, value, CM_SER_STYLE_COMPACT, out);
+    if (written_ms != NULL) {
+        json_t *upd = json_object_get(doc.root, "updated_at");
+        json_t *data = json_is_object(upd) ? json_object_get(upd, "data") : NULL;
+        if (json_is_string(data)) {
+            *written_ms = cm_parse_iso8601_ms(json_string_value(data), json_string_length(data));
+        }
+    }
     cm_ser_doc_free(&doc);
     return CM_OK;
 }
 
 static int decode(enum cm_ser ser, const char *stored, size_t len, bool wrapped, struct cm_buf *out,
-                  char *err, size_t errsz)
+                  int64_t *written_ms, char *err, size_t errsz)
 {
     struct cm_buf tmp;
     size_t m = mark(out);
@@ -214,13 +247,14 @@ static int decode(enum cm_ser ser, const char *stored, size_t len, bool wrapped,
         return CM_OK;
     }
     if (!is_compressed(ser)) {
-        rc = decode_plain(ser, stored, len, wrapped, out, err, errsz);
+        rc = decode_plain(ser, stored, len, wrapped, out, written_ms, err, errsz);
         return rc == CM_OK ? CM_OK : rollback(out, m);
     }
     cm_buf_init(&tmp);
     rc = cm_ser_inflate(stored, len, CM_SER_INFLATE_MAX, &tmp, err, errsz);
     if (rc == CM_OK) {
-        rc = decode_plain(ser, cm_buf_start(&tmp), cm_buf_used(&tmp), wrapped, out, err, errsz);
+        rc = decode_plain(ser, cm_buf_start(&tmp), cm_buf_used(&tmp), wrapped, out, written_ms,
+                          err, errsz);
     }
     cm_buf_deinit(&tmp);
     return rc == CM_OK ? CM_OK : rollback(out, m);
@@ -229,13 +263,20 @@ static int decode(enum cm_ser ser, const char *stored, size_t len, bool wrapped,
 int cm_ser_decode(enum cm_ser ser, const char *stored, size_t len, struct cm_buf *out, char *err,
                   size_t errsz)
 {
-    return decode(ser, stored, len, false, out, err, errsz);
+    return decode(ser, stored, len, false, out, NULL, err, errsz);
 }
 
 int cm_ser_decode_wrapped(enum cm_ser ser, const char *stored, size_t len, struct cm_buf *out,
                           char *err, size_t errsz)
 {
-    return decode(ser, stored, len, true, out, err, errsz);
+    return decode(ser, stored, len, true, out, NULL, err, errsz);
+}
+
+int cm_ser_decode_wrapped_at(enum cm_ser ser, const char *stored, size_t len, struct cm_buf *out,
+                             int64_t *written_ms, char *err, size_t errsz)
+{
+    *written_ms = 0;
+    return decode(ser, stored, len, true, out, written_ms, err, errsz);
 }
 
 int cm_ser_validate(enum cm_ser ser, const char *body, size_t len, char *err, size_t errsz)

@@ -27,6 +27,10 @@ int cm_ser_decode(enum cm_ser ser, const char *stored, size_t len, struct cm_buf
 /* Redis form -> client form of its "value" entry. */
 int cm_ser_decode_wrapped(enum cm_ser ser, const char *stored, size_t len, struct cm_buf *out,
                           char *err, size_t errsz) CM_MUSTCHECK;
+/* The same, also giving the wrapper's updated_at as wall-clock ms (0 when absent or not a UTC
+ * time): the entry's write time (SPEC §12). */
+int cm_ser_decode_wrapped_at(enum cm_ser ser, const char *stored, size_t len, struct cm_buf *out,
+                             int64_t *written_ms, char *err, size_t errsz) CM_MUSTCHECK;
 /* Checks that body is one valid JSON document (used for json/msgpack nodes' loader output and SET). */
 int cm_ser_validate(enum cm_ser ser, const char *body, size_t len, char *err, size_t errsz) CM_MUSTCHECK;
 

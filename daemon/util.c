@@ -41,6 +41,51 @@ void cm_fmt_iso8601(char *out, size_t outsz, int64_t wall_us, char sep)
              tm.tm_mon + 1, tm.tm_mday, sep, tm.tm_hour, tm.tm_min, tm.tm_sec, usec);
 }
 
+/* n digits at s as a number, or -1. */
+static int digits(const char *s, size_t n)
+{
+    int v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return -1;
+        }
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+int64_t cm_parse_iso8601_ms(const char *s, size_t len)
+{
+    if (len < 19 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != ' ') ||
+        s[13] != ':' || s[16] != ':') {
+        return 0;
+    }
+    int y = digits(s, 4), mo = digits(s + 5, 2), d = digits(s + 8, 2);
+    int h = digits(s + 11, 2), mi = digits(s + 14, 2), se = digits(s + 17, 2);
+    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 ||
+        mi > 59 || se < 0 || se > 60) {
+        return 0;
+    }
+    size_t i = 19;
+    int64_t ms = 0;
+    if (i < len && s[i] == '.') {
+        int scale = 100;
+        for (i++; i < len && s[i] >= '0' && s[i] <= '9'; i++) {
+            ms += (s[i] - '0') * scale;
+            scale /= 10;
+        }
+    }
+    /* Only UTC: Cacheme writes +00:00; another offset is not ours to guess. */
+    if (!(i == len || (len - i == 1 && s[i] == 'Z') ||
+          (len - i == 6 && memcmp(s + i, "+00:00", 6) == 0))) {
+        return 0;
+    }
+    struct tm tm = { .tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h,
+                     .tm_min = mi, .tm_sec = se };
+    time_t t = timegm(&tm);
+    return t < 0 ? 0 : (int64_t)t * 1000 + ms;
+}
+
 int cm_parse_u64(const char *s, size_t len, uint64_t *out)
 {
     uint64_t v = 0;

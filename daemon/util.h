@@ -18,6 +18,9 @@ int64_t cm_now_ms(void);
 int64_t cm_wall_us(void);
 /* Formats wall-clock microseconds as "2026-11-25T01:22:56.123456+00:00" (sep 'T') or with ' ' as sep. */
 void cm_fmt_iso8601(char *out, size_t outsz, int64_t wall_us, char sep);
+/* Parses what cm_fmt_iso8601 and Python's datetime.isoformat() write for a UTC time:
+ * YYYY-MM-DD[T ]HH:MM:SS[.ffffff][+00:00|Z]; returns wall-clock ms, 0 when s is not one. */
+int64_t cm_parse_iso8601_ms(const char *s, size_t len);
 
 /* Whole-string parses; return CM_OK or CM_ERR (empty, junk, overflow, out of range). */
 int cm_parse_i64(const char *s, size_t len, int64_t *out) CM_MUSTCHECK;

@@ -79,6 +79,34 @@ static const struct {
     {"-0.0", "\xcb\x80\x00\x00\x00\x00\x00\x00\x00", 9},
 };
 
+/* SPEC §12: the Redis wrapper's updated_at is read back as the entry's write time, for every
+ * serializer that wraps; Python's isoformat without microseconds and a non-UTC offset too. */
+START_TEST(test_wrapped_write_time)
+{
+    static const enum cm_ser sers[] = { CM_SER_JSON, CM_SER_MSGPACK, CM_SER_COMPRESSED_JSON,
+                                        CM_SER_COMPRESSED_MSGPACK };
+    int64_t at_us = 1764033776123456LL;   /* 2025-11-25T01:22:56.123456+00:00 */
+    for (size_t i = 0; i < sizeof(sers) / sizeof(sers[0]); i++) {
+        struct cm_buf st, out;
+        char why[160];
+        int64_t w = -1;
+        cm_buf_init(&st);
+        cm_buf_init(&out);
+        ck_assert_int_eq(cm_ser_encode_wrapped(sers[i], "{\"a\":1}", 7, at_us, &st, why,
+                                               sizeof(why)), CM_OK);
+        ck_assert_int_eq(cm_ser_decode_wrapped_at(sers[i], cm_buf_start(&st), cm_buf_used(&st),
+                                                  &out, &w, why, sizeof(why)), CM_OK);
+        ck_assert_int_eq(w, at_us / 1000);
+        cm_buf_deinit(&st);
+        cm_buf_deinit(&out);
+    }
+    ck_assert_int_eq(cm_parse_iso8601_ms("2025-11-25T01:22:56+00:00", 25), 1764033776000LL);
+    ck_assert_int_eq(cm_parse_iso8601_ms("2025-11-25 01:22:56.5", 21), 1764033776500LL);
+    ck_assert_int_eq(cm_parse_iso8601_ms("2025-11-25T01:22:56+02:00", 25), 0);
+    ck_assert_int_eq(cm_parse_iso8601_ms("garbage", 7), 0);
+}
+END_TEST
+
 START_TEST(test_msgpack_exact_bytes)
 {
     for (size_t i = 0; i < CM_ARRAY_LEN(mp_cases); i++) {
@@ -631,6 +659,7 @@ static Suite *serializer_suite(void)
     Suite *s = suite_create("serializer");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_wrapped_write_time);
     tcase_add_test(tc, test_msgpack_exact_bytes);
     tcase_add_test(tc, test_wrapped_exact_bytes);
     tcase_add_test(tc, test_json_bare_is_loader_bytes);
