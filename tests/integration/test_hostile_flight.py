@@ -191,7 +191,11 @@ class FlightHostileTest(DaemonTest):
         view = memoryview(buf)
         s.settimeout(60)
         while got < want:
-            n = s.recv_into(view)
+            try:
+                n = s.recv_into(view)
+            except socket.timeout:
+                self.fail("stalled after %d of %d bytes (%d replies)" %
+                          (got, want, got // len(one)))
             if n == 0:
                 self.fail("EOF after %d of %d bytes" % (got, want))
             off = got % len(one)
