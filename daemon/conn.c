@@ -381,6 +381,13 @@ void cm_conn_on_readable(struct cm_conn *c)
     if (c->state != CM_CONN_ACTIVE) {
         return;
     }
+    if (c->nreqs >= CM_CONN_MAX_PIPELINE || output_bytes(c) >= CM_CONN_WBUF_PAUSE) {
+        /* Parsing stopped at a limit: pause, so that check_limits_and_resume parses what is
+         * buffered once the output drains. Left reading, a write that drained it all at once
+         * (4 MB fit in loopback socket buffers) left the rest of a pipeline of GETs of a 1 MB
+         * value unparsed until the client sent more: 4 of 1,024 replies, then a stall. */
+        set_reading(c, false);
+    }
     if (eof) {
         /* The client is gone: waiting requests are orphaned, nothing more can be written. */
         cm_conn_close(c, "client closed the connection");
