@@ -306,6 +306,13 @@ static void finish_node(struct loader *L, struct section *sec, struct cm_conf_no
     for (size_t i = 0; i < node->ncaches; i++) {
         redis = redis || node->caches[i].st->type == CM_ST_TYPE_REDIS;
     }
+    const struct kv *neg = &sec->keys[KEY_INDEX(cm_conf_find_key(SEC_NODE, "negative_ttl"))];
+    if (node->negative_ttl_ms > 0 && node->serializer == CM_SER_RAW) {
+        /* A negative entry is Cacheme's cached None, the serialized null: raw values have none
+         * (README: "When the origin has a bad day"). */
+        key_err(L, sec, "negative_ttl", neg->value, neg->line,
+                "needs a json or msgpack serializer (a raw node has no null to cache)");
+    }
     if (node->invalidate_channel != NULL && !redis) {
         /* invalidate.c subscribes through the node's first redis storage. */
         key_err(L, sec, "invalidate_channel", inval->value, inval->line,

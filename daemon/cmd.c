@@ -85,7 +85,7 @@ static void cmd_get(struct cm_req *req)
         return;
     }
     /* The hot path: a local hit is encoded straight into the output. */
-    if (cm_flight_get_local(fl, node, ARG(req, 1), ARGLEN(req, 1), cm_req_out(req))) {
+    if (cm_flight_get_local(fl, node, ARG(req, 1), ARGLEN(req, 1), req->resp3, cm_req_out(req))) {
         reply_done(req);
         return;
     }

@@ -74,6 +74,7 @@ struct flight {
     bool superseded;               /* a later mutation happened: write nothing */
     bool trial;                    /* its load is the breaker's trial */
     bool stale_answer;             /* its waiters get a stale entry: counted as stale hits */
+    bool negative;                 /* its value is a negative entry (a cached 404, SPEC §12) */
     int64_t written_ms;            /* when the value it found in a cache was written (0: now) */
     struct cm_val *stale;          /* the youngest stale entry met on the way (SPEC §12), a ref */
     int64_t stale_past_ms;         /* how far past its cache's ttl it is */
@@ -294,7 +295,13 @@ static void add_waiter(struct flight *f, struct cm_req *req, size_t slot, bool g
 static void answer(struct flight *f, struct cm_req *req, size_t slot)
 {
     switch (f->res) {
-    case RES_VALUE: cm_req_answer_val(req, slot, f->val); break;
+    case RES_VALUE:
+        if (f->negative) {
+            cm_req_answer_nil(req, slot);
+        } else {
+            cm_req_answer_val(req, slot, f->val);
+        }
+        break;
     case RES_NIL: cm_req_answer_nil(req, slot); break;
     case RES_ERROR: cm_req_answer_error(req, slot, f->err); break;
     case RES_NONE: CM_NOT_REACHED();
@@ -308,6 +315,10 @@ static void count_answer(struct flight *f)
     if (f->stale_answer) {
         s->hit_count++;
         s->stale_hit_count++;
+    } else if (f->from_cache && f->negative) {
+        s->hit_count++;
+        s->remote_hit_count++;
+        s->negative_hit_count++;
     } else if (f->from_cache) {
         s->hit_count++;
         s->remote_hit_count++;
@@ -386,6 +397,8 @@ static void flight_end(struct flight *f)
 
 static void write_cache(struct flight *f, size_t c);
 static void resolve_failure(struct flight *f, const char *reason);
+static bool is_negative(const struct cm_node *node, const char *val, size_t len);
+static void resolve_absent(struct flight *f);
 
 /* Sets the flight's result, answers its waiters, then writes (SPEC §6.5). Takes val's ref and
  * err. The local caches are written at once, in the same call as the answers: a client that got
@@ -498,6 +511,24 @@ static void note_stale(struct flight *f, struct cm_val *v, int64_t past)
     f->stale_past_ms = past;
 }
 
+/* A json/msgpack node's value that is the JSON null: a negative entry, Cacheme's cached None
+ * (SPEC §12). Such a node never has null as a real value: a loader 200 of null is a 404. */
+static bool is_negative(const struct cm_node *node, const char *val, size_t len)
+{
+    if (node->conf->serializer == CM_SER_RAW) {
+        return false;
+    }
+    while (len > 0 && (val[len - 1] == ' ' || val[len - 1] == '\n' || val[len - 1] == '\r' ||
+                       val[len - 1] == '\t')) {
+        len--;
+    }
+    while (len > 0 && (*val == ' ' || *val == '\n' || *val == '\r' || *val == '\t')) {
+        val++;
+        len--;
+    }
+    return len == 4 && memcmp(val, "null", 4) == 0;
+}
+
 /* ---- writes ---- */
 
 /* The bytes a cache stores for value: local keeps the client form, remote the serialized one. */
@@ -549,7 +580,11 @@ static void write_cache(struct flight *f, size_t c)
     if (f->fl->closing || stored_form(f, nc->st, &data, &len) != CM_OK) {
         return;
     }
-    if (ttl > 0) {
+    if (f->negative) {
+        /* min(negative_ttl, the cache's ttl), and no grace: gone when its ttl ends */
+        int64_t neg = f->node->conf->negative_ttl_ms;
+        ttl = ttl > 0 && ttl < neg ? ttl : neg;
+    } else if (ttl > 0) {
         /* The cache keeps it past its ttl for stale answers (SPEC §12); the spans are capped by
          * the config, so this cannot overflow. */
         ttl += stale_span(f->node);
@@ -672,12 +707,20 @@ static void on_batch_read(struct cm_st_op *op, void *arg)
         int64_t past = val == NULL ? -1
                                    : past_ttl(f->node->caches[f->node->remote_idx[f->step]].ttl_ms,
                                               it->written_ms, wall_ms());
+        bool neg = val != NULL && is_negative(f->node, val->data, val->len);
         if (val != NULL && past >= 0) {
-            note_stale(f, val, past);   /* a fresh entry further on beats it */
+            if (neg) {
+                cm_val_unref(val);   /* negative entries get no grace */
+            } else {
+                note_stale(f, val, past);   /* a fresh entry further on beats it */
+            }
             val = NULL;
         }
+        if (val != NULL && neg) {
+            f->negative = true;   /* answered nil, backfilled as a negative entry */
+        }
         const struct cm_conf_node *c = f->node->conf;
-        if (val != NULL && c->refresh_after_ms > 0 && it->written_ms > 0 &&
+        if (val != NULL && !neg && c->refresh_after_ms > 0 && it->written_ms > 0 &&
             f->node->loader.nsegs > 0 && wall_ms() - it->written_ms >= c->refresh_after_ms) {
             /* Fresh but old enough to reload: answered now, loaded in the background, and the
              * load writes every cache (SPEC §12 refresh_after). */
@@ -904,12 +947,16 @@ static void on_load(struct cm_load_result *r, void *arg)
             break;
         }
         node->stats.load_success_count++;
+        if (is_negative(node, r->body, r->len)) {
+            resolve_absent(f);   /* a 200 of null is a 404 (SPEC §12) */
+            goto out;
+        }
         resolve(f, RES_VALUE, cm_val_take(r->body, r->len), NULL);
         r->body = NULL;
         goto out;
     case CM_LOAD_NOT_FOUND:
         node->stats.load_success_count++;
-        resolve(f, RES_NIL, NULL, NULL);
+        resolve_absent(f);
         goto out;
     case CM_LOAD_FAILED:
         break;
@@ -919,6 +966,18 @@ static void on_load(struct cm_load_result *r, void *arg)
 out:
     ke->refs--;
     ke_run(fl, ke);   /* the next load waiting on the key, whatever became of f */
+}
+
+/* The origin has no value for the key: nil to the waiters; with negative_ttl the caches get a
+ * negative entry (the serialized null) that answers nil without a load until it expires. */
+static void resolve_absent(struct flight *f)
+{
+    if (f->node->conf->negative_ttl_ms <= 0 || f->node->conf->serializer == CM_SER_RAW) {
+        resolve(f, RES_NIL, NULL, NULL);
+        return;
+    }
+    f->negative = true;
+    resolve(f, RES_VALUE, cm_val_copy("null", 4), NULL);
 }
 
 /* A failed load: the waiters get the stale entry f met when it is within stale_if_error
@@ -1094,8 +1153,9 @@ static void start_background(struct cm_flights *fl, struct cm_node *node, const 
  * entry past its ttl answers only within grace, and starts one background load; so does a fresh
  * one older than refresh_after (SPEC §12). */
 static bool local_lookup(struct cm_flights *fl, struct cm_node *node, const char *key,
-                         size_t klen, const char **val, size_t *vlen)
+                         size_t klen, const char **val, size_t *vlen, bool *negative)
 {
+    *negative = false;
     if (node->nlocal == 0) {
         return false;
     }
@@ -1126,6 +1186,11 @@ static bool local_lookup(struct cm_flights *fl, struct cm_node *node, const char
         hit = true;
         node->stats.hit_count++;
         node->stats.local_hit_count++;
+        if (c->negative_ttl_ms > 0 && is_negative(node, *val, *vlen)) {
+            *negative = true;   /* a cached 404: nil, no load, no refresh */
+            node->stats.negative_hit_count++;
+            background = false;
+        }
         for (size_t j = 0; j < i; j++) {
             struct cm_node_cache *prev = &node->caches[node->local_idx[j]];
             cm_storage_store(prev->st, skey, sklen, *val, *vlen, prev->ttl_ms, written);
@@ -1197,14 +1262,19 @@ static void start_background(struct cm_flights *fl, struct cm_node *node, const 
 }
 
 bool cm_flight_get_local(struct cm_flights *fl, struct cm_node *node, const char *key,
-                         size_t klen, struct cm_buf *out)
+                         size_t klen, bool resp3, struct cm_buf *out)
 {
     const char *val;
     size_t vlen;
-    if (!local_lookup(fl, node, key, klen, &val, &vlen)) {
+    bool negative;
+    if (!local_lookup(fl, node, key, klen, &val, &vlen, &negative)) {
         return false;
     }
-    cm_resp_bulk(out, val, vlen);
+    if (negative) {
+        cm_resp_nil(out, resp3);
+    } else {
+        cm_resp_bulk(out, val, vlen);
+    }
     return true;
 }
 
@@ -1233,8 +1303,13 @@ void cm_flight_get(struct cm_flights *fl, struct cm_req *req, const struct cm_ge
         }
         const char *lval;
         size_t lvlen;
+        bool negative;
         if (!keys[k].local_checked && local_lookup(fl, node, keys[k].key, keys[k].klen, &lval,
-                                                   &lvlen)) {
+                                                   &lvlen, &negative)) {
+            if (negative) {
+                cm_req_answer_nil(req, keys[k].slot);
+                continue;
+            }
             cm_val_unref(last);
             last = cm_val_copy(lval, lvlen);
             last_key = &keys[k];

@@ -70,9 +70,10 @@ int cm_flights_breaker_state(const struct cm_flights *fl, const struct cm_node *
 void cm_flights_close_loader(struct cm_flights *fl);
 
 /* Step 1 of a read: looks key up in node's local caches, in order (a later one's hit backfills
- * the earlier ones). On a hit appends the bulk reply to out, counts it, and returns true. */
+ * the earlier ones). On a hit appends the reply to out (a bulk; nil for a negative entry, in
+ * RESP3 form when resp3), counts it, and returns true. */
 bool cm_flight_get_local(struct cm_flights *fl, struct cm_node *node, const char *key,
-                         size_t klen, struct cm_buf *out);
+                         size_t klen, bool resp3, struct cm_buf *out);
 /* GET/MGET: answers each key into req's slot: local hit at once; otherwise joins or starts the
  * key's flight. Remote reads of new flights are batched per storage. */
 void cm_flight_get(struct cm_flights *fl, struct cm_req *req, const struct cm_getkey *keys,

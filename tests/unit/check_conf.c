@@ -749,8 +749,8 @@ START_TEST(test_origin_protection_keys)
     cm_conf_free(c);
 
     /* stale_if_error defaults to grace */
-    c = load_ok(ST_L NODE_N "grace = 5m\nrefresh_after = 20s\nnegative_ttl = 30s\n"
-                            "loader_concurrency = 64\nbreaker = 5, 10s\n"
+    c = load_ok(ST_L NODE_N "serializer = json\ngrace = 5m\nrefresh_after = 20s\n"
+                            "negative_ttl = 30s\nloader_concurrency = 64\nbreaker = 5, 10s\n"
                             "loader = http://o/u/{id}\nloader_batch = http://o/u?ids={id}\n"
                             "loader_batch_max = 10000\n");
     n = &c->nodes[0];
@@ -778,6 +778,9 @@ static const struct bad_case new_key_cases[] = {
     {ST_L NODE_N "refresh_after = soon\n",
      "t.conf:7: [node n] refresh_after = \"soon\": not a duration (e.g. 500ms, 30s, 10m, 2h, 10d; "
      "a bare number is seconds)\n"},
+    {ST_L NODE_N "negative_ttl = 30s\n",
+     "t.conf:7: [node n] negative_ttl = \"30s\": needs a json or msgpack serializer (a raw node "
+     "has no null to cache)\n"},
     {ST_L NODE_N "negative_ttl = 1y\n",
      "t.conf:7: [node n] negative_ttl = \"1y\": not a duration (e.g. 500ms, 30s, 10m, 2h, 10d; a "
      "bare number is seconds)\n"},

@@ -406,6 +406,38 @@ START_TEST(test_local_grace_and_refresh_after)
 }
 END_TEST
 
+/* negative_ttl: a 404 is nil to the waiters and cached as Cacheme's None (the serialized null)
+ * for min(negative_ttl, the cache's ttl); the next GETs are nil without a load (local), and a
+ * remote negative entry answers nil too. */
+START_TEST(test_negative_entries)
+{
+    fh_init(&H, false);
+    struct cm_node *n = node_named(&H, "n");
+    fh_get(&H, 0, "n:1");
+    ops_ok(&H);
+    fh_complete_load(&H, 0, FH_404);
+    ops_ok(&H);
+    ck_assert_str_eq(last_reply(&H, 0), "(nil)");
+    struct fh_entry *e = fh_find(&H.stores[1], "t:n:1:v", 7);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_str_eq(e->val, "null");
+    ck_assert_int_eq((int)e->ttl_ms, 10000);
+    fh_get(&H, 0, "n:1");
+    ck_assert_str_eq(last_reply(&H, 0), "(nil)");
+    ck_assert_int_eq((int)H.nloads, 0);
+    ck_assert_uint_eq(n->stats.negative_hit_count, 1);
+    /* only in the remote cache */
+    plant(&H, 1, "t:n:2:v", "null", 1000);
+    fh_get(&H, 1, "n:2");
+    ops_ok(&H);
+    ck_assert_str_eq(last_reply(&H, 1), "(nil)");
+    ck_assert_int_eq((int)H.nloads, 0);
+    ck_assert_uint_eq(n->stats.negative_hit_count, 2);
+    fh_settle(&H);
+    fh_finish(&H);
+}
+END_TEST
+
 static Suite *flight_suite(void)
 {
     Suite *s = suite_create("flight");
@@ -425,6 +457,7 @@ static Suite *flight_suite(void)
     tcase_add_test(tc, test_grace_answers_stale_and_loads_once);
     tcase_add_test(tc, test_stale_if_error);
     tcase_add_test(tc, test_local_grace_and_refresh_after);
+    tcase_add_test(tc, test_negative_entries);
     suite_add_tcase(s, tc);
     return s;
 }

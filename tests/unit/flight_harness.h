@@ -78,7 +78,9 @@ static const char fh_conf_text[] =
     "[node g]\nkey = g:{id}\nversion = v\ncaches = mem:1s\nloader = http://127.0.0.1:9/g/{id}\n"
     "grace = 10s\n"
     "[node h]\nkey = h:{id}\nversion = v\ncaches = mem:60s\nloader = http://127.0.0.1:9/h/{id}\n"
-    "refresh_after = 1s\n";
+    "refresh_after = 1s\n"
+    "[node n]\nkey = n:{id}\nversion = v\ncaches = mem:60s, r1:60s\nserializer = json\n"
+    "loader = http://127.0.0.1:9/n/{id}\nnegative_ttl = 10s\n";
 
 struct fh_entry {
     char *key;
