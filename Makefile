@@ -25,7 +25,7 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all deps test unit integration asan asan-build fuzz bench bench-hitratio bench-trace \
+.PHONY: all deps test unit integration asan asan-build fuzz bench bench-hitratio bench-trace bench-badday \
         conftest format clean demo
 
 all: $(BUILD)/cachemed cachemed
@@ -104,6 +104,9 @@ bench-hitratio: all bench-bins
 
 bench-trace: all bench-bins
 	@bench/trace.sh
+
+bench-badday: all bench-bins
+	@bench/badday.sh
 
 conftest: all
 	./cachemed --check -c cachemed.conf.example
