@@ -138,6 +138,7 @@ CONF
 forget_pid() { local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
 
 declare -A out
+cm_stats=""
 failed=0
 t0=$(date +%s)
 for s in $SERVERS; do
@@ -147,7 +148,9 @@ for s in $SERVERS; do
         --clients "$CLIENTS" --secs "$SECS" --phases "$phases" --keys "$KEYS" \
         --think-ms "$THINK_MS" --seed "$SEED") || failed=1
     if [ "$s" = cachemed ]; then
-        redis-cli -p "$srv_port" info > "$dir/cachemed/info" 2>/dev/null || true
+        # The node's counters, name value pairs on one line (§7, §12 where they exist yet).
+        cm_stats=$(redis-cli -p "$srv_port" stats uid 2>/dev/null | awk '
+            /_count$|^load_queued$/ {k = $0; next} k != "" {printf "%s=%s ", k, $0; k = ""}')
     fi
     stop_pid "$srv_pid"
     forget_pid "$srv_pid"
@@ -191,17 +194,25 @@ field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<< "$2" | head -1; } # key, li
         echo "$row"
     done
     echo
-    echo "- cachemed: [local tlfu 20000, redis] node, ttl ${TTL}s in both caches, loader_timeout 10s;"
+    if [ -n "$cm_stats" ]; then
+        echo "cachemed's STATS uid at the end: $(sed 's/ $//; s/ /, /g' <<< "$cm_stats")."
+        echo
+    fi
     if [ -n "${BADDAY_CM_CONF:-}" ]; then
-        echo "  config from $BADDAY_CM_CONF."
-    else
+        echo "- cachemed: config from $BADDAY_CM_CONF."
+    elif [[ " $SERVERS " == *" cachemed "* ]]; then
+        echo "- cachemed: [local tlfu 20000, redis] node, ttl ${TTL}s in both caches, loader_timeout 10s;"
         echo "  §12: $(tr '\n' ';' <<< "$CM_NODE" | sed 's/;$//; s/;/; /g')."
     fi
-    echo "- nginx $(nginx -v 2>&1 | sed 's/.*\///') (bench/badday-nginx.conf): proxy_cache_valid 200 ${TTL}s,"
-    echo "  proxy_cache_use_stale error timeout updating http_503, proxy_cache_background_update on,"
-    echo "  proxy_cache_lock on, inactive 60m."
-    echo "- Varnish $(varnishd -V 2>&1 | grep -o 'varnish-[0-9.]*' | head -1 | sed 's/varnish-//') (bench/badday.vcl): ttl ${TTL}s, grace 1h, a background fetch"
-    echo "  that gets a 5xx is abandoned (the stale object stays)."
+    if [[ " $SERVERS " == *" nginx "* ]]; then
+        echo "- nginx $(nginx -v 2>&1 | sed 's/.*\///') (bench/badday-nginx.conf): proxy_cache_valid 200 ${TTL}s,"
+        echo "  proxy_cache_use_stale error timeout updating http_503, proxy_cache_background_update on,"
+        echo "  proxy_cache_lock on, inactive 60m (a 503 is not cached)."
+    fi
+    if [[ " $SERVERS " == *" varnish "* ]]; then
+        echo "- Varnish $(varnishd -V 2>&1 | grep -o 'varnish-[0-9.]*' | head -1 | sed 's/varnish-//') (bench/badday.vcl): ttl ${TTL}s, grace 1h, a background fetch"
+        echo "  that gets a 5xx is abandoned (the stale object stays), a foreground 5xx is not cached."
+    fi
     echo "- errors: RESP error or nil, HTTP status other than 200, a wrong value, no reply in 10 s."
     echo "  \"Cached before the outage\": keys answered at least once before the 503 phase."
     echo "  Reached origin: the origin's own counter, read by the driver at each phase boundary."
