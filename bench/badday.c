@@ -14,6 +14,7 @@
  *
  * Output, one line each (key=value, for the script): "phase NAME ..." per phase, "hot T ..."
  * per --bucket-s window of the reads of the --hot hottest keys, and "total ...". */
+#include "bench/http_reply.h"
 #include "bench/zipf.h"
 #include "daemon/alloc.h"
 #include "daemon/common.h"
@@ -206,48 +207,28 @@ static void read_resp(struct client *c, struct evbuffer *in)
     }
 }
 
-/* One HTTP/1.1 response with Content-Length (the origin's and both peers' form). */
 static void read_http(struct client *c, struct evbuffer *in)
 {
     for (;;) {
-        struct evbuffer_ptr eoh = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-        if (eoh.pos < 0) {
-            return;
-        }
-        size_t hlen = (size_t)eoh.pos + 4;
-        const char *h = (const char *)evbuffer_pullup(in, (ssize_t)hlen);
-        if (hlen < 12 || strncmp(h, "HTTP/1.", 7) != 0) {
-            client_lost(c, "bad HTTP response");
-            return;
-        }
-        int status = atoi(h + 9);
-        long clen = -1;
+        int status = 0;
+        const char *body = NULL;
+        size_t blen = 0, consumed = 0;
         bool close_conn = false;
-        for (const char *p = memchr(h, '\n', hlen); p != NULL && p < h + hlen;
-             p = memchr(p, '\n', (size_t)(h + hlen - p))) {
-            p++;
-            if (strncasecmp(p, "Content-Length:", 15) == 0) {
-                clen = strtol(p + 15, NULL, 10);
-            } else if (strncasecmp(p, "Connection:", 11) == 0) {
-                close_conn = strstr(p, "close") != NULL && strstr(p, "close") < strchr(p, '\n');
-            }
-        }
-        if (clen < 0) {
-            client_lost(c, "HTTP response without Content-Length");
+        int rc = parse_http(in, &status, &body, &blen, &consumed, &close_conn);
+        if (rc == 0) {
             return;
         }
-        if (evbuffer_get_length(in) < hlen + (size_t)clen) {
+        if (rc < 0) {
+            client_lost(c, "unusable HTTP response");
             return;
         }
-        const char *all = (const char *)evbuffer_pullup(in, (ssize_t)(hlen + (size_t)clen));
         if (c->busy) {
-            bool ok = status == 200 && value_is(all + hlen, (size_t)clen, c->key);
             char why[64];
             int n = snprintf(why, sizeof(why), "HTTP %d %.*s", status,
-                             (int)(clen > 30 ? 30 : clen), all + hlen);
-            record(c, ok, why, (size_t)n);
+                             (int)(blen > 30 ? 30 : blen), body);
+            record(c, status == 200 && value_is(body, blen, c->key), why, (size_t)n);
         }
-        evbuffer_drain(in, hlen + (size_t)clen);
+        evbuffer_drain(in, consumed);
         if (close_conn) {
             client_lost(c, "closed"); /* not busy any more: only reconnects */
             return;

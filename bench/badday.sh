@@ -37,29 +37,7 @@ phases=$(awk -v s="$SECS" 'BEGIN {printf "%g,%g,%g", s / 3, s * 7 / 12, s * 3 / 
 
 dir=$(mktemp -d /tmp/cm-badday.XXXXXX)
 chmod 755 "$dir" # varnishd's worker user reads its work dir
-pids=()
-stop_pid() { # pid: TERM, then KILL after 10 s
-    local p=$1 i
-    kill "$p" 2>/dev/null || return 0
-    for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-}
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do stop_pid "$p"; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() { # seconds, command...
-    local t=$(($(date +%s) + $1)); shift
-    until "$@" >/dev/null 2>&1; do
-        [ "$(date +%s)" -lt $t ] || { echo "badday.sh: timeout waiting for: $*" >&2; return 1; }
-        sleep 0.05
-    done
-}
+. bench/procs.sh
 
 # ---- shared: one redis-server and the origin
 rport=$(free_port)
@@ -135,7 +113,6 @@ CONF
     *) echo "badday.sh: unknown server $1" >&2; exit 2 ;;
     esac
 }
-forget_pid() { local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
 
 declare -A out
 cm_stats=""
