@@ -13,7 +13,7 @@
 #        BADDAY_THINK_MS=50 (each client's pause between requests, +-50 %) BADDAY_TTL=5
 #        BADDAY_CM_NODE (the cachemed node's §12 lines; default below) or BADDAY_CM_CONF (a
 #        whole cachemed config; @PORT@, @REDIS_PORT@, @ORIGIN_PORT@ and @TTL@ are filled in)
-#        BADDAY_SEED=1 OUT=file
+#        BADDAY_SEED=1 OUT=file (rewritten; what follows a "<!-- notes" line in it is kept)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -137,6 +137,8 @@ for s in $SERVERS; do
     printf '%s\n' "${out[$s]}" >&2
 done
 
+# What follows a "<!-- notes" line in an earlier OUT (the hand-written reading of a run) is kept.
+notes=$(sed -n '/^<!-- notes/,$p' "$OUT" 2>/dev/null || true)
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<< "$2" | head -1; } # key, line
 {
     echo "# The bad-day benchmark: cachemed, nginx and Varnish while the origin fails"
@@ -196,6 +198,10 @@ field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<< "$2" | head -1; } # key, li
     echo "- errors: RESP error or nil, HTTP status other than 200, a wrong value, no reply in 10 s."
     echo "  \"Cached before the outage\": keys answered at least once before the 503 phase."
     echo "  Reached origin: the origin's own counter, read by the driver at each phase boundary."
+    if [ -n "$notes" ]; then
+        echo
+        printf '%s\n' "$notes"
+    fi
 } | tee "$OUT"
 echo "bench-badday: $(($(date +%s) - t0)) s, written to $OUT" >&2
 exit "$failed"
