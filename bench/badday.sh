@@ -13,7 +13,7 @@
 #        BADDAY_THINK_MS=50 (each client's pause between requests, +-50 %) BADDAY_TTL=5
 #        BADDAY_CM_NODE (the cachemed node's §12 lines; default below) or BADDAY_CM_CONF (a
 #        whole cachemed config; @PORT@, @REDIS_PORT@, @ORIGIN_PORT@ and @TTL@ are filled in)
-#        BADDAY_SEED=1 OUT=file (rewritten; what follows a "<!-- notes" line in it is kept)
+#        BADDAY_BUILD=build/asan (binaries of another build, not rebuilt) BADDAY_SEED=1 OUT=file (rewritten; what follows a "<!-- notes" line in it is kept)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -30,9 +30,11 @@ OUT=${OUT:-bench/RESULTS-badday.md}
 # old (before its 5 s ttl); after 5 consecutive failures call the origin at most once per 2 s.
 CM_NODE=${BADDAY_CM_NODE-$'grace = 30s\nstale_if_error = 1h\nrefresh_after = 3s\nbreaker = 5, 2s'}
 PY=/usr/bin/python3
-driver=build/bench/badday
-origin_bin=build/bench/origin
-make --no-print-directory -s build/cachemed "$driver" "$origin_bin"
+# BADDAY_BUILD=build/asan: the binaries of another build, used as they are (not rebuilt).
+bld=${BADDAY_BUILD:-build}
+driver=$bld/bench/badday
+origin_bin=$bld/bench/origin
+[ -n "${BADDAY_BUILD:-}" ] || make --no-print-directory -s build/cachemed "$driver" "$origin_bin"
 phases=$(awk -v s="$SECS" 'BEGIN {printf "%g,%g,%g", s / 3, s * 7 / 12, s * 3 / 4}')
 
 # On tmpfs where there is one: nginx keeps its cache in files, and on this machine's ext4 /tmp
@@ -88,7 +90,7 @@ loader_timeout = 10s
 $CM_NODE
 CONF
         fi
-        ./build/cachemed -c "$dir/cachemed/cachemed.conf" >> "$dir/cachemed/log" 2>&1 &
+        "$bld/cachemed" -c "$dir/cachemed/cachemed.conf" >> "$dir/cachemed/log" 2>&1 &
         srv_pid=$!
         pids+=("$srv_pid")
         wait_for 10 redis-cli -p "$srv_port" ping
