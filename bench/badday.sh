@@ -128,7 +128,7 @@ for s in $SERVERS; do
     echo "badday.sh: $s on $srv_port, $SECS s, phases at $phases" >&2
     out[$s]=$("$driver" --proto "$proto" --port "$srv_port" --origin-port "$oport" \
         --clients "$CLIENTS" --secs "$SECS" --phases "$phases" --keys "$KEYS" \
-        --think-ms "$THINK_MS" --seed "$SEED") || failed=1
+        --think-ms "$THINK_MS" --bucket-s "$TTL" --seed "$SEED") || failed=1
     if [ "$s" = cachemed ]; then
         # The node's counters, name value pairs on one line (§7, §12 where they exist yet).
         cm_stats=$(redis-cli -p "$srv_port" stats uid 2>/dev/null | awk '
@@ -162,7 +162,8 @@ field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<< "$2" | head -1; } # key, li
         done
     done
     echo
-    echo "Hot keys (the 10 most read), per 5 s window: p99 / max ms, and reads of 5 ms or more."
+    echo "Hot keys (the 10 most read), per ${TTL} s window (one ttl: each window holds one expiry of"
+    echo "each hot key): p99 / max ms, and (in brackets) reads of 5 ms or more."
     echo
     hdr="| window s |"; sep="|---:|"
     for s in $SERVERS; do hdr+=" $s |"; sep+="---|"; done
