@@ -26,7 +26,7 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all deps test unit integration asan asan-build fuzz bench bench-hitratio bench-trace bench-mem \
-        soak \
+        bench-badday soak \
         conftest format clean demo
 
 all: $(BUILD)/cachemed cachemed
@@ -114,6 +114,11 @@ bench-mem: all
 # bench/soak.sh. SOAK_BIN=build/asan/cachemed (after `make asan-build`) soaks the ASan build.
 soak: all
 	@bench/soak.sh
+
+# The origin's bad day (issue 15): cachemed, nginx and Varnish through a 503 outage and a slow
+# phase, in one run (bench/badday.sh).
+bench-badday: all bench-bins
+	@bench/badday.sh
 
 conftest: all
 	./cachemed --check -c cachemed.conf.example

@@ -4,6 +4,8 @@
  *   GET /uid/<n>   200, body <n>, sent after the default delay (a timer, nothing blocks)
  *   GET /__stats   {"total": ..., "connections": ..., "active": ..., "max_active": ...}
  *   GET /__reset   zeroes the counters (max_active restarts from active)
+ *   GET /__mode/ok, /__mode/503, /__mode/slow   how later loads are answered (bench/badday.sh):
+ *                  normally; 503 after the default delay; 200 after --slow-delay-ms
  *
  * Any other path answers 404 after the same delay and is counted too. Control paths (/__...)
  * are neither delayed nor counted; an unknown one answers 404 and closes the connection.
@@ -51,6 +53,13 @@
 struct origin {
     struct event_base *base;
     const struct timeval *delay; /* a libevent common timeout: one queue for every reply */
+    const struct timeval *slow;  /* the same for loads in MODE_SLOW */
+    enum origin_mode {
+        MODE_OK,   /* loads answer 200 (or 404) after the default delay */
+        MODE_FAIL, /* loads answer 503 after the default delay */
+        MODE_SLOW, /* loads answer 200 after the slow delay */
+    } mode;                      /* set by /__mode/..., read when a load arrives */
+    uint64_t failed;             /* loads answered 503 since the last reset */
     struct conn *conns;          /* every connection, open or waiting for its timers */
     uint64_t total;              /* loads since the last reset */
     uint64_t connections;        /* connections accepted since the last reset */
@@ -65,6 +74,7 @@ enum req_kind {
     REQ_NOT_FOUND,   /* any other path: 404 after the delay */
     REQ_STATS,       /* /__stats */
     REQ_RESET,       /* /__reset */
+    REQ_MODE,        /* /__mode/ok, /__mode/503, /__mode/slow */
     REQ_NO_CONTROL,  /* any other /__ path: 404, then close */
     REQ_BAD,         /* a malformed request or one with a body: 400, then close */
     REQ_NOT_ALLOWED, /* a method other than GET and HEAD: 501, then close */
@@ -79,6 +89,7 @@ struct slot {
     bool head;       /* HEAD: the headers without the body */
     bool close;      /* the connection's last request: say so, then close */
     bool keep_alive; /* HTTP/1.0 that asked for keep-alive: say it is granted */
+    bool fail;       /* a load that arrived in MODE_FAIL: answer 503 */
     uint8_t uid_len;
     char uid[ORIGIN_MAX_UID]; /* the body of a REQ_UID reply */
 };
@@ -155,6 +166,19 @@ static bool has_token(const char *v, size_t n, const char *tok)
     return false;
 }
 
+/* Sets *mode from a /__mode/<ok|503|slow> target; false for any other. */
+static bool mode_of(const char *t, size_t tlen, enum origin_mode *mode)
+{
+    static const char *const names[] = {"/__mode/ok", "/__mode/503", "/__mode/slow"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (tlen == strlen(names[i]) && memcmp(t, names[i], tlen) == 0) {
+            *mode = (enum origin_mode)i;
+            return true;
+        }
+    }
+    return false;
+}
+
 static bool name_is(const char *name, size_t n, const char *want)
 {
     return n == strlen(want) && strncasecmp(name, want, n) == 0;
@@ -213,7 +237,7 @@ static void conn_request(struct conn *c, const char *req, size_t len)
 {
     struct origin *o = c->o;
     struct slot *s = &c->q[(c->head + c->count++) % ORIGIN_MAX_QUEUE];
-    s->waiting = s->head = s->close = s->keep_alive = false;
+    s->waiting = s->head = s->close = s->keep_alive = s->fail = false;
 
     const char *end = req + len;
     const char *eol = memchr(req, '\n', len);
@@ -248,6 +272,8 @@ static void conn_request(struct conn *c, const char *req, size_t len)
             s->kind = REQ_STATS;
         } else if (tlen >= 8 && memcmp(t, "/__reset", 8) == 0) {
             s->kind = REQ_RESET;
+        } else if (mode_of(t, tlen, &o->mode)) {
+            s->kind = REQ_MODE; /* takes effect at once, for the loads that arrive after it */
         } else {
             s->kind = REQ_NO_CONTROL;
             s->close = true;
@@ -260,6 +286,8 @@ static void conn_request(struct conn *c, const char *req, size_t len)
     s->uid_len = (uint8_t)(s->kind == REQ_UID ? n : 0);
     c->last = s->close;
     o->total++;
+    s->fail = o->mode == MODE_FAIL;
+    o->failed += s->fail;
     if (++o->active > o->max_active) {
         o->max_active = o->active;
     }
@@ -269,7 +297,7 @@ static void conn_request(struct conn *c, const char *req, size_t len)
     }
     s->waiting = true;
     c->waiting++;
-    evtimer_add(s->timer, o->delay);
+    evtimer_add(s->timer, o->mode == MODE_SLOW ? o->slow : o->delay);
 }
 
 /* Parses the complete requests at the start of buf[0, len) into c's queue until it is full.
@@ -305,27 +333,39 @@ static size_t slot_reply(struct origin *o, const struct slot *s, char *out)
     int blen = 0;
     switch (s->kind) {
     case REQ_UID:
-        memcpy(body, s->uid, s->uid_len);
-        blen = s->uid_len;
-        break;
     case REQ_NOT_FOUND:
-        code = 404;
-        reason = "Not Found";
-        blen = snprintf(body, sizeof(body), "not found");
+        if (s->fail) {
+            code = 503;
+            reason = "Service Unavailable";
+            blen = snprintf(body, sizeof(body), "unavailable");
+        } else if (s->kind == REQ_UID) {
+            memcpy(body, s->uid, s->uid_len);
+            blen = s->uid_len;
+        } else {
+            code = 404;
+            reason = "Not Found";
+            blen = snprintf(body, sizeof(body), "not found");
+        }
         break;
     case REQ_STATS:
         type = "application/json";
         blen = snprintf(body, sizeof(body),
                         "{\"total\": %" PRIu64 ", \"connections\": %" PRIu64
-                        ", \"active\": %" PRIu64 ", \"max_active\": %" PRIu64 "}",
-                        o->total, o->connections, o->active, o->max_active);
+                        ", \"active\": %" PRIu64 ", \"max_active\": %" PRIu64
+                        ", \"failed\": %" PRIu64 "}",
+                        o->total, o->connections, o->active, o->max_active, o->failed);
         break;
     case REQ_RESET:
         o->total = 0;
+        o->failed = 0;
         o->connections = 0;
         o->max_active = o->active;
         type = "application/json";
         blen = snprintf(body, sizeof(body), "{\"ok\": true}");
+        break;
+    case REQ_MODE:
+        type = "application/json";
+        blen = snprintf(body, sizeof(body), "{\"mode\": %d}", (int)o->mode);
         break;
     case REQ_NO_CONTROL:
     case REQ_BAD:
@@ -602,7 +642,8 @@ static void on_signal(evutil_socket_t fd, short what, void *arg)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: origin [--port P] [--host 127.0.0.1] [--default-delay-ms 100]\n");
+    fprintf(stderr, "usage: origin [--port P] [--host 127.0.0.1] [--default-delay-ms 100]"
+                    " [--slow-delay-ms 500]\n");
     exit(2);
 }
 
@@ -611,6 +652,7 @@ int main(int argc, char **argv)
     const char *host = "127.0.0.1";
     long port = 8000;
     double delay_ms = 100;
+    double slow_ms = 500;
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) {
             usage();
@@ -622,11 +664,13 @@ int main(int argc, char **argv)
             host = v;
         } else if (strcmp(a, "--default-delay-ms") == 0) {
             delay_ms = strtod(v, NULL);
+        } else if (strcmp(a, "--slow-delay-ms") == 0) {
+            slow_ms = strtod(v, NULL);
         } else {
             usage();
         }
     }
-    if (port < 0 || port > 65535 || delay_ms < 0) {
+    if (port < 0 || port > 65535 || delay_ms < 0 || slow_ms < 0) {
         usage();
     }
     cm_raise_nofile();
@@ -637,6 +681,9 @@ int main(int argc, char **argv)
     long us = (long)(delay_ms * 1000);
     struct timeval tv = {us / 1000000, us % 1000000};
     o->delay = event_base_init_common_timeout(o->base, &tv);
+    us = (long)(slow_ms * 1000);
+    struct timeval stv = {us / 1000000, us % 1000000};
+    o->slow = event_base_init_common_timeout(o->base, &stv);
 
     int lfd = listen_on(host, port);
     if (lfd < 0) {
