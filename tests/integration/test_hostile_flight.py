@@ -7,6 +7,7 @@ A test that sees cachemed crash or hang fails: every test ends by checking that 
 answers PING and, in tearDown (harness.Daemon.stop), that SIGTERM makes it exit 0.
 """
 import os
+import re
 import signal
 import socket
 import threading
@@ -36,12 +37,9 @@ def alive(d):
 
 
 def hwm_kb(pid):
-    """VmHWM: the peak RSS since the process started or since reset_hwm."""
+    """VmHWM: the peak RSS since the process started or since clear_refs was last written."""
     with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+        return int(re.search(r"^VmHWM:\s+(\d+)", f.read(), re.M).group(1))
 
 
 class RssPeak:
