@@ -542,6 +542,11 @@ int cm_server_init(struct cm_server *srv, struct cm_conf *conf)
         if (conf->nodes[i].loader_concurrency > 0) {
             cm_loader_group_limit(srv->loader, i, (size_t)conf->nodes[i].loader_concurrency);
         }
+        if (conf->nodes[i].loader_batch != NULL) {
+            cm_log(CM_LOG_WARN, "node %s: loader_batch is accepted but batch loading (SPEC §13) "
+                   "is not implemented in this build: keys load one request each",
+                   conf->nodes[i].name);
+        }
     }
     struct cm_flight_env env = {
         .base = srv->base, .prefix = conf->prefix, .nodes = srv->nodes, .nnodes = srv->nnodes,
