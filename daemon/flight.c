@@ -1173,8 +1173,11 @@ static bool local_lookup(struct cm_flights *fl, struct cm_node *node, const char
         if (written > 0 && (nc->ttl_ms > 0 || c->refresh_after_ms > 0)) {
             int64_t now = wall_ms();
             int64_t past = past_ttl(nc->ttl_ms, written, now);
-            if (past > c->grace_ms) {
-                continue;   /* too old to answer by itself (a failed load may still use it) */
+            if (past > c->grace_ms || (past >= 0 && node->nremote > 0)) {
+                /* Too old to answer by itself (a failed load may still use it), or past its
+                 * ttl with remote caches after it, one of which may hold a fresh entry: the
+                 * flight reads them first and answers with it at the chain's end (SPEC §12). */
+                continue;
             }
             if (past >= 0) {
                 node->stats.stale_hit_count++;
@@ -1205,13 +1208,14 @@ static bool local_lookup(struct cm_flights *fl, struct cm_node *node, const char
     return hit;
 }
 
-/* The youngest local entry of key that is past its ttl but within stale_if_error, for a flight
- * whose load may fail; NULL when none. */
+/* The youngest local entry of key that is past its ttl but still kept for stale answers (grace,
+ * stale_if_error), for a flight to answer with at the chain's end or when its load fails; NULL
+ * when none. */
 static struct cm_val *local_stale(struct cm_flights *fl, struct cm_node *node, const char *key,
                                   size_t klen, int64_t *past_out)
 {
     struct cm_val *best = NULL;
-    if (node->nlocal == 0 || node->conf->stale_if_error_ms <= 0) {
+    if (node->nlocal == 0 || stale_span(node) <= 0) {
         return NULL;
     }
     char small[SKEY_SMALL];
@@ -1226,8 +1230,7 @@ static struct cm_val *local_stale(struct cm_flights *fl, struct cm_node *node, c
             continue;
         }
         int64_t past = past_ttl(nc->ttl_ms, written, wall_ms());
-        if (past >= 0 && past <= node->conf->stale_if_error_ms &&
-            (best == NULL || past < *past_out)) {
+        if (past >= 0 && past <= stale_span(node) && (best == NULL || past < *past_out)) {
             cm_val_unref(best);
             best = cm_val_copy(v, vlen);
             *past_out = past;
