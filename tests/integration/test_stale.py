@@ -14,6 +14,7 @@ the PostgreSQL class is skipped.
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 import unittest
@@ -233,6 +234,8 @@ class LocalStaleTest(DaemonTest):
             reads += 1
             time.sleep(0.005)
         loads = self.origin.count("/items/1")
+        sys.stderr.write("[refresh_after: %d reads in 8 s, worst %.0f ms, %d loads] " %
+                         (reads, worst * 1000, loads))
         self.assertLess(worst, 0.3, "a read waited for a load (%d reads, %d loads)" % (reads, loads))
         # about 8 / (1 + 0.6) = 5
         self.assertGreaterEqual(loads, 3)
@@ -290,6 +293,8 @@ class LocalStaleTest(DaemonTest):
         for t in ts:
             t.join()
         took = time.monotonic() - t0
+        sys.stderr.write("[loader_concurrency: 6 loads in %.2f s, origin max_active %d] " %
+                         (took, self.origin.stats()["max_active"]))
         self.assertEqual(sorted(out), list(range(6)))
         self.assertTrue(all(v is not None for v in out.values()))
         self.assertLessEqual(self.origin.stats()["max_active"], 2)
