@@ -8,8 +8,13 @@ Ttls are 1-3 s and the tests sleep past them. The machine is shared (2 cores, se
 building): "at once" means < 0.5 s against a 1.5 s origin delay, so a pass is not luck of timing
 and a daemon that waited for the load fails by a second.
 
-PostgreSQL comes from CM_TEST_PG_URL (scripts/backends.sh start-all; . DIR/env.sh); without it
-the PostgreSQL class is skipped.
+PostgreSQL and Redis come from CM_TEST_PG_URL and CM_TEST_REDIS_URL (scripts/backends.sh
+start-all; . DIR/env.sh); without them those classes are skipped. Redis runs json (age from the
+wrapper's updated_at) and raw (age from the key's PTTL) nodes.
+
+CM_TEST_STRIP_S12=1 leaves the §12 keys out of every config: each test then fails, except
+test_fresh_later_cache_beats_stale_earlier_one, which guards §12 against a stale local entry
+winning (a daemon without §12 has no stale entries to get wrong).
 """
 import json
 import os
@@ -45,7 +50,7 @@ def n_of(v):
     return json.loads(v)["n"]
 
 
-def timed_get(c, key):
+def timed_get(c, key):  # values compare as JSON: a json node in Redis re-encodes them
     t0 = time.monotonic()
     v = c.get(key)
     return v, time.monotonic() - t0
@@ -63,13 +68,16 @@ class StaleBase:
         self.db = self.make_db("it_" + secrets.token_hex(4))
         self.addCleanup(self.db.close)
 
+    serializer = "json"
+
     def start(self, extra, ttl="1s"):
         # timeout = 5s: a PostgreSQL read slower than the default 500 ms on the loaded machine
         # would count as a miss and load in the foreground (seen once), which is not this test
         body = "[storage db]\n" + self.db.storage() + "timeout = 5s\n\n" + snode(
             "item", "item:{id}", caches="db:" + ttl, loader=self.loader("/items/{id}"),
-            serializer="json", extra=extra)
-        return self.daemon(body)
+            serializer=self.serializer, extra=extra)
+        # a prefix of its own: the Redis server is shared by every class and run
+        return self.daemon(body, server_extra="prefix = " + self.db.table)
 
     def test_grace_answers_stale_at_once_and_loads_once(self):
         d = self.start("grace = 10s\n")
@@ -79,7 +87,8 @@ class StaleBase:
         time.sleep(1.5)                                   # past the 1 s ttl, within grace
         self.origin.rule("/items/1", delay_ms=SLOW_MS)
         v, dt = timed_get(c, "item:1")
-        self.assertEqual(v, v1, "no stale answer (%.2f s); log:\n%s" % (dt, d.read_log()[-3000:]))
+        self.assertEqual(json.loads(v), json.loads(v1),
+                         "no stale answer (%.2f s); log:\n%s" % (dt, d.read_log()[-3000:]))
         self.assertLess(dt, AT_ONCE, "a GET within grace waited for the load")
         st = stats(c, "item")
         self.assertEqual(st["stale_hit_count"], 1)
@@ -101,7 +110,7 @@ class StaleBase:
             t.join()
         self.assertEqual(len(results), 20)
         for v, dt in results:
-            self.assertEqual(v, v1)
+            self.assertEqual(json.loads(v), json.loads(v1))
             self.assertLess(dt, AT_ONCE)
         self.assertEqual(self.origin.count("/items/1"), 2)
         # After the load: the new value, from the cache (no third load).
@@ -115,9 +124,9 @@ class StaleBase:
         v1 = c.get("item:1")
         time.sleep(1.5)
         self.origin.rule("/items/1", status=500)
-        self.assertEqual(c.get("item:1"), v1)            # not the load error
+        self.assertEqual(json.loads(c.get("item:1")), json.loads(v1))   # not the load error
         self.assertEqual(self.origin.count("/items/1"), 2)   # a foreground load was tried
-        self.assertEqual(c.get("item:1"), v1)            # nothing was written: still stale
+        self.assertEqual(json.loads(c.get("item:1")), json.loads(v1))   # nothing written: still stale
         self.assertEqual(self.origin.count("/items/1"), 3)
 
     def test_stale_if_error_limit_then_the_error(self):
@@ -126,7 +135,7 @@ class StaleBase:
         v1 = c.get("item:1")
         time.sleep(1.5)                                   # 0.5 s past ttl: within 2 s
         self.origin.rule("/items/1", status=500)
-        self.assertEqual(c.get("item:1"), v1)
+        self.assertEqual(json.loads(c.get("item:1")), json.loads(v1))
         time.sleep(2.5)                                   # 3 s past ttl: beyond stale_if_error
         with self.assertRaisesRegex(Exception, "load failed for 'item:1'"):
             c.get("item:1")
@@ -146,6 +155,43 @@ class PgStaleTest(StaleBase, DaemonTest):
 
     def make_db(self, table):
         return PgDB(table)
+
+
+class RedisDB:
+    """The shared test Redis; the table name serves as the daemon's key prefix."""
+
+    def __init__(self, table):
+        import redis
+        self.url = os.environ["CM_TEST_REDIS_URL"]
+        self.table = table
+        self.r = redis.Redis.from_url(self.url)
+
+    def storage(self):
+        return "url = %s\n" % self.url
+
+    def close(self):
+        keys = list(self.r.scan_iter(match=self.table + ":*"))
+        if keys:
+            self.r.delete(*keys)
+        self.r.close()
+
+
+class RedisStaleTest(StaleBase, DaemonTest):
+    """json: the age comes from the wrapper's updated_at."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.environ.get("CM_TEST_REDIS_URL"):
+            raise unittest.SkipTest("CM_TEST_REDIS_URL is not set")
+        super().setUpClass()
+
+    def make_db(self, table):
+        return RedisDB(table)
+
+
+class RedisRawStaleTest(RedisStaleTest):
+    """raw: no timestamp in the value; the age comes from the key's remaining TTL (PTTL)."""
+    serializer = "raw"
 
 
 class LocalStaleTest(DaemonTest):
