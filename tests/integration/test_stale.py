@@ -126,7 +126,7 @@ class StaleBase:
         self.origin.rule("/items/1", status=500)
         self.assertEqual(json.loads(c.get("item:1")), json.loads(v1))   # not the load error
         self.assertEqual(self.origin.count("/items/1"), 2)   # a foreground load was tried
-        self.assertEqual(json.loads(c.get("item:1")), json.loads(v1))   # nothing written: still stale
+        self.assertEqual(json.loads(c.get("item:1")), json.loads(v1))   # still stale: not written
         self.assertEqual(self.origin.count("/items/1"), 3)
 
     def test_stale_if_error_limit_then_the_error(self):
@@ -282,7 +282,8 @@ class LocalStaleTest(DaemonTest):
         loads = self.origin.count("/items/1")
         sys.stderr.write("[refresh_after: %d reads in 8 s, worst %.0f ms, %d loads] " %
                          (reads, worst * 1000, loads))
-        self.assertLess(worst, 0.3, "a read waited for a load (%d reads, %d loads)" % (reads, loads))
+        self.assertLess(worst, 0.3,
+                        "a read waited for a load (%d reads, %d loads)" % (reads, loads))
         # about 8 / (1 + 0.6) = 5
         self.assertGreaterEqual(loads, 3)
         self.assertLessEqual(loads, 10)
