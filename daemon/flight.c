@@ -413,7 +413,10 @@ static void resolve(struct flight *f, enum fl_result res, struct cm_val *val, ch
     f->val = val;
     f->err = err;
     answer_waiters(f);
-    if (res != RES_VALUE || f->superseded) {
+    if (res != RES_VALUE || f->superseded ||
+        (f->negative && node->conf->negative_ttl_ms <= 0)) {
+        /* (a cached None found where this node keeps no negative entries: answered, not
+         * copied into the other caches) */
         flight_end(f);
         return;
     }
@@ -1189,7 +1192,7 @@ static bool local_lookup(struct cm_flights *fl, struct cm_node *node, const char
         hit = true;
         node->stats.hit_count++;
         node->stats.local_hit_count++;
-        if (c->negative_ttl_ms > 0 && is_negative(node, *val, *vlen)) {
+        if (is_negative(node, *val, *vlen)) {
             *negative = true;   /* a cached 404: nil, no load, no refresh */
             node->stats.negative_hit_count++;
             background = false;

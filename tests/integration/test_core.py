@@ -160,8 +160,8 @@ class CoreTest(DaemonTest):
         s.sendall(b"HELLO 4\r\n")
         self.assertEqual(recv_until(s, terminator=b"\r\n"), b"-NOPROTO unsupported protocol version\r\n")
         s.sendall(b"HELLO 3\r\nGET plain:404\r\nSTATS plain\r\n")
-        out = recv_until(s, terminator=b"doorkeeper_reject_count\r\n:0\r\n")
-        self.assertIn(b"\r\n_\r\n%1\r\n$5\r\nplain\r\n%15\r\n", out)
+        out = recv_until(s, terminator=b"breaker_state\r\n:0\r\n")
+        self.assertIn(b"\r\n_\r\n%1\r\n$5\r\nplain\r\n%21\r\n", out)
         self.assertIn(b"$8\r\nhit_rate\r\n,0", out)
         s.close()
 
