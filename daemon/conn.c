@@ -167,10 +167,14 @@ static int write_out(struct cm_conn *c)
 }
 
 /* Moves finished replies from the head of the queue to wbuf; stops at the first waiting one. */
+/* Stops at the pause mark: what is left waits, by reference to its shared value where it has
+ * one, until the socket took the rest (flush_out). 1,024 waiters of one 1 MB load used to be
+ * copied into wbuf at once, up to the output limit (627 MB of RSS under ASan). */
 static void collect_replies(struct cm_conn *c)
 {
     struct cm_req *req;
-    while ((req = TAILQ_FIRST(&c->reqs)) != NULL && req->state == CM_REQ_DONE) {
+    while ((req = TAILQ_FIRST(&c->reqs)) != NULL && req->state == CM_REQ_DONE &&
+           cm_buf_used(&c->wbuf) < CM_CONN_WBUF_PAUSE) {
         cm_req_write_to(req, &c->wbuf);
         cm_assert(c->held_bytes >= req->out_len);
         c->held_bytes -= req->out_len;
@@ -233,9 +237,17 @@ static void check_limits_and_resume(struct cm_conn *c)
 /* Writes what wbuf holds, then pauses, resumes or closes c by its limits. */
 static void flush_out(struct cm_conn *c)
 {
-    if (write_out(c) == CM_OK) {
-        check_limits_and_resume(c);
+    for (;;) {
+        if (write_out(c) != CM_OK) {
+            return;   /* closed */
+        }
+        struct cm_req *req = TAILQ_FIRST(&c->reqs);
+        if (cm_buf_used(&c->wbuf) > 0 || req == NULL || req->state != CM_REQ_DONE) {
+            break;   /* the socket is full (the write event is armed), or nothing more is done */
+        }
+        collect_replies(c);   /* the socket took it all: the next finished replies */
     }
+    check_limits_and_resume(c);
 }
 
 void cm_conn_reply_ready(struct cm_conn *c, struct cm_req *req)
