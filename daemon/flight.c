@@ -434,6 +434,12 @@ static void resolve(struct flight *f, enum fl_result res, struct cm_val *val, ch
         flight_end(f);
         return;
     }
+    struct flight *j = f->ke->joinable;
+    if (j == NULL || (j != f && j->answered)) {
+        /* The newest value known on the key: GETs take it while its writes wait or run, not an
+         * older flight's that is still writing (a REFRESH answered after another; fuzz_flight). */
+        f->ke->joinable = f;
+    }
     want_write(f);
 }
 
