@@ -1258,8 +1258,6 @@ static void start_background(struct cm_flights *fl, struct cm_node *node, const 
 {
     struct keyent *ke = ke_of(fl, node, key, klen);
     if (ke->joinable != NULL || ke->loading != NULL) {
-        ke->refs++;
-        ke->refs--;
         ke_run(fl, ke);   /* frees the entry if it was made for nothing */
         return;
     }
